@@ -1,0 +1,76 @@
+//! The operator's command line: one module per command, all sharing the global options.
+
+pub mod events;
+pub mod parse;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(name = "floodgate", version, about = "Defends mail servers against brute force, DoS and spoofed SYN floods")]
+pub struct Cli {
+    /// Configuration file (with no file, the built-in mail-server preset).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The event store; overrides the config's `db`.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse log files into events: the rule tester (what fail2ban-regex is to fail2ban).
+    Parse(parse::Args),
+    /// Query the events in the store.
+    Events(events::Args),
+}
+
+/// What every command starts from: the checked config and where the store is.
+pub struct Context_ {
+    pub config: Config,
+    pub db: PathBuf,
+}
+
+impl Cli {
+    pub fn context(&self) -> Result<Context_> {
+        let config = Config::load(self.config.as_deref())?;
+        let db = self.db.clone().unwrap_or_else(|| config.db.clone());
+        Ok(Context_ { config, db })
+    }
+}
+
+impl Context_ {
+    /// Opens the store, creating it if it does not exist.
+    pub fn open_store(&self) -> Result<Store> {
+        Store::open(&self.db).with_context(|| "opening the event store".to_string())
+    }
+
+    /// Opens an existing store; a missing one is an error that says how to make one.
+    pub fn open_existing_store(&self) -> Result<Store> {
+        if !self.db.exists() {
+            anyhow::bail!(
+                "{}: no event store yet (record events with `floodgate parse --save FILE`, or point --db at one)",
+                self.db.display()
+            );
+        }
+        self.open_store()
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let ctx = cli.context()?;
+    match cli.command {
+        Command::Parse(args) => parse::run(&ctx, args),
+        Command::Events(args) => events::run(&ctx, args),
+    }
+}

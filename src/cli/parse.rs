@@ -1,0 +1,195 @@
+//! `floodgate parse`: runs the rules over files (or stdin) and prints the events; optionally stores them.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+
+use crate::event::{format_time, Event};
+use crate::parser::{LineParser, Outcome, Stats};
+use crate::prefix::TimeContext;
+use crate::reader::{Line, LineReader};
+use crate::store::Origin;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Extra rules directory (repeatable); a file named like a built-in one replaces it.
+    #[arg(long, value_name = "DIR")]
+    pub rules: Vec<PathBuf>,
+    /// Output: one line per event, or one JSON object per line.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Also write the events to the store (import old logs).
+    #[arg(long)]
+    pub save: bool,
+    /// Files to read; `-` reads stdin.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// Malformed lines are reported one by one up to this many, then only counted.
+const SHOW_MALFORMED: u64 = 10;
+
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    file: &'a str,
+    line: u64,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+pub fn run(ctx: &super::Context_, args: Args) -> Result<()> {
+    let mut parser = LineParser::from_config(&ctx.config, &args.rules, TimeContext::system(ctx.config.timezone))?;
+    let mut store = if args.save { Some(ctx.open_store()?) } else { None };
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut batch: Vec<(Origin, Event)> = Vec::new();
+    let batch_size = ctx.config.store.batch_size;
+    let started = Instant::now();
+    let mut per_file: Vec<(String, Stats)> = Vec::new();
+
+    for path in &args.files {
+        let name = path.display().to_string();
+        let input: Box<dyn Read> = if name == "-" {
+            Box::new(io::stdin().lock())
+        } else {
+            Box::new(File::open(path).with_context(|| format!("{name}: cannot open"))?)
+        };
+        let label: Arc<str> = Arc::from(name.as_str());
+        let before = parser.stats.clone();
+        parser.start_input();
+        let mut reader = LineReader::new(input, ctx.config.parse.max_line_bytes);
+        let mut line_no = 0u64;
+        while let Some(line) = reader.next_line().with_context(|| format!("{name}: read error after line {line_no}"))? {
+            line_no += 1;
+            let outcome = match line {
+                Line::Text(bytes) => parser.parse_bytes(bytes),
+                Line::TooLong(len) => {
+                    parser.overlong();
+                    tracing::debug!(file = %name, line = line_no, bytes = len, "overlong line skipped");
+                    continue;
+                }
+            };
+            match outcome {
+                Outcome::Event(ev) => {
+                    write_event(&mut out, args.format, &name, line_no, &ev)?;
+                    if let Some(store) = store.as_mut() {
+                        batch.push((Origin { input: label.clone(), line: Some(line_no) }, *ev));
+                        if batch.len() >= batch_size {
+                            store.insert_events(&batch)?;
+                            batch.clear();
+                        }
+                    }
+                }
+                Outcome::Malformed { rule, field, value } => {
+                    if parser.stats.malformed <= SHOW_MALFORMED {
+                        eprintln!("{name}:{line_no}: rule {rule} matched but field `{field}` is not valid: {value:?}; line skipped");
+                    }
+                }
+                Outcome::Unmatched | Outcome::Undecodable => {}
+            }
+        }
+        per_file.push((name, diff(&parser.stats, &before)));
+    }
+    if let Some(store) = store.as_mut() {
+        store.insert_events(&batch)?;
+    }
+    out.flush()?;
+    drop(out);
+    summary(&parser, &per_file, started.elapsed().as_secs_f64(), store.as_ref().map(|s| s.path()));
+    Ok(())
+}
+
+fn write_event(out: &mut impl Write, format: Format, file: &str, line: u64, ev: &Event) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer(&mut *out, &Record { file, line, event: ev })?;
+            out.write_all(b"\n")
+        }
+        Format::Text => writeln!(out, "{file}:{line} {}", event_text(ev)),
+    }
+}
+
+/// One event on one line, for people: `TIME KIND addr=... port=... service=... user=... rule=...`.
+pub fn event_text(ev: &Event) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!("{} {}", format_time(&ev.time), ev.kind);
+    if !ev.failure && ev.kind.is_failure_by_default() {
+        s.push_str("(signal)");
+    }
+    if let Some(a) = ev.addr {
+        let _ = write!(s, " addr={a}");
+    }
+    if let Some(a) = ev.local_addr {
+        let _ = write!(s, " local={a}");
+    }
+    if let Some(p) = ev.port {
+        let _ = write!(s, " port={p}");
+    }
+    if let Some(v) = &ev.service {
+        let _ = write!(s, " service={v}");
+    }
+    if let Some(u) = &ev.user {
+        let _ = write!(s, " user={u}");
+    }
+    if ev.count != 1 {
+        let _ = write!(s, " count={}", ev.count);
+    }
+    if let Some(a) = ev.syn_action {
+        let _ = write!(s, " action={}", a.as_str());
+    }
+    if let Some(a) = ev.assured {
+        let _ = write!(s, " assured={a}");
+    }
+    let _ = write!(s, " rule={}", ev.rule);
+    s
+}
+
+fn diff(now: &Stats, before: &Stats) -> Stats {
+    Stats {
+        lines: now.lines - before.lines,
+        events: now.events - before.events,
+        unmatched: now.unmatched - before.unmatched,
+        undecodable: now.undecodable - before.undecodable,
+        malformed: now.malformed - before.malformed,
+        overlong: now.overlong - before.overlong,
+    }
+}
+
+fn summary(parser: &LineParser, per_file: &[(String, Stats)], secs: f64, saved_to: Option<&str>) {
+    let line = |name: &str, s: &Stats| {
+        eprintln!(
+            "{name}: {} lines, {} events, {} unmatched, {} undecodable, {} overlong, {} malformed",
+            s.lines, s.events, s.unmatched, s.undecodable, s.overlong, s.malformed
+        )
+    };
+    for (name, s) in per_file {
+        line(name, s);
+    }
+    if per_file.len() > 1 {
+        line("total", &parser.stats);
+    }
+    let mut hits: Vec<_> = parser.matcher().rules.iter().zip(&parser.hits).filter(|(_, &n)| n > 0).collect();
+    hits.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.id.cmp(&b.0.id)));
+    if !hits.is_empty() {
+        eprintln!("hits per rule:");
+        for (rule, n) in hits {
+            eprintln!("  {n:>10}  {}", rule.id);
+        }
+    }
+    let rate = if secs > 0.0 { parser.stats.lines as f64 / secs } else { 0.0 };
+    eprintln!("{} lines in {secs:.3} s: {rate:.0} lines/s", parser.stats.lines);
+    if let Some(db) = saved_to {
+        eprintln!("saved {} events to {db}", parser.stats.events);
+    }
+}

@@ -1,0 +1,25 @@
+//! The `floodgate` binary: the operator's CLI (and, later, the daemon) over the library.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = floodgate::cli::Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("FLOODGATE_LOG").unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = floodgate::cli::run(cli) {
+        // Broken pipe (`floodgate parse ... | head`) is not an error worth a message.
+        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+            std::process::exit(0);
+        }
+        eprintln!("floodgate: error: {e:#}");
+        std::process::exit(1);
+    }
+}

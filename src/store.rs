@@ -1,0 +1,446 @@
+//! The event store: SQLite in WAL mode, schema from migrations/ applied in order and tracked by
+//! `PRAGMA user_version`. Inserts are batched in one transaction; growth is bounded by retention and by
+//! aggregating conntrack events per source, port and minute.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::addr::{ip_bytes, ip_from_bytes, Cidr};
+use crate::event::{Event, Kind, SynAction};
+
+/// Schema migrations, in order. The version of migration i is i + 1.
+const MIGRATIONS: &[(&str, &str)] = &[("0001_initial", include_str!("../migrations/0001_initial.sql"))];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: the database is at schema version {found}, this floodgate knows up to {known}; upgrade floodgate (the database was left unchanged)")]
+    TooNew { path: String, found: i64, known: i64 },
+    #[error("{path}: {context}: {cause}")]
+    Sql { path: String, context: String, cause: rusqlite::Error },
+    #[error("{path}: cannot create its directory: {cause}")]
+    Dir { path: String, cause: std::io::Error },
+}
+
+/// Where an event came from: the input's name and, for files, the 1-based line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    pub input: Arc<str>,
+    pub line: Option<u64>,
+}
+
+/// An event read back from the store.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredEvent {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub since: Option<DateTime<Utc>>,
+    pub cidr: Option<Cidr>,
+    pub kind: Option<Kind>,
+    pub limit: Option<usize>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: String,
+    labels: HashMap<String, i64>,
+}
+
+fn ts_us(t: &DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_us(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+const MINUTE_US: i64 = 60_000_000;
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|cause| StoreError::Dir { path: shown.clone(), cause })?;
+        }
+        let conn = Connection::open(path).map_err(|source| sql(&shown, "cannot open", source))?;
+        Store::init(conn, shown)
+    }
+
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory().map_err(|source| sql(":memory:", "cannot open", source))?;
+        Store::init(conn, ":memory:".into())
+    }
+
+    fn init(conn: Connection, path: String) -> Result<Store, StoreError> {
+        let ctx = |c: &str| {
+            let p = path.clone();
+            let c = c.to_string();
+            move |source| sql(&p, &c, source)
+        };
+        conn.busy_timeout(Duration::from_secs(5)).map_err(ctx("busy timeout"))?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(ctx("reading schema version"))?;
+        // Checked before anything is written, WAL mode included: a newer database is never altered.
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path, found, known: SCHEMA_VERSION });
+        }
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(())).map_err(ctx("enabling WAL"))?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL;").map_err(ctx("pragmas"))?;
+        let mut store = Store { conn, path, labels: HashMap::new() };
+        store.migrate(found)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, found: i64) -> Result<(), StoreError> {
+        for (i, (name, text)) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            if version <= found {
+                continue;
+            }
+            let tx = self.conn.transaction().map_err(|e| sql(&self.path, name, e))?;
+            tx.execute_batch(text).map_err(|e| sql(&self.path, &format!("migration {name}"), e))?;
+            tx.pragma_update(None, "user_version", version).map_err(|e| sql(&self.path, name, e))?;
+            tx.commit().map_err(|e| sql(&self.path, name, e))?;
+            tracing::info!(db = %self.path, migration = name, "applied migration");
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| sql(&self.path, "schema version", e))
+    }
+
+    fn label(&mut self, name: &str) -> Result<i64, rusqlite::Error> {
+        if let Some(&id) = self.labels.get(name) {
+            return Ok(id);
+        }
+        self.conn.prepare_cached("INSERT OR IGNORE INTO labels (name) VALUES (?1)")?.execute([name])?;
+        let id: i64 = self.conn.prepare_cached("SELECT id FROM labels WHERE name = ?1")?.query_row([name], |r| r.get(0))?;
+        self.labels.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    /// Writes a batch of events in one transaction: all of them or, on error, none.
+    pub fn insert_events(&mut self, events: &[(Origin, Event)]) -> Result<(), StoreError> {
+        self.insert_inner(events).map_err(|e| sql(&self.path, "inserting events", e))
+    }
+
+    fn insert_inner(&mut self, events: &[(Origin, Event)]) -> Result<(), rusqlite::Error> {
+        // Labels first, outside the statements' borrow; a rollback below leaves at most unused labels.
+        let mut ids = Vec::with_capacity(events.len());
+        for (o, e) in events {
+            let input = self.label(&o.input)?;
+            let rule = self.label(&e.rule)?;
+            let service = match &e.service {
+                Some(s) => Some(self.label(s)?),
+                None => None,
+            };
+            ids.push((input, rule, service));
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO events (ts_us, kind, failure, input, line, rule, addr, local_addr, port, service, user, count, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            let mut agg = tx.prepare_cached(
+                "INSERT INTO conn_minutes (addr, port, kind, minute, count, assured, local_addr) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (addr, port, kind, minute) DO UPDATE SET count = count + excluded.count, assured = assured + excluded.assured",
+            )?;
+            for ((o, e), (input, rule, service)) in events.iter().zip(ids) {
+                let t = ts_us(&e.time);
+                let detail: Option<i64> = match (e.syn_action, e.assured) {
+                    (Some(SynAction::Cookies), _) => Some(1),
+                    (Some(SynAction::Dropping), _) => Some(2),
+                    (None, Some(a)) => Some(i64::from(a)),
+                    (None, None) => None,
+                };
+                if let (true, Some(addr), Some(port)) = (e.kind.is_aggregated(), e.addr, e.port) {
+                    agg.execute(params![
+                        ip_bytes(addr),
+                        port,
+                        e.kind.code(),
+                        t - t.rem_euclid(MINUTE_US),
+                        e.count,
+                        i64::from(e.assured == Some(true)) * i64::from(e.count),
+                        e.local_addr.map(ip_bytes),
+                    ])?;
+                    continue;
+                }
+                ins.execute(params![
+                    t,
+                    e.kind.code(),
+                    e.failure,
+                    input,
+                    o.line.map(|l| l as i64),
+                    rule,
+                    e.addr.map(ip_bytes),
+                    e.local_addr.map(ip_bytes),
+                    e.port,
+                    service,
+                    e.user,
+                    e.count,
+                    detail,
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Deletes events older than `retention` before `now`. Returns how many rows went.
+    pub fn prune(&mut self, now: DateTime<Utc>, retention: Duration) -> Result<usize, StoreError> {
+        let cutoff = ts_us(&now) - retention.as_micros() as i64;
+        let run = |conn: &Connection| -> Result<usize, rusqlite::Error> {
+            let a = conn.execute("DELETE FROM events WHERE ts_us < ?1", [cutoff])?;
+            let b = conn.execute("DELETE FROM conn_minutes WHERE minute < ?1", [cutoff])?;
+            Ok(a + b)
+        };
+        run(&self.conn).map_err(|e| sql(&self.path, "pruning", e))
+    }
+
+    /// Events matching `f`, oldest first (the newest `limit` when a limit is set).
+    pub fn query_events(&self, f: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        self.query_inner(f).map_err(|e| sql(&self.path, "querying events", e))
+    }
+
+    fn query_inner(&self, f: &EventFilter) -> Result<Vec<StoredEvent>, rusqlite::Error> {
+        let since = f.since.as_ref().map(ts_us).unwrap_or(i64::MIN);
+        let (lo, hi) = match &f.cidr {
+            Some(c) => {
+                let (lo, hi) = c.range_bytes();
+                (Some(lo), Some(hi))
+            }
+            None => (None, None),
+        };
+        let kind = f.kind.map(|k| k.code());
+        let limit = f.limit.map(|l| l as i64).unwrap_or(-1);
+        let mut out = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT * FROM (
+               SELECT e.id, e.ts_us, e.kind, e.failure, i.name, e.line, r.name, e.addr, e.local_addr, e.port, s.name,
+                      e.user, e.count, e.detail
+               FROM events e
+               LEFT JOIN labels i ON i.id = e.input
+               LEFT JOIN labels r ON r.id = e.rule
+               LEFT JOIN labels s ON s.id = e.service
+               WHERE e.ts_us >= ?1
+                 AND (?2 IS NULL OR (e.addr BETWEEN ?2 AND ?3 AND length(e.addr) = length(?2)))
+                 AND (?4 IS NULL OR e.kind = ?4)
+               UNION ALL
+               SELECT NULL, c.minute, c.kind, 0, NULL, NULL, NULL, c.addr, c.local_addr, c.port, NULL,
+                      NULL, c.count, c.assured
+               FROM conn_minutes c
+               WHERE c.minute >= ?1
+                 AND (?2 IS NULL OR (c.addr BETWEEN ?2 AND ?3 AND length(c.addr) = length(?2)))
+                 AND (?4 IS NULL OR c.kind = ?4)
+               ORDER BY 2 DESC LIMIT ?5
+             ) ORDER BY 2 ASC",
+        )?;
+        let mut rows = stmt.query(params![since, lo, hi, kind, limit])?;
+        while let Some(r) = rows.next()? {
+            let id: Option<i64> = r.get(0)?;
+            let kind = Kind::from_code(r.get(2)?).unwrap_or(Kind::Connect);
+            let detail: Option<i64> = r.get(13)?;
+            let count: i64 = r.get(12)?;
+            let aggregated = id.is_none();
+            let (syn_action, assured) = match kind {
+                Kind::SynFlood => (detail.and_then(|d| [None, Some(SynAction::Cookies), Some(SynAction::Dropping)].get(d as usize).copied().flatten()), None),
+                // An aggregated conn_destroy row counts how many of its connections were assured.
+                Kind::ConnDestroy if aggregated => (None, detail.map(|d| d > 0)),
+                Kind::ConnDestroy => (None, detail.map(|d| d != 0)),
+                _ => (None, None),
+            };
+            let rule: Option<String> = r.get(6)?;
+            let addr: Option<Vec<u8>> = r.get(7)?;
+            let laddr: Option<Vec<u8>> = r.get(8)?;
+            let service: Option<String> = r.get(10)?;
+            out.push(StoredEvent {
+                id,
+                input: r.get(4)?,
+                line: r.get::<_, Option<i64>>(5)?.map(|l| l as u64),
+                event: Event {
+                    time: from_us(r.get(1)?),
+                    kind,
+                    failure: r.get(3)?,
+                    rule: Arc::from(rule.unwrap_or_else(|| format!("conntrack.{kind}_per_minute")).as_str()),
+                    addr: addr.as_deref().and_then(ip_from_bytes),
+                    local_addr: laddr.as_deref().and_then(ip_from_bytes),
+                    port: r.get(9)?,
+                    service: service.as_deref().map(Arc::from),
+                    user: r.get(11)?,
+                    count: u32::try_from(count).unwrap_or(u32::MAX),
+                    syn_action,
+                    assured,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Rows stored (events plus aggregated conntrack minutes) and the database's size in bytes.
+    pub fn usage(&self) -> Result<(u64, u64), StoreError> {
+        let q = |s: &str| self.conn.query_row(s, [], |r| r.get::<_, i64>(0)).map_err(|e| sql(&self.path, "usage", e));
+        let rows = q("SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM conn_minutes)")?;
+        let bytes = q("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")?;
+        Ok((rows as u64, bytes as u64))
+    }
+
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| sql(&self.path, "checkpoint", e))
+    }
+
+    /// The stored read position of a tailed input: (inode, byte offset).
+    pub fn position(&self, input: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        self.conn
+            .query_row("SELECT inode, offset FROM positions WHERE input = ?1", [input], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()
+            .map_err(|e| sql(&self.path, "reading position", e))
+    }
+
+    pub fn set_position(&self, input: &str, inode: u64, offset: u64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO positions (input, inode, offset, updated_us) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (input) DO UPDATE SET inode = excluded.inode, offset = excluded.offset, updated_us = excluded.updated_us",
+                params![input, inode as i64, offset as i64, ts_us(&now)],
+            )
+            .map(|_| ())
+            .map_err(|e| sql(&self.path, "writing position", e))
+    }
+}
+
+fn sql(path: &str, context: &str, source: rusqlite::Error) -> StoreError {
+    StoreError::Sql { path: path.to_string(), context: context.to_string(), cause: source }
+}
+
+/// The store path a command uses: `--db`, else the config's.
+pub fn resolve_path(flag: Option<&Path>, config_db: &Path) -> PathBuf {
+    flag.map(Path::to_path_buf).unwrap_or_else(|| config_db.to_path_buf())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn ev(kind: Kind, addr: &str, secs: i64) -> Event {
+        Event {
+            time: Utc.timestamp_opt(1_763_700_000 + secs, 0).unwrap(),
+            kind,
+            failure: kind.is_failure_by_default(),
+            rule: Arc::from("test.rule"),
+            addr: Some(addr.parse().unwrap()),
+            local_addr: None,
+            port: Some(25),
+            service: Some(Arc::from("smtp")),
+            user: Some("alice".into()),
+            count: 1,
+            syn_action: None,
+            assured: if kind == Kind::ConnDestroy { Some(secs % 2 == 0) } else { None },
+        }
+    }
+
+    fn origin(line: u64) -> Origin {
+        Origin { input: Arc::from("mail.log"), line: Some(line) }
+    }
+
+    #[test]
+    fn events_round_trip_and_filter_by_cidr_kind_and_time() {
+        let mut s = Store::open_in_memory().unwrap();
+        let batch = vec![
+            (origin(1), ev(Kind::AuthFailure, "198.51.100.7", 0)),
+            (origin(2), ev(Kind::Connect, "198.51.100.8", 10)),
+            (origin(3), ev(Kind::AuthFailure, "203.0.113.1", 20)),
+            (origin(4), ev(Kind::AuthFailure, "2001:db8::1", 30)),
+        ];
+        s.insert_events(&batch).unwrap();
+        let all = s.query_events(&EventFilter::default()).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].event, batch[0].1);
+        assert_eq!(all[0].input.as_deref(), Some("mail.log"));
+        assert_eq!(all[0].line, Some(1));
+        let f = EventFilter { cidr: Some("198.51.100.0/24".parse().unwrap()), ..Default::default() };
+        assert_eq!(s.query_events(&f).unwrap().len(), 2);
+        let f = EventFilter { cidr: Some("2001:db8::/32".parse().unwrap()), ..Default::default() };
+        assert_eq!(s.query_events(&f).unwrap()[0].event.addr, Some("2001:db8::1".parse().unwrap()));
+        let f = EventFilter { kind: Some(Kind::AuthFailure), since: Some(batch[1].1.time), ..Default::default() };
+        assert_eq!(s.query_events(&f).unwrap().len(), 2);
+        let f = EventFilter { limit: Some(1), ..Default::default() };
+        assert_eq!(s.query_events(&f).unwrap()[0].event.addr, Some("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn conntrack_events_aggregate_per_source_port_and_minute() {
+        let mut s = Store::open_in_memory().unwrap();
+        let batch: Vec<_> =
+            (0..100).map(|i| (origin(i), ev(if i % 2 == 0 { Kind::ConnNew } else { Kind::ConnDestroy }, "198.18.0.1", i as i64))).collect();
+        s.insert_events(&batch).unwrap();
+        let (rows, _) = s.usage().unwrap();
+        // 100 seconds span two minutes: 2 kinds x 2 minutes at most.
+        assert!(rows <= 4, "{rows} rows");
+        let got = s.query_events(&EventFilter { kind: Some(Kind::ConnNew), ..Default::default() }).unwrap();
+        assert_eq!(got.iter().map(|e| e.event.count).sum::<u32>(), 50);
+        assert!(got.iter().all(|e| e.id.is_none() && e.event.rule.as_ref() == "conntrack.conn_new_per_minute"));
+    }
+
+    #[test]
+    fn retention_deletes_old_events() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.insert_events(&[(origin(1), ev(Kind::AuthFailure, "198.51.100.7", 0)), (origin(2), ev(Kind::AuthFailure, "198.51.100.7", 7200))])
+            .unwrap();
+        let now = Utc.timestamp_opt(1_763_700_000 + 7200 + 1800, 0).unwrap();
+        assert_eq!(s.prune(now, Duration::from_secs(3600)).unwrap(), 1);
+        assert_eq!(s.query_events(&EventFilter::default()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused_and_left_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        drop(Store::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let before = std::fs::read(&path).unwrap();
+        let e = Store::open(&path).err().unwrap().to_string();
+        assert!(e.contains("schema version 99") && e.contains("knows up to 1"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/f.db");
+        let mut s = Store::open(&path).unwrap();
+        s.insert_events(&[(origin(1), ev(Kind::AuthFailure, "198.51.100.7", 0))]).unwrap();
+        s.set_position("mail.log", 42, 1000, Utc::now()).unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(s.query_events(&EventFilter::default()).unwrap().len(), 1);
+        assert_eq!(s.position("mail.log").unwrap(), Some((42, 1000)));
+    }
+}
