@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::{packed, AhoCorasick, AhoCorasickKind, MatchKind, Span};
 use memchr::memmem;
 use regex::{CaptureLocations, Regex};
 
@@ -82,8 +82,8 @@ impl FamilyInfo {
 pub struct Matcher {
     pub rules: Vec<Rule>,
     pub families: Vec<FamilyInfo>,
-    prefilter: AhoCorasick,
-    /// For each prefilter pattern, the rules it anchors.
+    prefilter: Prefilter,
+    /// For each prefilter pattern, the rules it anchors, and those of every pattern it contains.
     pattern_rules: Vec<Vec<u32>>,
     /// Rules without a literal: they run on every line.
     always: Vec<u32>,
@@ -142,12 +142,24 @@ impl Matcher {
                 });
             }
         }
-        let prefilter = AhoCorasick::builder()
-            .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
-            .build(&patterns)
-            .expect("literal patterns always build");
-        Matcher { rules, families: infos, prefilter, pattern_rules, always }
+        // A pattern found in a line implies every pattern it contains: give it their rules too, so that the
+        // SIMD search below may report only the longest pattern at each position.
+        let closed: Vec<Vec<u32>> = patterns
+            .iter()
+            .map(|p| {
+                let mut rs: Vec<u32> = patterns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, q)| memmem::find(p.as_bytes(), q.as_bytes()).is_some())
+                    .flat_map(|(j, _)| pattern_rules[j].iter().copied())
+                    .collect();
+                rs.sort_unstable();
+                rs.dedup();
+                rs
+            })
+            .collect();
+        let prefilter = Prefilter::new(&patterns);
+        Matcher { rules, families: infos, prefilter, pattern_rules: closed, always }
     }
 
     pub fn scratch(&self) -> Scratch {
@@ -161,15 +173,16 @@ impl Matcher {
     /// Rules whose literals all occur in `line`, in rule order. Cheap: one automaton pass, no regex.
     pub fn candidates<'s>(&self, line: &str, scratch: &'s mut Scratch) -> &'s [u32] {
         scratch.candidates.clear();
-        for m in self.prefilter.find_overlapping_iter(line) {
-            for &ri in &self.pattern_rules[m.pattern().as_usize()] {
+        let Scratch { candidates, seen, .. } = scratch;
+        self.prefilter.each_match(line.as_bytes(), |pi| {
+            for &ri in &self.pattern_rules[pi] {
                 let (w, bit) = (ri as usize / 64, 1u64 << (ri % 64));
-                if scratch.seen[w] & bit == 0 {
-                    scratch.seen[w] |= bit;
-                    scratch.candidates.push(ri);
+                if seen[w] & bit == 0 {
+                    seen[w] |= bit;
+                    candidates.push(ri);
                 }
             }
-        }
+        });
         for &ri in &scratch.candidates {
             scratch.seen[ri as usize / 64] = 0;
         }
@@ -190,6 +203,64 @@ impl Matcher {
             .copied()
             .find(|&ri| self.rules[ri as usize].regex.captures_read(&mut locs[ri as usize], message).is_some())?;
         Some((hit, &locs[hit as usize]))
+    }
+}
+
+/// Finds which literal patterns occur in a line. Teddy (SIMD, at most 64 patterns per searcher) in groups,
+/// leftmost-longest, restarting one byte after each match start: every position where some pattern starts is
+/// visited, and the longest pattern there stands for those it contains. Without SIMD, one overlapping DFA.
+enum Prefilter {
+    Packed(Vec<(packed::Searcher, Vec<usize>)>),
+    Dfa(AhoCorasick),
+}
+
+impl Prefilter {
+    fn new(patterns: &[String]) -> Prefilter {
+        let mut groups = Vec::new();
+        let ids: Vec<usize> = (0..patterns.len()).collect();
+        for chunk in ids.chunks(64) {
+            let searcher = packed::Config::new()
+                .match_kind(packed::MatchKind::LeftmostLongest)
+                .builder()
+                .extend(chunk.iter().map(|&i| patterns[i].as_bytes()))
+                .build();
+            match searcher {
+                Some(s) => groups.push((s, chunk.to_vec())),
+                None => {
+                    groups.clear();
+                    break;
+                }
+            }
+        }
+        if !groups.is_empty() || patterns.is_empty() {
+            return Prefilter::Packed(groups);
+        }
+        let dfa = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(patterns)
+            .expect("literal patterns always build");
+        Prefilter::Dfa(dfa)
+    }
+
+    fn each_match(&self, hay: &[u8], mut f: impl FnMut(usize)) {
+        match self {
+            Prefilter::Packed(groups) => {
+                for (searcher, ids) in groups {
+                    let mut at = 0;
+                    while at < hay.len() {
+                        let Some(m) = searcher.find_in(hay, Span { start: at, end: hay.len() }) else { break };
+                        f(ids[m.pattern().as_usize()]);
+                        at = m.start() + 1;
+                    }
+                }
+            }
+            Prefilter::Dfa(dfa) => {
+                for m in dfa.find_overlapping_iter(hay) {
+                    f(m.pattern().as_usize());
+                }
+            }
+        }
     }
 }
 
