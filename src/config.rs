@@ -198,7 +198,7 @@ impl Config {
         if self.parse.max_line_bytes < 256 {
             return Err("parse.max_line_bytes: at least 256 bytes".into());
         }
-        if let Some(c) = self.allowlist.iter().find(|c| c.len() == 0) {
+        if let Some(c) = self.allowlist.iter().find(|c| c.prefix_len() == 0) {
             return Err(format!("allowlist: `{c}` would exempt every address"));
         }
         Ok(())
@@ -286,5 +286,22 @@ mod tests {
     fn missing_default_file_means_defaults_but_missing_explicit_file_is_an_error() {
         let e = Config::load(Some(Path::new("/nonexistent/floodgate.toml"))).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/floodgate.toml: cannot read"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_is_valid_and_is_the_preset() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/floodgate.toml");
+        let c = Config::load(Some(Path::new(path))).unwrap();
+        let d = Config::default();
+        assert_eq!(c.service_ports(), d.service_ports());
+        assert_eq!(c.db, d.db);
+        assert_eq!(c.store.retention, d.store.retention);
+        assert_eq!(c.jail.maxretry, d.jail.maxretry);
+        assert_eq!(c.allowlist.len(), 2);
     }
 }

@@ -3,12 +3,12 @@
 //! Data flows one way: sources -> parse (rules -> [`event::Event`]) -> store + policy -> enforce / notify.
 
 pub mod addr;
+pub mod cli;
+pub mod config;
 pub mod event;
 pub mod matcher;
 pub mod parser;
 pub mod prefix;
-pub mod rules;
-pub mod config;
-pub mod store;
 pub mod reader;
-pub mod cli;
+pub mod rules;
+pub mod store;

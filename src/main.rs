@@ -16,7 +16,9 @@ fn main() {
         .init();
     if let Err(e) = floodgate::cli::run(cli) {
         // Broken pipe (`floodgate parse ... | head`) is not an error worth a message.
-        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+        if e.chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+        {
             std::process::exit(0);
         }
         eprintln!("floodgate: error: {e:#}");

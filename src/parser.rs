@@ -24,7 +24,11 @@ pub enum Outcome {
     /// Not UTF-8.
     Undecodable,
     /// A rule matched but a field did not parse (`unknown[unknown]`, a port of 99999).
-    Malformed { rule: Arc<str>, field: &'static str, value: String },
+    Malformed {
+        rule: Arc<str>,
+        field: &'static str,
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -141,8 +145,11 @@ impl LineParser {
         let rule = &matcher.rules[ri as usize];
         let g = &rule.groups;
         let msg = p.message;
-        let malformed =
-            |field: &'static str, value: &str| Outcome::Malformed { rule: rule.id.clone(), field, value: value.to_string() };
+        let malformed = |field: &'static str, value: &str| Outcome::Malformed {
+            rule: rule.id.clone(),
+            field,
+            value: value.to_string(),
+        };
 
         let mut addr = None;
         if let Some(text) = group(locs, g.addr, msg) {
@@ -201,8 +208,8 @@ impl LineParser {
                 None
             }
         });
-        let assured = (rule.kind == Kind::ConnDestroy || g.assured.is_some())
-            .then(|| group(locs, g.assured, msg).is_some());
+        let assured =
+            (rule.kind == Kind::ConnDestroy || g.assured.is_some()).then(|| group(locs, g.assured, msg).is_some());
         self.hits[ri as usize] += 1;
         Outcome::Event(Box::new(Event {
             time,

@@ -183,11 +183,7 @@ fn split_bracket<'a>(line: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
     let s: i64 = secs.parse().ok()?;
     let nanos = frac_nanos(frac.as_bytes());
     let offset = Duration::seconds(s) + Duration::nanoseconds(nanos as i64);
-    let time = if s >= 1_000_000_000 {
-        DateTime::from_timestamp(s, nanos)
-    } else {
-        ctx.boot_time.map(|b| b + offset)
-    };
+    let time = if s >= 1_000_000_000 { DateTime::from_timestamp(s, nanos) } else { ctx.boot_time.map(|b| b + offset) };
     let message = line[close + 1..].trim_start();
     Some(Prefixed { time, host: None, program: None, message })
 }
@@ -196,8 +192,7 @@ fn split_bracket<'a>(line: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
 fn after_time(line: &str, used: usize, time: Option<DateTime<Utc>>) -> Prefixed<'_> {
     let rest = line[used..].trim_start_matches(' ');
     let (t1, after1) = token(rest);
-    if t1.ends_with(':') {
-        let tag = &t1[..t1.len() - 1];
+    if let Some(tag) = t1.strip_suffix(':') {
         if let Some(name) = tag_with_pid(tag) {
             return Prefixed { time, host: None, program: Some(name), message: after1 };
         }
@@ -415,7 +410,8 @@ mod tests {
 
     #[test]
     fn exim_mainlog_has_no_host_or_tag() {
-        let p = split("2026-11-21 09:00:00 H=(x) [198.51.100.20] F=<a@b> rejected RCPT <c@d>: relay not permitted", &ctx());
+        let p =
+            split("2026-11-21 09:00:00 H=(x) [198.51.100.20] F=<a@b> rejected RCPT <c@d>: relay not permitted", &ctx());
         assert_eq!(p.time, Some(utc("2026-11-21T00:00:00Z")));
         assert_eq!(p.host, None);
         assert!(p.message.starts_with("H=(x) [198.51.100.20]"));
@@ -452,7 +448,8 @@ mod tests {
     #[test]
     fn bare_and_odd_lines_are_messages() {
         let c = ctx();
-        for line in ["", "hello world", "Nov", "Nov 99 99:99:99 x", "2026-13-40T00:00:00Z x", "[NEW] tcp", "<999999>x"] {
+        for line in ["", "hello world", "Nov", "Nov 99 99:99:99 x", "2026-13-40T00:00:00Z x", "[NEW] tcp", "<999999>x"]
+        {
             let p = split(line, &c);
             assert_eq!(p.time, None, "{line}");
         }

@@ -138,7 +138,8 @@ pub fn load(dirs: &[PathBuf], builtin: bool) -> Result<Vec<Family>, RulesError> 
 
 fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, RulesError> {
     let shown = dir.display().to_string();
-    let entries = std::fs::read_dir(dir).map_err(|e| RulesError::new(&shown, None, format!("cannot read rules directory: {e}")))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| RulesError::new(&shown, None, format!("cannot read rules directory: {e}")))?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| RulesError::new(&shown, None, e.to_string()))?;
@@ -156,7 +157,11 @@ fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, RulesError> {
 pub fn check_file(name: &str, origin: &str, text: &str) -> Result<Family, RulesError> {
     let family_name = name.strip_suffix(".toml").unwrap_or(name).to_string();
     if !valid_id(&family_name) {
-        return Err(RulesError::new(origin, None, "file name must be lower-case letters, digits, `_` or `-` plus .toml"));
+        return Err(RulesError::new(
+            origin,
+            None,
+            "file name must be lower-case letters, digits, `_` or `-` plus .toml",
+        ));
     }
     let file: RulesFile = toml::from_str(text).map_err(|e| RulesError::new(origin, None, toml_reason(&e, text)))?;
     if file.rules.is_empty() {
@@ -181,7 +186,9 @@ pub fn check_file(name: &str, origin: &str, text: &str) -> Result<Family, RulesE
         }
         let failure = spec.failure.unwrap_or(kind.is_failure_by_default());
         if failure && !names.contains(&"addr") && !names.contains(&"session") {
-            return Err(err("a failure rule needs an `addr` (or `session`) capture: whom would it count against?".into()));
+            return Err(err(
+                "a failure rule needs an `addr` (or `session`) capture: whom would it count against?".into()
+            ));
         }
         if kind == Kind::SynFlood && !names.contains(&"port") {
             return Err(err("a syn_flood rule needs a `port` capture (the listener's port)".into()));

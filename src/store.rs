@@ -95,7 +95,8 @@ impl Store {
             move |source| sql(&p, &c, source)
         };
         conn.busy_timeout(Duration::from_secs(5)).map_err(ctx("busy timeout"))?;
-        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(ctx("reading schema version"))?;
+        let found: i64 =
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(ctx("reading schema version"))?;
         // Checked before anything is written, WAL mode included: a newer database is never altered.
         if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew { path, found, known: SCHEMA_VERSION });
@@ -135,7 +136,8 @@ impl Store {
             return Ok(id);
         }
         self.conn.prepare_cached("INSERT OR IGNORE INTO labels (name) VALUES (?1)")?.execute([name])?;
-        let id: i64 = self.conn.prepare_cached("SELECT id FROM labels WHERE name = ?1")?.query_row([name], |r| r.get(0))?;
+        let id: i64 =
+            self.conn.prepare_cached("SELECT id FROM labels WHERE name = ?1")?.query_row([name], |r| r.get(0))?;
         self.labels.insert(name.to_string(), id);
         Ok(id)
     }
@@ -264,7 +266,12 @@ impl Store {
             let count: i64 = r.get(12)?;
             let aggregated = id.is_none();
             let (syn_action, assured) = match kind {
-                Kind::SynFlood => (detail.and_then(|d| [None, Some(SynAction::Cookies), Some(SynAction::Dropping)].get(d as usize).copied().flatten()), None),
+                Kind::SynFlood => (
+                    detail.and_then(|d| {
+                        [None, Some(SynAction::Cookies), Some(SynAction::Dropping)].get(d as usize).copied().flatten()
+                    }),
+                    None,
+                ),
                 // An aggregated conn_destroy row counts how many of its connections were assured.
                 Kind::ConnDestroy if aggregated => (None, detail.map(|d| d > 0)),
                 Kind::ConnDestroy => (None, detail.map(|d| d != 0)),
@@ -306,7 +313,9 @@ impl Store {
     }
 
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| sql(&self.path, "checkpoint", e))
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| sql(&self.path, "checkpoint", e))
     }
 
     /// The stored read position of a tailed input: (inode, byte offset).
@@ -339,7 +348,6 @@ fn sql(path: &str, context: &str, source: rusqlite::Error) -> StoreError {
 pub fn resolve_path(flag: Option<&Path>, config_db: &Path) -> PathBuf {
     flag.map(Path::to_path_buf).unwrap_or_else(|| config_db.to_path_buf())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -395,8 +403,11 @@ mod tests {
     #[test]
     fn conntrack_events_aggregate_per_source_port_and_minute() {
         let mut s = Store::open_in_memory().unwrap();
-        let batch: Vec<_> =
-            (0..100).map(|i| (origin(i), ev(if i % 2 == 0 { Kind::ConnNew } else { Kind::ConnDestroy }, "198.18.0.1", i as i64))).collect();
+        let batch: Vec<_> = (0..100)
+            .map(|i| {
+                (origin(i), ev(if i % 2 == 0 { Kind::ConnNew } else { Kind::ConnDestroy }, "198.18.0.1", i as i64))
+            })
+            .collect();
         s.insert_events(&batch).unwrap();
         let (rows, _) = s.usage().unwrap();
         // 100 seconds span two minutes: 2 kinds x 2 minutes at most.
@@ -409,8 +420,11 @@ mod tests {
     #[test]
     fn retention_deletes_old_events() {
         let mut s = Store::open_in_memory().unwrap();
-        s.insert_events(&[(origin(1), ev(Kind::AuthFailure, "198.51.100.7", 0)), (origin(2), ev(Kind::AuthFailure, "198.51.100.7", 7200))])
-            .unwrap();
+        s.insert_events(&[
+            (origin(1), ev(Kind::AuthFailure, "198.51.100.7", 0)),
+            (origin(2), ev(Kind::AuthFailure, "198.51.100.7", 7200)),
+        ])
+        .unwrap();
         let now = Utc.timestamp_opt(1_763_700_000 + 7200 + 1800, 0).unwrap();
         assert_eq!(s.prune(now, Duration::from_secs(3600)).unwrap(), 1);
         assert_eq!(s.query_events(&EventFilter::default()).unwrap().len(), 1);

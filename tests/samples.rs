@@ -88,7 +88,10 @@ fn check_file(path: &Path) -> (usize, Vec<String>) {
                             (_, Some(w)) => gv == w,
                         };
                         if !ok {
-                            errors.push(format!("{name}:{ln}: field {k}: want {}, got {gv}", wv.unwrap_or("absent/default")));
+                            errors.push(format!(
+                                "{name}:{ln}: field {k}: want {}, got {gv}",
+                                wv.unwrap_or("absent/default")
+                            ));
                         }
                     }
                     for (k, _) in &want {

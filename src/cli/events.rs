@@ -41,7 +41,11 @@ pub fn run(ctx: &super::Context_, args: Args) -> Result<()> {
     let filter = EventFilter {
         since: args.since.as_deref().map(|s| parse_since(s, Utc::now())).transpose()?,
         cidr: args.addr.as_deref().map(|a| a.parse::<Cidr>().context("--addr")).transpose()?,
-        kind: args.kind.as_deref().map(|k| k.parse::<Kind>().map_err(|e| anyhow::anyhow!("--kind: {e}"))).transpose()?,
+        kind: args
+            .kind
+            .as_deref()
+            .map(|k| k.parse::<Kind>().map_err(|e| anyhow::anyhow!("--kind: {e}")))
+            .transpose()?,
         limit: Some(args.limit),
     };
     let store = ctx.open_existing_store()?;

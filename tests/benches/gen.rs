@@ -1,6 +1,9 @@
 //! A synthetic mail log for the benchmarks: mostly normal Postfix and Dovecot traffic with ~10% abuse lines,
 //! in the formats real servers print (see tests/samples). Deterministic: the same seed gives the same log.
 
+// Shared by both benches; each uses only part of it.
+#![allow(dead_code)]
+
 pub struct Rng(u64);
 
 impl Rng {
@@ -27,7 +30,7 @@ pub fn mail_log(lines: usize, seed: u64) -> Vec<u8> {
         let ts = format!("Nov 21 {:02}:{:02}:{:02}", 8 + (sec / 3600) % 12, (sec / 60) % 60, sec % 60);
         let pid = 20000 + r.below(5000);
         let ip = format!("198.51.100.{}", r.below(254) + 1);
-        let qid = format!("{:X}", r.next() & 0xFFFF_FFFF_FF);
+        let qid = format!("{:X}", r.next() & 0x00FF_FFFF_FFFF);
         let line = if r.below(10) == 0 {
             match r.below(6) {
                 0 => format!("{ts} mx postfix/smtpd[{pid}]: warning: unknown[{ip}]: SASL PLAIN authentication failed: (reason unavailable), sasl_username=alice"),

@@ -59,7 +59,11 @@ fn main() {
     let rules = matcher.rules.len();
     let rate = lines as f64 / best;
     println!("parse: {lines} lines ({:.1} MiB), {rules} rules, {events} events", log.len() as f64 / 1048576.0);
-    println!("parse: best of 5: {best:.3} s = {:.2} M lines/s, {:.0} MiB/s on one thread", rate / 1e6, log.len() as f64 / 1048576.0 / best);
+    println!(
+        "parse: best of 5: {best:.3} s = {:.2} M lines/s, {:.0} MiB/s on one thread",
+        rate / 1e6,
+        log.len() as f64 / 1048576.0 / best
+    );
     println!("parse: {:.1}x fail2ban-regex's ~85k lines/s (postfix filter alone)", rate / 85_000.0);
     let _ = Arc::new(());
 }

@@ -15,10 +15,11 @@ fn main() {
     let batch_size = 4096;
     let mut r = gen::Rng::new(7);
     let input: Arc<str> = Arc::from("/var/log/mail.log");
-    let rules: Vec<Arc<str>> = ["postfix.sasl_auth_failed", "postfix.connect", "dovecot.login_auth_failed", "postfix.relay_denied"]
-        .iter()
-        .map(|s| Arc::from(*s))
-        .collect();
+    let rules: Vec<Arc<str>> =
+        ["postfix.sasl_auth_failed", "postfix.connect", "dovecot.login_auth_failed", "postfix.relay_denied"]
+            .iter()
+            .map(|s| Arc::from(*s))
+            .collect();
     let smtp: Arc<str> = Arc::from("smtp");
     let t0 = Utc.with_ymd_and_hms(2026, 11, 21, 0, 0, 0).unwrap();
     let events: Vec<(Origin, Event)> = (0..total)
@@ -56,7 +57,11 @@ fn main() {
     store.checkpoint().unwrap();
     let (rows, bytes) = store.usage().unwrap();
     println!("store: {total} events in batches of {batch_size}: {secs:.3} s = {:.0} events/s", total as f64 / secs);
-    println!("store: {rows} rows, {:.1} MiB on disk = {:.1} bytes/event (with indexes)", bytes as f64 / 1048576.0, bytes as f64 / total as f64);
+    println!(
+        "store: {rows} rows, {:.1} MiB on disk = {:.1} bytes/event (with indexes)",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / total as f64
+    );
 
     // A flood of conntrack NEW events from 5,000 spoofed sources, aggregated per source, port and minute.
     let flood: Vec<(Origin, Event)> = (0..total)

@@ -1,0 +1,157 @@
+//! The `floodgate` binary as an operator runs it: parse, parse --save, events, and its errors.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn floodgate(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = stdin {
+        child.stdin.take().unwrap().write_all(data).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    config: String,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("floodgate.toml");
+    std::fs::write(&config, "timezone = \"UTC\"\n").unwrap();
+    Env { config: config.display().to_string(), dir }
+}
+
+impl Env {
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+const LOG: &str = "Nov 21 09:00:00 mx postfix/smtpd[1]: connect from unknown[198.51.100.13]\n\
+Nov 21 09:00:01 mx postfix/qmgr[2]: ABC: removed\n\
+Nov 21 09:00:02 mx postfix/submission/smtpd[3]: warning: unknown[198.51.100.13]: SASL PLAIN authentication failed: (reason unavailable), sasl_username=alice\n";
+
+#[test]
+fn parse_json_gives_one_object_per_event_and_a_summary_on_stderr() {
+    let e = env();
+    let log = e.path("mail.log");
+    let mut data = LOG.as_bytes().to_vec();
+    data.extend_from_slice(b"\xff\xfe not utf-8\n\0\0\0 nul bytes\n");
+    data.extend(std::iter::repeat_n(b'x', 1 << 20));
+    data.extend_from_slice(b"\nNov 21 09:00:03 mx sshd[9]: Failed password for root from 2001:db8::7 port 4 ssh2");
+    std::fs::write(&log, &data).unwrap();
+    let out = floodgate(&["--config", &e.config, "parse", "--format", "json", &log], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 3, "{stdout}");
+    let auth = &events[1];
+    assert_eq!(auth["file"], log.as_str());
+    assert_eq!(auth["line"], 3);
+    assert_eq!(auth["time"], "2026-11-21T09:00:02Z");
+    assert_eq!(auth["kind"], "auth_failure");
+    assert_eq!(auth["failure"], true);
+    assert_eq!(auth["rule"], "postfix.sasl_auth_failed");
+    assert_eq!(auth["addr"], "198.51.100.13");
+    assert_eq!(auth["port"], 587);
+    assert_eq!(auth["service"], "submission");
+    assert_eq!(auth["user"], "alice");
+    assert!(events[0].get("user").is_none(), "absent values are omitted");
+    // The truncated last line (no newline) still counts.
+    assert_eq!(events[2]["addr"], "2001:db8::7");
+    assert_eq!(events[2]["line"], 7);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("7 lines, 3 events, 2 unmatched, 1 undecodable, 1 overlong, 0 malformed"), "{stderr}");
+    assert!(stderr.contains("postfix.sasl_auth_failed"), "{stderr}");
+    assert!(stderr.contains("lines/s"), "{stderr}");
+}
+
+#[test]
+fn parse_reads_stdin_saves_and_events_queries_the_store() {
+    let e = env();
+    let db = e.path("store/f.db");
+    let out = floodgate(&["--config", &e.config, "--db", &db, "parse", "--save", "-"], Some(LOG.as_bytes()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("-:1 2026-11-21T09:00:00Z connect addr=198.51.100.13 port=25 service=smtp"), "{text}");
+
+    let out = floodgate(&["--config", &e.config, "--db", &db, "events", "--json", "--kind", "auth_failure"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["input"], "-");
+    assert_eq!(rows[0]["line"], 3);
+    assert_eq!(rows[0]["user"], "alice");
+
+    let out = floodgate(&["--config", &e.config, "--db", &db, "events", "--addr", "203.0.113.0/24"], None);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    let out = floodgate(
+        &["--config", &e.config, "--db", &db, "events", "--addr", "198.51.100.0/24", "--since", "2026-11-21T09:00:01Z"],
+        None,
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn bad_inputs_are_refused_with_a_clear_reason() {
+    let e = env();
+    // A bad rules file: file, rule id and reason.
+    let rules = e.path("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        format!("{rules}/mine.toml"),
+        "[[rule]]\nid = \"x\"\nkind = \"auth_failure\"\nregex = \"(?P<addr>[\"\n",
+    )
+    .unwrap();
+    let out = floodgate(&["--config", &e.config, "parse", "--rules", &rules, "-"], Some(b""));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("mine.toml: rule `mine.x`: bad regex"), "{err}");
+
+    // A bad config: file, line, key.
+    let bad = e.path("bad.toml");
+    std::fs::write(&bad, "[store]\nretention = \"soon\"\n").unwrap();
+    let out = floodgate(&["--config", &bad, "parse", "-"], Some(b""));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("bad.toml: line 2") && err.contains("`soon` is not a duration"), "{err}");
+
+    // No store yet, a bad filter, a missing file.
+    let out = floodgate(&["--config", &e.config, "--db", &e.path("none.db"), "events"], None);
+    assert!(String::from_utf8(out.stderr).unwrap().contains("no event store yet"));
+    let out = floodgate(&["--config", &e.config, "--db", &e.path("none.db"), "events", "--kind", "bogus"], None);
+    assert!(String::from_utf8(out.stderr).unwrap().contains("unknown event kind `bogus`"));
+    let out = floodgate(&["--config", &e.config, "parse", &e.path("missing.log")], None);
+    assert!(String::from_utf8(out.stderr).unwrap().contains("missing.log: cannot open"));
+}
+
+#[test]
+fn a_user_rules_dir_adds_a_family_without_recompiling() {
+    let e = env();
+    let rules = e.path("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        format!("{rules}/myapp.toml"),
+        "[family]\nservice = \"smtp\"\n[[rule]]\nid = \"bad_login\"\nkind = \"auth_failure\"\nliterals = [\"bad login\"]\nregex = 'bad login from (?P<addr>\\S+)'\n",
+    )
+    .unwrap();
+    let out = floodgate(
+        &["--config", &e.config, "parse", "--rules", &rules, "--format", "json", "-"],
+        Some(b"myapp: bad login from ::ffff:203.0.113.4\n"),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rule"], "myapp.bad_login");
+    assert_eq!(v["addr"], "203.0.113.4");
+    assert_eq!(v["port"], 25);
+}
