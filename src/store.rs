@@ -3,7 +3,7 @@
 //! aggregating conntrack events per source, port and minute.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -343,11 +343,6 @@ impl Store {
 
 fn sql(path: &str, context: &str, source: rusqlite::Error) -> StoreError {
     StoreError::Sql { path: path.to_string(), context: context.to_string(), cause: source }
-}
-
-/// The store path a command uses: `--db`, else the config's.
-pub fn resolve_path(flag: Option<&Path>, config_db: &Path) -> PathBuf {
-    flag.map(Path::to_path_buf).unwrap_or_else(|| config_db.to_path_buf())
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ pub fn run(ctx: &super::Context_, args: Args) -> Result<()> {
     let batch_size = ctx.config.store.batch_size;
     let started = Instant::now();
     let mut per_file: Vec<(String, Stats)> = Vec::new();
+    let mut out_closed = false;
 
     for path in &args.files {
         let name = path.display().to_string();
@@ -82,7 +83,13 @@ pub fn run(ctx: &super::Context_, args: Args) -> Result<()> {
             };
             match outcome {
                 Outcome::Event(ev) => {
-                    write_event(&mut out, args.format, &name, line_no, &ev)?;
+                    // A closed stdout (`| head`) ends the listing, not the import.
+                    if !out_closed {
+                        match write_event(&mut out, args.format, &name, line_no, &ev) {
+                            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => out_closed = true,
+                            r => r?,
+                        }
+                    }
                     if let Some(store) = store.as_mut() {
                         batch.push((Origin { input: label.clone(), line: Some(line_no) }, *ev));
                         if batch.len() >= batch_size {
@@ -104,7 +111,10 @@ pub fn run(ctx: &super::Context_, args: Args) -> Result<()> {
     if let Some(store) = store.as_mut() {
         store.insert_events(&batch)?;
     }
-    out.flush()?;
+    match out.flush() {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
     drop(out);
     summary(&parser, &per_file, started.elapsed().as_secs_f64(), store.as_ref().map(|s| s.path()));
     Ok(())
@@ -124,8 +134,11 @@ fn write_event(out: &mut impl Write, format: Format, file: &str, line: u64, ev: 
 pub fn event_text(ev: &Event) -> String {
     use std::fmt::Write as _;
     let mut s = format!("{} {}", format_time(&ev.time), ev.kind);
-    if !ev.failure && ev.kind.is_failure_by_default() {
-        s.push_str("(signal)");
+    // Say so where a rule overrode its kind's default.
+    match (ev.failure, ev.kind.is_failure_by_default()) {
+        (false, true) => s.push_str("(signal)"),
+        (true, false) => s.push_str("(failure)"),
+        _ => {}
     }
     if let Some(a) = ev.addr {
         let _ = write!(s, " addr={a}");
