@@ -34,7 +34,7 @@ CREATE TABLE events (
     detail INTEGER            -- syn_flood: 1 cookies, 2 dropping; conn_destroy: 1 assured, 0 not
 );
 CREATE INDEX events_by_time ON events (ts_us);
-CREATE INDEX events_by_addr ON events (addr, ts_us) WHERE addr IS NOT NULL;
+CREATE INDEX events_by_addr ON events (addr) WHERE addr IS NOT NULL;
 
 -- conntrack NEW/DESTROY arrive by the thousand per second in a flood: stored as counts per source, port and
 -- minute, so the store grows with the number of sources, not packets.

@@ -131,7 +131,8 @@ impl LineParser {
     }
 
     fn classify(&mut self, line: &str) -> Outcome {
-        let matcher = Arc::clone(&self.matcher);
+        // Disjoint field borrows: no reference-count traffic per line.
+        let matcher: &Matcher = &self.matcher;
         if matcher.candidates(line, &mut self.scratch).is_empty() {
             return Outcome::Unmatched;
         }
