@@ -155,3 +155,21 @@ fn a_user_rules_dir_adds_a_family_without_recompiling() {
     assert_eq!(v["addr"], "203.0.113.4");
     assert_eq!(v["port"], 25);
 }
+
+#[test]
+fn rotated_gzip_logs_are_read_and_a_corrupt_one_is_a_clear_error() {
+    let e = env();
+    let gz = e.path("mail.log.2.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::default());
+    enc.write_all(LOG.as_bytes()).unwrap();
+    enc.finish().unwrap();
+    let out = floodgate(&["--config", &e.config, "parse", "--format", "json", &gz], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
+
+    let bad = e.path("broken.log.gz");
+    std::fs::write(&bad, b"this is not gzip\n").unwrap();
+    let out = floodgate(&["--config", &e.config, "parse", &bad], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("broken.log.gz: read error"));
+}

@@ -32,7 +32,7 @@ pub struct Args {
     /// Also write the events to the store (import old logs).
     #[arg(long)]
     pub save: bool,
-    /// Files to read; `-` reads stdin.
+    /// Files to read (`.gz` files are decompressed); `-` reads stdin.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }
@@ -64,7 +64,13 @@ pub fn run(ctx: &super::Context_, args: Args) -> Result<()> {
         let input: Box<dyn Read> = if name == "-" {
             Box::new(io::stdin().lock())
         } else {
-            Box::new(File::open(path).with_context(|| format!("{name}: cannot open"))?)
+            let file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
+            // Rotated logs (mail.log.2.gz) import as they lie in /var/log.
+            if path.extension().is_some_and(|e| e == "gz") {
+                Box::new(flate2::read::MultiGzDecoder::new(file))
+            } else {
+                Box::new(file)
+            }
         };
         let label: Arc<str> = Arc::from(name.as_str());
         let before = parser.stats.clone();
