@@ -35,27 +35,19 @@ impl Zone {
     }
 
     fn to_utc(self, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
-        fn pick<T: TimeZone>(r: LocalResult<DateTime<T>>) -> Option<DateTime<Utc>> {
-            // In a DST gap the wall time never happened; in an overlap take the earlier instant.
-            match r {
-                LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
-                LocalResult::None => None,
-            }
-        }
-        let r = match self {
-            Zone::Local => pick(chrono::Local.from_local_datetime(&naive)),
-            Zone::Named(tz) => pick(tz.from_local_datetime(&naive)),
-            Zone::Fixed(o) => pick(o.from_local_datetime(&naive)),
-        };
-        r.or_else(|| self.to_utc_gap(naive))
+        // In an overlap take the earlier instant; a wall time inside a DST gap never happened, so read it an
+        // hour later, as the clock showed it.
+        self.earliest(naive).or_else(|| self.earliest(naive + Duration::hours(1)))
     }
 
-    fn to_utc_gap(self, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
-        let later = naive + Duration::hours(1);
+    fn earliest(self, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
+        fn utc<T: TimeZone>(r: LocalResult<DateTime<T>>) -> Option<DateTime<Utc>> {
+            r.earliest().map(|t| t.with_timezone(&Utc))
+        }
         match self {
-            Zone::Local => chrono::Local.from_local_datetime(&later).earliest().map(|t| t.with_timezone(&Utc)),
-            Zone::Named(tz) => tz.from_local_datetime(&later).earliest().map(|t| t.with_timezone(&Utc)),
-            Zone::Fixed(o) => o.from_local_datetime(&later).earliest().map(|t| t.with_timezone(&Utc)),
+            Zone::Local => utc(chrono::Local.from_local_datetime(&naive)),
+            Zone::Named(tz) => utc(tz.from_local_datetime(&naive)),
+            Zone::Fixed(o) => utc(o.from_local_datetime(&naive)),
         }
     }
 }

@@ -120,8 +120,8 @@ pub fn load(dirs: &[PathBuf], builtin: bool) -> Result<Vec<Family>, RulesError> 
             texts.insert(name, (shown, text));
         }
     }
-    // Keep the built-in order (most specific families first is not needed: rules are tried in file order
-    // only among the candidates of one line), then any added families by name.
+    // Families in file-name order; a line's candidate rules are tried in that order, so rules of different
+    // families never compete for a line unless their literals overlap.
     let mut families = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for (name, (origin, text)) in texts {

@@ -35,6 +35,14 @@ impl Env {
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
+
+    /// A rules directory holding one file; returns the directory.
+    fn rules_dir(&self, file: &str, text: &str) -> String {
+        let rules = self.path("rules");
+        std::fs::create_dir_all(&rules).unwrap();
+        std::fs::write(format!("{rules}/{file}"), text).unwrap();
+        rules
+    }
 }
 
 const LOG: &str = "Nov 21 09:00:00 mx postfix/smtpd[1]: connect from unknown[198.51.100.13]\n\
@@ -108,13 +116,7 @@ fn parse_reads_stdin_saves_and_events_queries_the_store() {
 fn bad_inputs_are_refused_with_a_clear_reason() {
     let e = env();
     // A bad rules file: file, rule id and reason.
-    let rules = e.path("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(
-        format!("{rules}/mine.toml"),
-        "[[rule]]\nid = \"x\"\nkind = \"auth_failure\"\nregex = \"(?P<addr>[\"\n",
-    )
-    .unwrap();
+    let rules = e.rules_dir("mine.toml", "[[rule]]\nid = \"x\"\nkind = \"auth_failure\"\nregex = \"(?P<addr>[\"\n");
     let out = floodgate(&["--config", &e.config, "parse", "--rules", &rules, "-"], Some(b""));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
@@ -139,13 +141,10 @@ fn bad_inputs_are_refused_with_a_clear_reason() {
 #[test]
 fn a_user_rules_dir_adds_a_family_without_recompiling() {
     let e = env();
-    let rules = e.path("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(
-        format!("{rules}/myapp.toml"),
+    let rules = e.rules_dir(
+        "myapp.toml",
         "[family]\nservice = \"smtp\"\n[[rule]]\nid = \"bad_login\"\nkind = \"auth_failure\"\nliterals = [\"bad login\"]\nregex = 'bad login from (?P<addr>\\S+)'\n",
-    )
-    .unwrap();
+    );
     let out = floodgate(
         &["--config", &e.config, "parse", "--rules", &rules, "--format", "json", "-"],
         Some(b"myapp: bad login from ::ffff:203.0.113.4\n"),

@@ -37,7 +37,7 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     Ok(now - chrono::Duration::from_std(d).context("--since: duration too large")?)
 }
 
-pub fn run(ctx: &super::Context_, args: Args) -> Result<()> {
+pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
     let filter = EventFilter {
         since: args.since.as_deref().map(|s| parse_since(s, Utc::now())).transpose()?,
         cidr: args.addr.as_deref().map(|a| a.parse::<Cidr>().context("--addr")).transpose()?,

@@ -36,20 +36,20 @@ pub enum Command {
 }
 
 /// What every command starts from: the checked config and where the store is.
-pub struct Context_ {
+pub struct Setup {
     pub config: Config,
     pub db: PathBuf,
 }
 
 impl Cli {
-    pub fn context(&self) -> Result<Context_> {
+    pub fn context(&self) -> Result<Setup> {
         let config = Config::load(self.config.as_deref())?;
         let db = self.db.clone().unwrap_or_else(|| config.db.clone());
-        Ok(Context_ { config, db })
+        Ok(Setup { config, db })
     }
 }
 
-impl Context_ {
+impl Setup {
     /// Opens the store, creating it if it does not exist.
     pub fn open_store(&self) -> Result<Store> {
         Store::open(&self.db).with_context(|| "opening the event store".to_string())

@@ -48,7 +48,7 @@ struct Record<'a> {
     event: &'a Event,
 }
 
-pub fn run(ctx: &super::Context_, args: Args) -> Result<()> {
+pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
     let mut parser = LineParser::from_config(&ctx.config, &args.rules, TimeContext::system(ctx.config.timezone))?;
     let mut store = if args.save { Some(ctx.open_store()?) } else { None };
     let stdout = io::stdout();

@@ -4,7 +4,6 @@
 #[path = "gen.rs"]
 mod gen;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use floodgate::config::Config;
@@ -65,5 +64,4 @@ fn main() {
         log.len() as f64 / 1048576.0 / best
     );
     println!("parse: {:.1}x fail2ban-regex's ~85k lines/s (postfix filter alone)", rate / 85_000.0);
-    let _ = Arc::new(());
 }
