@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::addr::Cidr;
+use crate::nft::{Limit, Per, PortLimits, Ruleset};
 use crate::parser::ServicePorts;
 use crate::prefix::Zone;
 
@@ -35,6 +36,63 @@ pub struct Config {
     pub jail: Jail,
     /// Protected services by name: their ports and, optionally, their own jail values.
     pub services: BTreeMap<String, Service>,
+    pub enforce: Enforce,
+}
+
+/// How decisions reach the kernel: floodgate's own table and the rates its limits apply.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Enforce {
+    /// The table floodgate owns (family inet). It never touches any other.
+    pub table: String,
+    /// `block` refuses IPv4 prefixes wider than this (a /8 typo should not cut off a continent).
+    pub widest_prefix_v4: u8,
+    pub widest_prefix_v6: u8,
+    /// Per-source (hashlimit-style) limit on new connections: `20/second`, with its burst in packets.
+    #[serde(deserialize_with = "de_rate")]
+    pub source_rate: Rate,
+    pub source_burst: u32,
+    /// Global (limit-style) limit on new connections from everyone but the allowlist.
+    #[serde(deserialize_with = "de_rate")]
+    pub global_rate: Rate,
+    pub global_burst: u32,
+}
+
+/// A rate of packets: `count` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub per: Per,
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per {
+            Per::Second => "second",
+            Per::Minute => "minute",
+            Per::Hour => "hour",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Rate, String> {
+        let bad = || format!("`{text}` is not a rate; write e.g. 20/second, 600/minute, 1000/hour");
+        let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "second" | "s" => Per::Second,
+            "minute" | "m" => Per::Minute,
+            "hour" | "h" => Per::Hour,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("`{text}`: a rate of zero would drop everything; use a ban instead"));
+        }
+        Ok(Rate { count, per })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +132,13 @@ pub struct Service {
     pub findtime: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub bantime: Option<Duration>,
+    /// This service's own limits, instead of `enforce`'s.
+    #[serde(default, deserialize_with = "de_opt_rate")]
+    pub source_rate: Option<Rate>,
+    pub source_burst: Option<u32>,
+    #[serde(default, deserialize_with = "de_opt_rate")]
+    pub global_rate: Option<Rate>,
+    pub global_burst: Option<u32>,
 }
 
 impl Default for Config {
@@ -83,6 +148,10 @@ impl Default for Config {
             maxretry,
             findtime: None,
             bantime: None,
+            source_rate: None,
+            source_burst: None,
+            global_rate: None,
+            global_burst: None,
         };
         // The field report's mail server: SMTP must accept the world, so it tolerates more before a ban;
         // the authenticated services are stricter.
@@ -105,6 +174,23 @@ impl Default for Config {
             parse: ParseConfig::default(),
             jail: Jail::default(),
             services,
+            enforce: Enforce::default(),
+        }
+    }
+}
+
+impl Default for Enforce {
+    fn default() -> Enforce {
+        // A legitimate mail peer opens a handful of connections a second at most; 20/s with a burst of 40 per
+        // source leaves room for a busy relay. The global figure is what the server can serve in a flood.
+        Enforce {
+            table: "floodgate".into(),
+            widest_prefix_v4: 16,
+            widest_prefix_v6: 32,
+            source_rate: Rate { count: 20, per: Per::Second },
+            source_burst: 40,
+            global_rate: Rate { count: 200, per: Per::Second },
+            global_burst: 400,
         }
     }
 }
@@ -198,10 +284,57 @@ impl Config {
         if self.parse.max_line_bytes < 256 {
             return Err("parse.max_line_bytes: at least 256 bytes".into());
         }
+        let e = &self.enforce;
+        let name_ok = |n: &str| {
+            !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !name_ok(&e.table) {
+            return Err(format!("enforce.table: `{}` is not a table name (letters, digits, _ and -)", e.table));
+        }
+        if e.widest_prefix_v4 == 0 || e.widest_prefix_v4 > 32 {
+            return Err("enforce.widest_prefix_v4: between 1 and 32".into());
+        }
+        if e.widest_prefix_v6 == 0 || e.widest_prefix_v6 > 128 {
+            return Err("enforce.widest_prefix_v6: between 1 and 128".into());
+        }
+        let bursts = self.services.iter().flat_map(|(n, s)| {
+            [(format!("services.{n}.source_burst"), s.source_burst), (format!("services.{n}.global_burst"), s.global_burst)]
+        });
+        for (key, b) in [("enforce.source_burst".to_string(), Some(e.source_burst)), ("enforce.global_burst".into(), Some(e.global_burst))]
+            .into_iter()
+            .chain(bursts)
+        {
+            if b == Some(0) {
+                return Err(format!("{key}: a burst of 0 drops the first packet; at least 1"));
+            }
+        }
         if let Some(c) = self.allowlist.iter().find(|c| c.prefix_len() == 0) {
             return Err(format!("allowlist: `{c}` would exempt every address"));
         }
         Ok(())
+    }
+
+    /// The limits of every configured port, for the ruleset.
+    pub fn port_limits(&self) -> Vec<PortLimits> {
+        let e = &self.enforce;
+        let mut out: Vec<PortLimits> = self
+            .services
+            .values()
+            .flat_map(|s| {
+                let source = s.source_rate.unwrap_or(e.source_rate);
+                let global = s.global_rate.unwrap_or(e.global_rate);
+                let per_source =
+                    Limit { rate: source.count, per: source.per, burst: s.source_burst.unwrap_or(e.source_burst) };
+                let global = Limit { rate: global.count, per: global.per, burst: s.global_burst.unwrap_or(e.global_burst) };
+                s.ports.iter().map(move |&port| PortLimits { port, per_source, global })
+            })
+            .collect();
+        out.sort_by_key(|p| p.port);
+        out
+    }
+
+    pub fn ruleset(&self) -> Ruleset {
+        Ruleset { table: self.enforce.table.clone(), ports: self.port_limits() }
     }
 
     pub fn service_ports(&self) -> ServicePorts {
@@ -222,6 +355,15 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
+}
+
+fn de_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_opt_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
+    de_rate(d).map(Some)
 }
 
 fn de_zone<'de, D: Deserializer<'de>>(d: D) -> Result<Zone, D::Error> {
@@ -263,6 +405,20 @@ mod tests {
     }
 
     #[test]
+    fn port_limits_take_the_service_value_or_the_default() {
+        let c = Config::from_toml(
+            "[enforce]\nsource_rate = \"5/minute\"\n[services.smtp]\nports = [25]\nglobal_rate = \"50/second\"\nglobal_burst = 60\n[services.imap]\nports = [993, 143]\n",
+            "f.toml",
+        )
+        .unwrap();
+        let l = c.port_limits();
+        assert_eq!(l.iter().map(|p| p.port).collect::<Vec<_>>(), [25, 143, 993]);
+        assert_eq!(l[0].global, Limit { rate: 50, per: Per::Second, burst: 60 });
+        assert_eq!(l[0].per_source, Limit { rate: 5, per: Per::Minute, burst: 40 });
+        assert_eq!(l[1].global, Limit { rate: 200, per: Per::Second, burst: 400 });
+    }
+
+    #[test]
     fn bad_configs_name_file_line_key_and_reason() {
         let e = err("bogus = 1\n");
         assert!(e.starts_with("f.toml: line 1: unknown field `bogus`"), "{e}");
@@ -278,6 +434,12 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         let e = err("allowlist = [\"0.0.0.0/0\"]\n");
         assert!(e.contains("every address"), "{e}");
+        let e = err("[enforce]\nsource_rate = \"fast\"\n");
+        assert!(e.contains("line 2") && e.contains("`fast` is not a rate"), "{e}");
+        let e = err("[enforce]\ntable = \"a b\"\n");
+        assert!(e.contains("enforce.table"), "{e}");
+        let e = err("[services.a]\nports = [25]\nglobal_burst = 0\n");
+        assert!(e.contains("services.a.global_burst"), "{e}");
         let e = err("[jail]\nmaxretry = 0\n");
         assert!(e.contains("jail.maxretry"), "{e}");
     }

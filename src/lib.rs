@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod matcher;
+pub mod nft;
 pub mod parser;
 pub mod prefix;
 pub mod reader;

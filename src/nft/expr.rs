@@ -1,0 +1,176 @@
+//! Rule expressions, built through nftnl-sys: the safe nftnl API has no limit or dynset (per-source meter).
+//! Each rule loads into register 1 and matches or acts on it, the way nft itself compiles the same text.
+
+use std::ffi::CString;
+
+use nftnl_sys as sys;
+
+/// A rate: `rate` packets per `per`, `burst` packets above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub rate: u64,
+    pub per: Per,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Per {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl Per {
+    pub fn seconds(self) -> u64 {
+        match self {
+            Per::Second => 1,
+            Per::Minute => 60,
+            Per::Hour => 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    /// `meta nfproto == v` (ipv4 = 2, ipv6 = 10): the dependency an inet table needs before an address match.
+    Nfproto(u8),
+    /// `meta l4proto == v` (tcp = 6).
+    L4proto(u8),
+    /// Loads `len` bytes at `offset` of the network (base 1) or transport (base 2) header into register 1.
+    Payload { base: u32, offset: u32, len: u32 },
+    /// Register 1 &= mask.
+    Mask(Vec<u8>),
+    /// Register 1 == value, else the rule stops.
+    Equals(Vec<u8>),
+    /// Register 1 is in the named set, else the rule stops.
+    Lookup(String),
+    /// `update @set { <register 1> limit rate over ... }`: continues only for a key over its own rate.
+    Meter { set: String, limit: Limit },
+    /// `limit rate over ...`: continues only when the one shared bucket is empty.
+    LimitOver(Limit),
+    Counter,
+    Accept,
+    Drop,
+    Jump(String),
+}
+
+const REG1: u32 = libc::NFT_REG_1 as u32;
+
+fn cstr(s: &str) -> CString {
+    // Names come from floodgate's own constants and validated config: never with a NUL.
+    CString::new(s).unwrap_or_default()
+}
+
+/// Allocates the nftnl expressions for one `Expr` (some compile to two) and hands them to `push`.
+///
+/// # Safety
+/// `push` must take ownership of every pointer (add it to a rule, which frees it).
+pub unsafe fn build(e: &Expr, push: &mut dyn FnMut(*mut sys::nftnl_expr)) {
+    unsafe {
+        match e {
+            Expr::Nfproto(v) => {
+                push(meta(libc::NFT_META_NFPROTO as u32));
+                push(cmp_eq(&[*v]));
+            }
+            Expr::L4proto(v) => {
+                push(meta(libc::NFT_META_L4PROTO as u32));
+                push(cmp_eq(&[*v]));
+            }
+            Expr::Payload { base, offset, len } => {
+                let x = alloc("payload");
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, REG1);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, *base);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, *offset);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, *len);
+                push(x);
+            }
+            Expr::Mask(mask) => {
+                let x = alloc("bitwise");
+                let zero = vec![0u8; mask.len()];
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_BITWISE_SREG as u16, REG1);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_BITWISE_DREG as u16, REG1);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_BITWISE_LEN as u16, mask.len() as u32);
+                sys::nftnl_expr_set(x, sys::NFTNL_EXPR_BITWISE_MASK as u16, mask.as_ptr().cast(), mask.len() as u32);
+                sys::nftnl_expr_set(x, sys::NFTNL_EXPR_BITWISE_XOR as u16, zero.as_ptr().cast(), zero.len() as u32);
+                push(x);
+            }
+            Expr::Equals(v) => push(cmp_eq(v)),
+            Expr::Lookup(set) => {
+                let x = alloc("lookup");
+                let name = cstr(set);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_LOOKUP_SREG as u16, REG1);
+                sys::nftnl_expr_set_str(x, sys::NFTNL_EXPR_LOOKUP_SET as u16, name.as_ptr());
+                push(x);
+            }
+            Expr::Meter { set, limit } => {
+                let x = alloc("dynset");
+                let name = cstr(set);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_DYNSET_SREG_KEY as u16, REG1);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_DYNSET_OP as u16, libc::NFT_DYNSET_OP_UPDATE as u32);
+                sys::nftnl_expr_set_str(x, sys::NFTNL_EXPR_DYNSET_SET_NAME as u16, name.as_ptr());
+                // The dynset takes ownership of the nested limit.
+                sys::nftnl_expr_set(x, sys::NFTNL_EXPR_DYNSET_EXPR as u16, limit_over(limit).cast(), 0);
+                push(x);
+            }
+            Expr::LimitOver(limit) => push(limit_over(limit)),
+            Expr::Counter => push(alloc("counter")),
+            Expr::Accept => push(verdict(libc::NF_ACCEPT, None)),
+            Expr::Drop => push(verdict(libc::NF_DROP, None)),
+            Expr::Jump(chain) => push(verdict(libc::NFT_JUMP, Some(chain))),
+        }
+    }
+}
+
+unsafe fn alloc(name: &str) -> *mut sys::nftnl_expr {
+    let n = cstr(name);
+    let x = unsafe { sys::nftnl_expr_alloc(n.as_ptr()) };
+    if x.is_null() {
+        // Only on out-of-memory: nothing sensible to continue with.
+        std::process::abort();
+    }
+    x
+}
+
+unsafe fn meta(key: u32) -> *mut sys::nftnl_expr {
+    unsafe {
+        let x = alloc("meta");
+        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_META_KEY as u16, key);
+        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_META_DREG as u16, REG1);
+        x
+    }
+}
+
+unsafe fn cmp_eq(data: &[u8]) -> *mut sys::nftnl_expr {
+    unsafe {
+        let x = alloc("cmp");
+        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_CMP_SREG as u16, REG1);
+        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_CMP_OP as u16, libc::NFT_CMP_EQ as u32);
+        sys::nftnl_expr_set(x, sys::NFTNL_EXPR_CMP_DATA as u16, data.as_ptr().cast(), data.len() as u32);
+        x
+    }
+}
+
+unsafe fn limit_over(l: &Limit) -> *mut sys::nftnl_expr {
+    unsafe {
+        let x = alloc("limit");
+        sys::nftnl_expr_set_u64(x, sys::NFTNL_EXPR_LIMIT_RATE as u16, l.rate);
+        sys::nftnl_expr_set_u64(x, sys::NFTNL_EXPR_LIMIT_UNIT as u16, l.per.seconds());
+        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_LIMIT_BURST as u16, l.burst);
+        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_LIMIT_TYPE as u16, libc::NFT_LIMIT_PKTS as u32);
+        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_LIMIT_FLAGS as u16, libc::NFT_LIMIT_F_INV as u32);
+        x
+    }
+}
+
+unsafe fn verdict(code: i32, chain: Option<&str>) -> *mut sys::nftnl_expr {
+    unsafe {
+        let x = alloc("immediate");
+        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_IMM_DREG as u16, libc::NFT_REG_VERDICT as u32);
+        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_IMM_VERDICT as u16, code as u32);
+        if let Some(c) = chain {
+            let name = cstr(c);
+            sys::nftnl_expr_set_str(x, sys::NFTNL_EXPR_IMM_CHAIN as u16, name.as_ptr());
+        }
+        x
+    }
+}

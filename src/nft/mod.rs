@@ -1,0 +1,413 @@
+//! The kernel side: floodgate's own nftables table, written through netlink (nftnl-sys builds the messages, mnl
+//! owns the socket). This is the one narrow interface to the kernel: a batch of set operations applied as one
+//! transaction, the table's shape installed or repaired in one batch, and set contents read back. Nothing above
+//! this module sees netlink.
+
+mod batch;
+mod expr;
+pub mod ruleset;
+mod socket;
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub use batch::ELEMENTS_PER_MSG;
+pub use expr::{Limit, Per};
+pub use ruleset::{PortLimits, Ruleset};
+
+use crate::addr::Cidr;
+use batch::{Batch, RawElem, What};
+
+/// A set element: an address or prefix (in the interval sets), or a port (in the limit switch sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    Net(Cidr),
+    Port(u16),
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Net(c) => c.fmt(f),
+            Key::Port(p) => write!(f, "port {p}"),
+        }
+    }
+}
+
+/// One operation on one set. Adds fail if the element is present (the caller diffs against what the kernel
+/// holds); a refresh is a delete and an add in the same batch, which resets the timeout on every kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetOp {
+    Add { set: &'static str, key: Key, timeout: Option<Duration> },
+    Delete { set: &'static str, key: Key },
+    Flush { set: &'static str },
+}
+
+impl SetOp {
+    pub fn refresh(set: &'static str, key: Key, timeout: Option<Duration>) -> [SetOp; 2] {
+        [SetOp::Delete { set, key }, SetOp::Add { set, key, timeout }]
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            SetOp::Add { set, key, timeout: Some(t) } => {
+                format!("adding {key} to {set} (timeout {})", humantime::format_duration(*t))
+            }
+            SetOp::Add { set, key, timeout: None } => format!("adding {key} to {set}"),
+            SetOp::Delete { set, key } => format!("deleting {key} from {set}"),
+            SetOp::Flush { set } => format!("flushing {set}"),
+        }
+    }
+}
+
+/// An element read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    pub key: Key,
+    pub timeout: Option<Duration>,
+    /// Time left before the kernel drops it.
+    pub expires: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot open a netfilter netlink socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("the kernel refused: writing nftables needs root or CAP_NET_ADMIN (in this network namespace)")]
+    Permission,
+    #[error("{what}: {cause} (errno {errno}); the whole batch was rolled back, nothing was applied")]
+    Rejected { what: String, errno: i32, cause: io::Error },
+    #[error("table inet {table} or its set {set} does not exist (run `floodgate reconcile` to install it)")]
+    Missing { table: String, set: String },
+    #[error("netlink: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl NftError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NftError::Rejected { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to nftables in the caller's network namespace.
+pub struct Kernel {
+    sock: socket::Socket,
+    seq: u32,
+}
+
+impl Kernel {
+    pub fn open() -> Result<Kernel, NftError> {
+        let sock = socket::Socket::open().map_err(NftError::Socket)?;
+        // Distinct starting points keep a reply to an earlier, abandoned request from matching a new one.
+        let seq = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1)
+            as u32)
+            .wrapping_mul(1000);
+        Ok(Kernel { sock, seq })
+    }
+
+    /// Installs or repairs the table's shape (sets, chains, rules) in one transaction. Set contents are kept.
+    pub fn install(&mut self, rs: &Ruleset) -> Result<(), NftError> {
+        let mut b = Batch::new(self.seq);
+        rs.write(&mut b);
+        self.run(b, &[])
+    }
+
+    /// Replaces the whole table in one transaction: deleted (if present), rebuilt, refilled with `ops`. For a
+    /// table whose shape cannot be repaired in place (a set redefined by hand, a changed hook).
+    pub fn rebuild(&mut self, rs: &Ruleset, ops: &[SetOp]) -> Result<(), NftError> {
+        // Creating first makes the delete valid when the table does not exist, all in the same transaction.
+        let mut b = Batch::new(self.seq);
+        b.add_table(&rs.table);
+        b.delete_table(&rs.table);
+        rs.write(&mut b);
+        write_ops(&mut b, &rs.table, ops);
+        self.run(b, ops)
+    }
+
+    /// Applies the operations as one kernel transaction: all of them or, on any error, none.
+    pub fn apply(&mut self, table: &str, ops: &[SetOp]) -> Result<(), NftError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut b = Batch::new(self.seq);
+        write_ops(&mut b, table, ops);
+        self.run(b, ops)
+    }
+
+    /// Deletes the table (and everything in it), if present.
+    pub fn delete_table(&mut self, table: &str) -> Result<(), NftError> {
+        let mut b = Batch::new(self.seq);
+        b.add_table(table);
+        b.delete_table(table);
+        self.run(b, &[])
+    }
+
+    fn run(&mut self, mut b: Batch, ops: &[SetOp]) -> Result<(), NftError> {
+        let first = self.seq;
+        self.seq = b.next_seq().wrapping_add(1);
+        let expected = b.seqs();
+        b.finish();
+        let bytes_sent = b.bytes().len();
+        tracing::debug!(messages = expected.len(), bytes = bytes_sent, "sending nftables batch");
+        let sent = self.sock.send(b.bytes());
+        if let Err(e) = sent {
+            return Err(match e.raw_os_error() {
+                Some(libc::EPERM) => NftError::Permission,
+                Some(errno) => NftError::Rejected { what: format!("sending a batch of {bytes_sent} bytes"), errno, cause: e },
+                None => NftError::Io(e),
+            });
+        }
+        let replies = self.sock.replies(first, self.seq, &expected).map_err(NftError::Io)?;
+        let Some(bad) = replies.iter().filter(|r| r.errno != 0).min_by_key(|r| r.seq.wrapping_sub(first)) else {
+            return Ok(());
+        };
+        let cause = io::Error::from_raw_os_error(bad.errno);
+        if bad.errno == libc::EPERM {
+            return Err(NftError::Permission);
+        }
+        let what = match b.msgs.iter().find(|m| m.seq == bad.seq) {
+            None => "the batch".to_string(),
+            Some(m) => match &m.what {
+                What::Object(text) => text.clone(),
+                What::Elements { adding, set, items } => {
+                    let index = bad.bad_attr_offset.and_then(|off| batch::element_at(b.message_bytes(m), off));
+                    match index.and_then(|i| items.get(i)).and_then(|&item| ops.get(item as usize)) {
+                        Some(op) => op.describe(),
+                        None => {
+                            let verb = if *adding { "adding" } else { "deleting" };
+                            let first = items.first().and_then(|&i| ops.get(i as usize)).map(SetOp::describe);
+                            format!(
+                                "{verb} one of {} elements of {set} (the first: {})",
+                                items.len(),
+                                first.unwrap_or_default()
+                            )
+                        }
+                    }
+                }
+            },
+        };
+        Err(NftError::Rejected { what, errno: bad.errno, cause })
+    }
+
+    /// Reads a set's elements. Interval sets come back as prefixes, their start and end elements paired up.
+    pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<Element>, NftError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let req = batch::get_elements_request(table, set, seq);
+        let mut raw = Vec::new();
+        let mut bad_parse = false;
+        let r = self.sock.dump(&req, seq, |msg| bad_parse |= !batch::parse_elements(msg, &mut raw));
+        match r {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(NftError::Missing { table: table.into(), set: set.into() })
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return Err(NftError::Permission),
+            Err(e) => return Err(NftError::Io(e)),
+        }
+        if bad_parse {
+            return Err(NftError::Io(io::Error::new(io::ErrorKind::InvalidData, "unparsable set element dump")));
+        }
+        Ok(assemble(raw))
+    }
+}
+
+/// Writes `ops` as element messages: each run of consecutive operations on the same set and in the same
+/// direction becomes one group of messages, in order (so a refresh's delete precedes its add).
+fn write_ops(b: &mut Batch, table: &str, ops: &[SetOp]) {
+    let mut run: Vec<(RawElem, u32)> = Vec::new();
+    let mut current: Option<(&'static str, bool)> = None;
+    let flush = |b: &mut Batch, current: Option<(&'static str, bool)>, run: &mut Vec<(RawElem, u32)>| {
+        if let (Some((set, adding)), false) = (current, run.is_empty()) {
+            b.elements(table, set, adding, run);
+        }
+        run.clear();
+    };
+    for (item, op) in ops.iter().enumerate() {
+        let (set, key, adding, timeout) = match op {
+            SetOp::Flush { set } => {
+                flush(b, current.take(), &mut run);
+                b.flush_set(table, set);
+                continue;
+            }
+            SetOp::Add { set, key, timeout } => (*set, key, true, *timeout),
+            SetOp::Delete { set, key } => (*set, key, false, None),
+        };
+        if current != Some((set, adding)) {
+            flush(b, current.take(), &mut run);
+            current = Some((set, adding));
+        }
+        // A prefix is an interval: its first address, and the address after its last flagged as the interval's
+        // end (absent when the prefix runs to the top of the address space). Only the start carries the
+        // timeout: the kernel expires the pair together.
+        let timeout_ms = timeout.map(|t| t.as_millis().clamp(1, u64::MAX as u128) as u64);
+        match key {
+            Key::Port(p) => {
+                let mut k = [0u8; 16];
+                k[..2].copy_from_slice(&p.to_be_bytes());
+                run.push((RawElem { key: k, key_len: 2, interval_end: false, timeout_ms }, item as u32));
+            }
+            Key::Net(c) => {
+                let (start, end, len) = interval_keys(c);
+                run.push((RawElem { key: start, key_len: len, interval_end: false, timeout_ms }, item as u32));
+                if let Some(end) = end {
+                    run.push((RawElem { key: end, key_len: len, interval_end: true, timeout_ms: None }, item as u32));
+                }
+            }
+        }
+    }
+    flush(b, current.take(), &mut run);
+}
+
+/// The start key and (exclusive) end key of a prefix, and the key length.
+fn interval_keys(c: &Cidr) -> ([u8; 16], Option<[u8; 16]>, usize) {
+    let (lo, hi) = c.range_bytes();
+    let len = lo.len();
+    let mut start = [0u8; 16];
+    start[..len].copy_from_slice(&lo);
+    let mut end = [0u8; 16];
+    end[..len].copy_from_slice(&hi);
+    // hi + 1, big-endian; overflow means the prefix reaches the last address.
+    for i in (0..len).rev() {
+        let (v, carry) = end[i].overflowing_add(1);
+        end[i] = v;
+        if !carry {
+            return (start, Some(end), len);
+        }
+    }
+    (start, None, len)
+}
+
+fn to_u128(key: &[u8]) -> u128 {
+    key.iter().fold(0u128, |acc, &b| (acc << 8) | u128::from(b))
+}
+
+fn from_u128(v: u128, len: usize) -> Option<IpAddr> {
+    let bytes = v.to_be_bytes();
+    crate::addr::ip_from_bytes(&bytes[16 - len..])
+}
+
+/// The prefixes exactly covering [lo, hi] in an address space of `len` bytes.
+fn range_to_cidrs(mut lo: u128, hi: u128, len: usize) -> Vec<Cidr> {
+    let bits = (len * 8) as u32;
+    let mut out = Vec::new();
+    while lo <= hi {
+        // The largest aligned block starting at lo that stays within hi.
+        let mut size = if lo == 0 { bits } else { lo.trailing_zeros().min(bits) };
+        while size > 0 && (size >= 128 || lo + ((1u128 << size) - 1) > hi) {
+            size -= 1;
+        }
+        let Some(ip) = from_u128(lo, len) else { break };
+        if let Some(c) = Cidr::new(ip, (bits - size) as u8) {
+            out.push(c);
+        }
+        let step = if size >= 128 { break } else { 1u128 << size };
+        match lo.checked_add(step) {
+            Some(next) if next > lo => lo = next,
+            _ => break,
+        }
+        if bits < 128 && lo >> bits != 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Turns dumped elements into keys: ports as they are; interval starts paired with the end that follows them.
+fn assemble(mut raw: Vec<batch::DumpedElem>) -> Vec<Element> {
+    let mut out = Vec::new();
+    let ms = |v: Option<u64>| v.map(Duration::from_millis);
+    if raw.iter().all(|e| e.key.len() == 2) {
+        for e in raw {
+            let port = u16::from_be_bytes([e.key[0], e.key[1]]);
+            out.push(Element { key: Key::Port(port), timeout: ms(e.timeout_ms), expires: ms(e.expires_ms) });
+        }
+        return out;
+    }
+    // By key, ends before starts at the same key (an interval ending where the next begins).
+    raw.sort_by(|a, b| a.key.cmp(&b.key).then(b.interval_end.cmp(&a.interval_end)));
+    let mut i = 0;
+    while i < raw.len() {
+        let e = &raw[i];
+        if e.interval_end {
+            i += 1;
+            continue;
+        }
+        let len = e.key.len();
+        let lo = to_u128(&e.key);
+        let max = if len == 16 { u128::MAX } else { (1u128 << (len * 8)) - 1 };
+        let hi = match raw.get(i + 1) {
+            Some(n) if n.interval_end => to_u128(&n.key).saturating_sub(1),
+            _ => max,
+        };
+        for c in range_to_cidrs(lo, hi, len) {
+            out.push(Element { key: Key::Net(c), timeout: ms(e.timeout_ms), expires: ms(e.expires_ms) });
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn interval_keys_are_start_and_one_past_the_end() {
+        let (s, e, len) = interval_keys(&c("198.51.100.0/24"));
+        assert_eq!((&s[..len], &e.unwrap()[..len]), (&[198, 51, 100, 0][..], &[198, 51, 101, 0][..]));
+        let (_, e, _) = interval_keys(&c("255.255.255.0/24"));
+        assert!(e.is_none());
+        let (s, e, len) = interval_keys(&c("2001:db8::/64"));
+        assert_eq!(len, 16);
+        assert_eq!(to_u128(&e.unwrap()[..16]) - to_u128(&s[..16]), 1u128 << 64);
+    }
+
+    #[test]
+    fn ranges_split_into_prefixes() {
+        let r = |a: &str, b: &str| {
+            let (a, b): (IpAddr, IpAddr) = (a.parse().unwrap(), b.parse().unwrap());
+            let len = if a.is_ipv4() { 4 } else { 16 };
+            let v = |ip: IpAddr| to_u128(&crate::addr::ip_bytes(ip));
+            range_to_cidrs(v(a), v(b), len).iter().map(|c| c.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(r("198.51.100.0", "198.51.100.255"), ["198.51.100.0/24"]);
+        assert_eq!(r("198.51.100.7", "198.51.100.7"), ["198.51.100.7"]);
+        assert_eq!(r("198.51.100.1", "198.51.100.4"), ["198.51.100.1", "198.51.100.2/31", "198.51.100.4"]);
+        assert_eq!(r("0.0.0.0", "255.255.255.255"), ["0.0.0.0/0"]);
+        assert_eq!(r("2001:db8::", "2001:db8::ffff:ffff:ffff:ffff"), ["2001:db8::/64"]);
+        assert_eq!(r("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), ["::/0"]);
+    }
+
+    #[test]
+    fn dumped_intervals_pair_up_in_any_order() {
+        let el = |k: &[u8], end: bool, t: Option<u64>| batch::DumpedElem {
+            key: k.to_vec(),
+            interval_end: end,
+            timeout_ms: t,
+            expires_ms: t.map(|t| t / 2),
+        };
+        // Reverse order, as an rbtree dump gives them; two adjacent intervals sharing a boundary key.
+        let raw = vec![
+            el(&[198, 51, 101, 0], true, None),
+            el(&[198, 51, 100, 128], false, Some(2000)),
+            el(&[198, 51, 100, 128], true, None),
+            el(&[198, 51, 100, 0], false, Some(4000)),
+            el(&[255, 255, 255, 0], false, None),
+        ];
+        let got = assemble(raw);
+        let keys: Vec<String> = got.iter().map(|e| e.key.to_string()).collect();
+        assert_eq!(keys, ["198.51.100.0/25", "198.51.100.128/25", "255.255.255.0/24"]);
+        assert_eq!(got[0].timeout, Some(Duration::from_secs(4)));
+        assert_eq!(got[1].expires, Some(Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,184 @@
+//! The shape of floodgate's own table: its sets, chains and rules, from the config. rules/nftables/floodgate.nft
+//! is the readable copy of what this builds with the default config (a test keeps the two equal).
+//!
+//! Everything hangs off one base chain at raw priority (-300), ahead of conntrack (-200): a banned or
+//! rate-limited SYN is dropped before conntrack allocates an entry for it, which is what keeps a spoofed flood
+//! from filling the conntrack table. The price: packets dropped here never reach conntrack, so conntrack NEW
+//! events stop counting an attack once it is being dropped. The drop rules carry counters for that reason: they
+//! are how the rest of floodgate sees that a suppressed attack goes on.
+
+use super::batch::{Batch, Hook, SetDef};
+use super::expr::{Expr, Limit};
+
+pub const ALLOW4: &str = "allow4";
+pub const ALLOW6: &str = "allow6";
+pub const BAN4: &str = "ban4";
+pub const BAN6: &str = "ban6";
+/// Ports whose per-source (hashlimit-style) limit is on; each element times out unless refreshed.
+pub const SOURCE_PORTS: &str = "limit_source_ports";
+/// Ports whose global (limit-style) limit is on; each element times out unless refreshed.
+pub const GLOBAL_PORTS: &str = "limit_global_ports";
+
+const BASE_CHAIN: &str = "prerouting";
+const SOURCE_CHAIN: &str = "limit_source";
+const GLOBAL_CHAIN: &str = "limit_global";
+/// Raw priority: before conntrack (see the module comment).
+const PRIORITY_RAW: i32 = -300;
+
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+const TCP: u8 = 6;
+const TYPE_IPV4: u32 = 7;
+const TYPE_IPV6: u32 = 8;
+const TYPE_SERVICE: u32 = 13;
+/// Most sources a meter tracks per port and family; beyond that the per-source limit stops adding sources (a
+/// flood that diverse is the global limit's job).
+const METER_SIZE: u32 = 65536;
+
+/// The rates for one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortLimits {
+    pub port: u16,
+    /// New connections per source (IPv4 address, IPv6 /64).
+    pub per_source: Limit,
+    /// New connections from everyone together (the allowlist is accepted before it).
+    pub global: Limit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    pub table: String,
+    pub ports: Vec<PortLimits>,
+}
+
+fn saddr4() -> Expr {
+    Expr::Payload { base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32, offset: 12, len: 4 }
+}
+
+fn saddr6() -> Expr {
+    Expr::Payload { base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32, offset: 8, len: 16 }
+}
+
+fn dport() -> Expr {
+    Expr::Payload { base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, offset: 2, len: 2 }
+}
+
+/// `tcp flags & (fin|syn|rst|ack) == syn`: a new connection attempt, the packet a SYN flood is made of.
+fn tcp_syn() -> Vec<Expr> {
+    vec![
+        Expr::L4proto(TCP),
+        Expr::Payload { base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, offset: 13, len: 1 },
+        Expr::Mask(vec![0x17]),
+        Expr::Equals(vec![0x02]),
+    ]
+}
+
+impl Ruleset {
+    pub fn meter_name(family: u8, port: u16) -> String {
+        format!("meter{family}_{port}")
+    }
+
+    fn meter_timeout_ms(limit: &Limit) -> u64 {
+        // An idle source is forgotten after a minute, or two periods of a slower rate.
+        (2 * limit.per.seconds()).max(60) * 1000
+    }
+
+    /// Writes the whole shape into `b`. Every message creates-if-missing (no EXCL), and the chains are flushed
+    /// and refilled, so the same batch installs a fresh table and repairs an existing one without touching the
+    /// elements of its sets.
+    pub fn write(&self, b: &mut Batch) {
+        let t = self.table.as_str();
+        b.add_table(t);
+        let interval = libc::NFT_SET_INTERVAL as u32;
+        let timeout = libc::NFT_SET_TIMEOUT as u32;
+        let sets = [
+            (ALLOW4, TYPE_IPV4, 4, interval),
+            (ALLOW6, TYPE_IPV6, 16, interval),
+            (BAN4, TYPE_IPV4, 4, interval | timeout),
+            (BAN6, TYPE_IPV6, 16, interval | timeout),
+            (SOURCE_PORTS, TYPE_SERVICE, 2, timeout),
+            (GLOBAL_PORTS, TYPE_SERVICE, 2, timeout),
+        ];
+        for (name, key_type, key_len, flags) in sets {
+            b.add_set(t, &SetDef { name, key_type, key_len, flags, timeout_ms: None, size: None });
+        }
+        for p in &self.ports {
+            for (family, key_type, key_len) in [(4u8, TYPE_IPV4, 4), (6, TYPE_IPV6, 16)] {
+                let name = Self::meter_name(family, p.port);
+                b.add_set(
+                    t,
+                    &SetDef {
+                        name: &name,
+                        key_type,
+                        key_len,
+                        flags: timeout | libc::NFT_SET_EVAL as u32,
+                        timeout_ms: Some(Self::meter_timeout_ms(&p.per_source)),
+                        size: Some(METER_SIZE),
+                    },
+                );
+            }
+        }
+        b.add_chain(t, BASE_CHAIN, Some(&Hook { hooknum: libc::NF_INET_PRE_ROUTING as u32, priority: PRIORITY_RAW }));
+        b.add_chain(t, SOURCE_CHAIN, None);
+        b.add_chain(t, GLOBAL_CHAIN, None);
+        for chain in [BASE_CHAIN, SOURCE_CHAIN, GLOBAL_CHAIN] {
+            b.flush_chain(t, chain);
+        }
+        for (text, exprs) in self.rules_base() {
+            b.add_rule(t, BASE_CHAIN, &exprs, &text);
+        }
+        for p in &self.ports {
+            for (text, exprs) in Self::rules_source(p) {
+                b.add_rule(t, SOURCE_CHAIN, &exprs, &text);
+            }
+            let mut exprs = vec![Expr::L4proto(TCP), dport(), Expr::Equals(p.port.to_be_bytes().to_vec())];
+            exprs.extend([Expr::LimitOver(p.global), Expr::Counter, Expr::Drop]);
+            b.add_rule(t, GLOBAL_CHAIN, &exprs, &format!("tcp dport {} limit rate over ... drop", p.port));
+        }
+    }
+
+    /// Allowlist first, then bans, then the switches into the limit chains.
+    fn rules_base(&self) -> Vec<(String, Vec<Expr>)> {
+        let v4 = |set: &str, verdict: Vec<Expr>| {
+            let mut e = vec![Expr::Nfproto(NFPROTO_IPV4), saddr4(), Expr::Lookup(set.into())];
+            e.extend(verdict);
+            (format!("ip saddr @{set}"), e)
+        };
+        let v6 = |set: &str, verdict: Vec<Expr>| {
+            let mut e = vec![Expr::Nfproto(NFPROTO_IPV6), saddr6(), Expr::Lookup(set.into())];
+            e.extend(verdict);
+            (format!("ip6 saddr @{set}"), e)
+        };
+        let switch = |set: &str, chain: &str| {
+            let mut e = tcp_syn();
+            e.extend([dport(), Expr::Lookup(set.into()), Expr::Jump(chain.into())]);
+            (format!("tcp dport @{set} jump {chain}"), e)
+        };
+        vec![
+            v4(ALLOW4, vec![Expr::Accept]),
+            v6(ALLOW6, vec![Expr::Accept]),
+            v4(BAN4, vec![Expr::Counter, Expr::Drop]),
+            v6(BAN6, vec![Expr::Counter, Expr::Drop]),
+            switch(SOURCE_PORTS, SOURCE_CHAIN),
+            switch(GLOBAL_PORTS, GLOBAL_CHAIN),
+        ]
+    }
+
+    /// One rule per family: IPv4 sources are metered per address, IPv6 sources per /64 (one host commonly owns a
+    /// whole /64, so metering per /128 would let it rotate through addresses).
+    fn rules_source(p: &PortLimits) -> Vec<(String, Vec<Expr>)> {
+        let port = || [Expr::L4proto(TCP), dport(), Expr::Equals(p.port.to_be_bytes().to_vec())];
+        let mut v4: Vec<Expr> = port().into();
+        v4.extend([Expr::Nfproto(NFPROTO_IPV4), saddr4()]);
+        v4.extend([Expr::Meter { set: Self::meter_name(4, p.port), limit: p.per_source }, Expr::Counter, Expr::Drop]);
+        let mut v6: Vec<Expr> = port().into();
+        let mut mask = vec![0xffu8; 8];
+        mask.extend([0u8; 8]);
+        v6.extend([Expr::Nfproto(NFPROTO_IPV6), saddr6(), Expr::Mask(mask)]);
+        v6.extend([Expr::Meter { set: Self::meter_name(6, p.port), limit: p.per_source }, Expr::Counter, Expr::Drop]);
+        vec![
+            (format!("tcp dport {} update @meter4_{} {{ ip saddr limit ... }} drop", p.port, p.port), v4),
+            (format!("tcp dport {} update @meter6_{} {{ ip6 saddr /64 limit ... }} drop", p.port, p.port), v6),
+        ]
+    }
+}

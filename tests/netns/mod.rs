@@ -1,0 +1,162 @@
+//! Network namespaces for kernel tests: created by the test, deleted when it ends (even on panic). Nothing here
+//! touches the host's own namespace or ruleset.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// True when the test can use namespaces. Without root it skips with a message, except under CI, where a
+/// skipped kernel test would be a silent hole: there it fails.
+pub fn available(test: &str) -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    let have_ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    let have_nft = Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success());
+    if root && have_ip && have_nft {
+        return true;
+    }
+    let why = if !root { "not root" } else if !have_ip { "no `ip` (iproute2)" } else { "no `nft` (nftables)" };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: needs root, iproute2 and nftables for network namespaces ({why}); CI must provide them");
+    }
+    eprintln!("SKIPPED {test}: needs root, iproute2 and nftables for network namespaces ({why})");
+    false
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub struct Netns {
+    pub name: String,
+}
+
+pub fn run(cmd: &[&str]) -> Output {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("fgt-{tag}-{}-{n}", std::process::id());
+        run(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NAME ...`
+    pub fn ip(&self, args: &[&str]) {
+        let mut cmd = vec!["ip", "-n", &self.name];
+        cmd.extend_from_slice(args);
+        run(&cmd);
+    }
+
+    /// Runs a program inside the namespace.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        Command::new(full[0]).args(&full[1..]).output().unwrap_or_else(|e| panic!("{full:?}: {e}"))
+    }
+
+    pub fn nft(&self, args: &[&str]) -> String {
+        let mut cmd = vec!["nft"];
+        cmd.extend_from_slice(args);
+        let out = self.exec(&cmd);
+        assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (namespaces are per thread).
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// A server and an attacker namespace joined by a veth pair. The server is 198.51.100.1 and 2001:db8::1; the
+/// attacker owns 198.51.100.2 and 2001:db8::2 plus whatever `sources` it is given (on its side of the link,
+/// routed on-link by the server).
+pub struct Pair {
+    pub server: Netns,
+    pub attacker: Netns,
+}
+
+impl Pair {
+    pub fn new(tag: &str, sources: &[&str]) -> Pair {
+        let server = Netns::new(&format!("{tag}-s"));
+        let attacker = Netns::new(&format!("{tag}-a"));
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let (vs, va) = (format!("fgs{}{n}", std::process::id() % 100000), format!("fga{}{n}", std::process::id() % 100000));
+        run(&["ip", "link", "add", &vs, "netns", &server.name, "type", "veth", "peer", "name", &va, "netns", &attacker.name]);
+        server.ip(&["addr", "add", "198.51.100.1/24", "dev", &vs]);
+        server.ip(&["addr", "add", "2001:db8::1/64", "dev", &vs, "nodad"]);
+        attacker.ip(&["addr", "add", "198.51.100.2/24", "dev", &va]);
+        attacker.ip(&["addr", "add", "2001:db8::2/64", "dev", &va, "nodad"]);
+        for s in sources {
+            let v6 = s.contains(':');
+            attacker.ip(&["addr", "add", &format!("{s}/{}", if v6 { 128 } else { 32 }), "dev", &va, "nodad"]);
+        }
+        server.ip(&["link", "set", &vs, "up"]);
+        attacker.ip(&["link", "set", &va, "up"]);
+        // The extra sources live on the attacker's side of the link: the server reaches them on-link.
+        server.ip(&["route", "add", "203.0.113.0/24", "dev", &vs]);
+        server.ip(&["route", "add", "198.18.0.0/15", "dev", &vs]);
+        server.ip(&["-6", "route", "add", "2001:db8:1::/48", "dev", &vs]);
+        attacker.ip(&["route", "add", "default", "dev", &va]);
+        attacker.ip(&["-6", "route", "add", "default", "dev", &va]);
+        Pair { server, attacker }
+    }
+
+    /// Starts a TCP listener in the server namespace on `port` (v4 and v6) that accepts and closes, for as long
+    /// as the process lives.
+    pub fn listen(&self, port: u16) {
+        let path = format!("/run/netns/{}", self.server.name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let l = TcpListener::bind(("::", port)).expect("bind");
+            tx.send(()).unwrap();
+            for s in l.incoming() {
+                drop(s);
+            }
+        });
+        rx.recv().unwrap();
+    }
+
+    /// Whether a TCP connection from `from` (an address the attacker owns) to the server succeeds within the
+    /// timeout. A dropped SYN is retransmitted only after a second, so 700 ms separates "dropped" from "served".
+    pub fn connects(&self, from: &str, port: u16) -> bool {
+        let from: IpAddr = from.parse().unwrap();
+        let to: IpAddr = if from.is_ipv4() { "198.51.100.1".parse().unwrap() } else { "2001:db8::1".parse().unwrap() };
+        self.attacker.enter(move || connect_from(from, SocketAddr::new(to, port), Duration::from_millis(700)))
+    }
+}
+
+fn connect_from(from: IpAddr, to: SocketAddr, timeout: Duration) -> bool {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(from, 0).into()).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    match sock.connect_timeout(&to.into(), timeout) {
+        Ok(()) => {
+            let _: TcpStream = sock.into();
+            true
+        }
+        Err(_) => false,
+    }
+}
