@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod cli;
 pub mod config;
+pub mod enforce;
 pub mod event;
 pub mod matcher;
 pub mod nft;

@@ -1,6 +1,10 @@
 //! The operator's command line: one module per command, all sharing the global options.
 
+pub mod allow;
+pub mod block;
 pub mod events;
+pub mod limit;
+pub mod list;
 pub mod parse;
 
 use std::path::PathBuf;
@@ -33,6 +37,19 @@ pub enum Command {
     Parse(parse::Args),
     /// Query the events in the store.
     Events(events::Args),
+    /// Ban addresses or prefixes (one kernel batch for all of them).
+    Block(block::BlockArgs),
+    /// Lift bans.
+    Unblock(block::UnblockArgs),
+    /// What is enforced now: read from the kernel, joined with the store's reasons.
+    List(list::Args),
+    /// The admin allowlist: never banned, exempt from every limit.
+    #[command(subcommand)]
+    Allow(allow::Args),
+    /// Switch a port's rate limit on (source: per source; global: everyone but the allowlist) or off.
+    Limit(limit::Args),
+    /// Install or repair floodgate's table and make its sets match the store (after a reboot or a flush).
+    Reconcile(list::ReconcileArgs),
 }
 
 /// What every command starts from: the checked config and where the store is.
@@ -72,5 +89,11 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Parse(args) => parse::run(&ctx, args),
         Command::Events(args) => events::run(&ctx, args),
+        Command::Block(args) => block::run_block(&ctx, args),
+        Command::Unblock(args) => block::run_unblock(&ctx, args),
+        Command::List(args) => list::run(&ctx, args),
+        Command::Allow(args) => allow::run(&ctx, args),
+        Command::Limit(args) => limit::run(&ctx, args),
+        Command::Reconcile(args) => list::run_reconcile(&ctx, args),
     }
 }

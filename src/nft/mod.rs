@@ -296,24 +296,22 @@ fn from_u128(v: u128, len: usize) -> Option<IpAddr> {
 fn range_to_cidrs(mut lo: u128, hi: u128, len: usize) -> Vec<Cidr> {
     let bits = (len * 8) as u32;
     let mut out = Vec::new();
-    while lo <= hi {
-        // The largest aligned block starting at lo that stays within hi.
-        let mut size = if lo == 0 { bits } else { lo.trailing_zeros().min(bits) };
-        while size > 0 && (size >= 128 || lo + ((1u128 << size) - 1) > hi) {
+    loop {
+        // The largest aligned block starting at lo that ends within hi: 2^size addresses.
+        let mut size = lo.trailing_zeros().min(bits);
+        let last = |size: u32| if size >= 128 { u128::MAX } else { lo | ((1u128 << size) - 1) };
+        while size > 0 && last(size) > hi {
             size -= 1;
         }
         let Some(ip) = from_u128(lo, len) else { break };
         if let Some(c) = Cidr::new(ip, (bits - size) as u8) {
             out.push(c);
         }
-        let step = if size >= 128 { break } else { 1u128 << size };
-        match lo.checked_add(step) {
-            Some(next) if next > lo => lo = next,
-            _ => break,
-        }
-        if bits < 128 && lo >> bits != 0 {
+        let end = last(size);
+        if end >= hi {
             break;
         }
+        lo = end + 1;
     }
     out
 }

@@ -13,8 +13,14 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::addr::{ip_bytes, ip_from_bytes, Cidr};
 use crate::event::{Event, Kind, SynAction};
 
+mod decisions;
+pub use decisions::{Allowed, Ban, Decision, Enforced, LimitMode, LimitOn};
+
 /// Schema migrations, in order. The version of migration i is i + 1.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
+    ("0002_enforcement", include_str!("../../migrations/0002_enforcement.sql")),
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -24,6 +30,8 @@ pub enum StoreError {
     TooNew { path: String, found: i64, known: i64 },
     #[error("{path}: {context}: {cause}")]
     Sql { path: String, context: String, cause: rusqlite::Error },
+    #[error("{path}: {what}: the database was altered outside floodgate")]
+    Corrupt { path: String, what: String },
     #[error("{path}: cannot create its directory: {cause}")]
     Dir { path: String, cause: std::io::Error },
 }
@@ -436,7 +444,7 @@ mod tests {
         drop(c);
         let before = std::fs::read(&path).unwrap();
         let e = Store::open(&path).err().unwrap().to_string();
-        assert!(e.contains("schema version 99") && e.contains("knows up to 1"), "{e}");
+        assert!(e.contains("schema version 99") && e.contains(&format!("knows up to {SCHEMA_VERSION}")), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 

@@ -1,0 +1,296 @@
+//! Enforcement: decisions in the store made true in the kernel. Each change is recorded and applied in one step
+//! (store transaction around one netlink batch: both or neither), and `reconcile` makes the kernel's sets match
+//! the store again after a reboot, a `nft flush ruleset` or a crash.
+
+pub mod plan;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::addr::Cidr;
+use crate::config::Config;
+use crate::nft::ruleset::{ALLOW4, ALLOW6, BAN4, BAN6, GLOBAL_PORTS, SOURCE_PORTS};
+use crate::nft::{Element, Kernel, Key, NftError, Ruleset};
+use crate::store::{Decision, Enforced, LimitMode, Store, StoreError};
+use plan::{Changes, Want, FOREVER};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error(transparent)]
+    Kernel(#[from] NftError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one enforcement step changed in the kernel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The table's shape was (re)installed.
+    pub installed: bool,
+    pub changes: Changes,
+}
+
+/// One line of `floodgate list`: an element the kernel enforces, joined with the store's reason for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Listed {
+    /// ban, limit_source or limit_global.
+    pub action: String,
+    /// The address, prefix or port.
+    pub target: String,
+    /// Seconds the kernel will still enforce it (None: until removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_s: Option<u64>,
+    pub reason: String,
+    pub origin: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// In force in the kernel; false for something the store holds but the kernel lost (reconcile restores it).
+    pub in_kernel: bool,
+    /// In the store; false for a stray the next reconcile removes.
+    pub in_store: bool,
+}
+
+pub struct Enforcer {
+    kernel: Kernel,
+    ruleset: Ruleset,
+    config_allow: Vec<Cidr>,
+    limit_ports: Vec<u16>,
+    widest_v4: u8,
+    widest_v6: u8,
+}
+
+fn remaining(until: i64, now: DateTime<Utc>) -> Option<Duration> {
+    if until == FOREVER {
+        return None;
+    }
+    let left = until.saturating_sub(now.timestamp_micros()).max(1000);
+    Some(Duration::from_micros(left as u64))
+}
+
+impl Enforcer {
+    pub fn open(config: &Config) -> Result<Enforcer, EnforceError> {
+        let ruleset = config.ruleset();
+        Ok(Enforcer {
+            kernel: Kernel::open()?,
+            limit_ports: ruleset.ports.iter().map(|p| p.port).collect(),
+            ruleset,
+            config_allow: config.allowlist.clone(),
+            widest_v4: config.enforce.widest_prefix_v4,
+            widest_v6: config.enforce.widest_prefix_v6,
+        })
+    }
+
+    pub fn table(&self) -> &str {
+        &self.ruleset.table
+    }
+
+    /// Ports that have limit rules (the configured services' ports).
+    pub fn limit_ports(&self) -> &[u16] {
+        &self.limit_ports
+    }
+
+    /// Why `cidr` may not be banned, if it may not: too wide, or wholly on the allowlist.
+    pub fn refuse_ban(&self, cidr: &Cidr, stored_allow: &[Cidr]) -> Option<String> {
+        let widest = if cidr.addr().is_ipv4() { self.widest_v4 } else { self.widest_v6 };
+        if cidr.prefix_len() == 0 {
+            return Some(format!("{cidr} would ban every address"));
+        }
+        if cidr.prefix_len() < widest {
+            let key = if cidr.addr().is_ipv4() { "widest_prefix_v4" } else { "widest_prefix_v6" };
+            return Some(format!("{cidr} is wider than /{widest} (enforce.{key} in the config)"));
+        }
+        let covering = |list: &[Cidr]| {
+            list.iter().find(|a| a.contains(cidr.addr()) && a.prefix_len() <= cidr.prefix_len()).copied()
+        };
+        if let Some(a) = covering(&self.config_allow) {
+            return Some(format!("{cidr} is on the allowlist ({a}, from the config)"));
+        }
+        if let Some(a) = covering(stored_allow) {
+            return Some(format!("{cidr} is on the allowlist ({a}; `floodgate allow del {a}` to remove it)"));
+        }
+        None
+    }
+
+    /// The elements each set should hold for `state` at `now`.
+    fn wanted(&self, state: &Enforced, now: DateTime<Utc>) -> Vec<(&'static str, Vec<Want>)> {
+        let bans: Vec<(Cidr, i64)> =
+            state.bans.iter().map(|b| (b.cidr, b.until.map_or(FOREVER, |u| u.timestamp_micros()))).collect();
+        let (mut ban4, mut ban6) = (Vec::new(), Vec::new());
+        for (cidr, until) in plan::flatten_bans(&bans) {
+            let w = (Key::Net(cidr), remaining(until, now));
+            if cidr.addr().is_ipv4() {
+                ban4.push(w)
+            } else {
+                ban6.push(w)
+            }
+        }
+        let mut allow: Vec<Cidr> = self.config_allow.clone();
+        allow.extend(state.allowlist.iter().map(|a| a.cidr));
+        let (mut allow4, mut allow6) = (Vec::new(), Vec::new());
+        for cidr in plan::flatten_allow(&allow) {
+            let w = (Key::Net(cidr), None);
+            if cidr.addr().is_ipv4() {
+                allow4.push(w)
+            } else {
+                allow6.push(w)
+            }
+        }
+        let (mut source, mut global) = (Vec::new(), Vec::new());
+        for l in &state.limits {
+            if !self.limit_ports.contains(&l.port) {
+                continue;
+            }
+            let w = (Key::Port(l.port), remaining(l.until.timestamp_micros(), now));
+            match l.mode {
+                LimitMode::Source => source.push(w),
+                LimitMode::Global => global.push(w),
+            }
+        }
+        vec![
+            (ALLOW4, allow4),
+            (ALLOW6, allow6),
+            (BAN4, ban4),
+            (BAN6, ban6),
+            (SOURCE_PORTS, source),
+            (GLOBAL_PORTS, global),
+        ]
+    }
+
+    /// Makes the kernel sets hold `state`, in one batch. A missing table is installed first.
+    fn sync(&mut self, state: &Enforced, now: DateTime<Utc>) -> Result<Report, EnforceError> {
+        let mut report = Report::default();
+        let wanted = self.wanted(state, now);
+        let mut ops = Vec::new();
+        for (set, want) in &wanted {
+            let actual = match self.kernel.elements(&self.ruleset.table, set) {
+                Ok(a) => a,
+                Err(NftError::Missing { .. }) if !report.installed => {
+                    self.install()?;
+                    report.installed = true;
+                    self.kernel.elements(&self.ruleset.table, set)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            plan::diff(set, want, &actual, &mut ops, &mut report.changes);
+        }
+        self.kernel.apply(&self.ruleset.table, &ops)?;
+        Ok(report)
+    }
+
+    /// Installs or repairs the table's shape; one whose sets were redefined by hand is rebuilt.
+    fn install(&mut self) -> Result<(), EnforceError> {
+        match self.kernel.install(&self.ruleset) {
+            Ok(()) => Ok(()),
+            Err(NftError::Rejected { what, errno, .. }) => {
+                tracing::warn!(%what, errno, "the table's shape cannot be repaired in place; rebuilding it");
+                self.kernel.rebuild(&self.ruleset, &[])?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Installs or repairs the table, then makes its sets match the store: missing elements are re-added with
+    /// their remaining time, strays removed. What a start (or `floodgate reconcile`) does.
+    pub fn reconcile(&mut self, store: &mut Store, now: DateTime<Utc>) -> Result<Report, EnforceError> {
+        store.expire(now)?;
+        self.install()?;
+        let state = store.enforced(now)?;
+        let mut report = self.sync(&state, now)?;
+        report.installed = true;
+        Ok(report)
+    }
+
+    /// Records `decisions` and applies their effect to the kernel: both, or (on any error) neither.
+    pub fn decide(&mut self, store: &mut Store, decisions: &[Decision], now: DateTime<Utc>) -> Result<Report, EnforceError> {
+        store.decide(decisions, now, |state| self.sync(state, now))
+    }
+
+    /// What the kernel enforces now, joined with the store's reasons; store entries the kernel lost are
+    /// included and marked.
+    pub fn list(&mut self, store: &Store, now: DateTime<Utc>) -> Result<Vec<Listed>, EnforceError> {
+        let state = store.enforced(now)?;
+        let table = self.ruleset.table.clone();
+        let mut out = Vec::new();
+        let by_cidr: HashMap<Cidr, &crate::store::Ban> = state.bans.iter().map(|b| (b.cidr, b)).collect();
+        let mut covered: std::collections::HashSet<Cidr> = std::collections::HashSet::new();
+        for set in [BAN4, BAN6] {
+            for e in self.kernel.elements(&table, set)? {
+                let Key::Net(piece) = e.key else { continue };
+                // The ban this piece comes from: the same prefix, or the narrowest stored ban around it.
+                let bits = if piece.addr().is_ipv4() { 32 } else { 128 };
+                let owner = (0..=piece.prefix_len().min(bits))
+                    .rev()
+                    .filter_map(|len| Cidr::new(piece.addr(), len))
+                    .find_map(|c| by_cidr.get(&c).copied());
+                if let Some(b) = owner {
+                    covered.insert(b.cidr);
+                }
+                out.push(listed_ban(&e, piece, owner));
+            }
+        }
+        for b in &state.bans {
+            if !covered.contains(&b.cidr) && !out.iter().any(|l| l.in_store && l.target == b.cidr.to_string()) {
+                // Nested inside a longer ban, it is enforced by that one; otherwise the kernel lost it.
+                let inside = state.bans.iter().any(|o| {
+                    o.cidr != b.cidr
+                        && o.cidr.contains(b.cidr.addr())
+                        && o.cidr.prefix_len() <= b.cidr.prefix_len()
+                        && o.until.map_or(i64::MAX, |u| u.timestamp_micros())
+                            >= b.until.map_or(i64::MAX, |u| u.timestamp_micros())
+                });
+                if inside {
+                    continue;
+                }
+                out.push(Listed {
+                    action: "ban".into(),
+                    target: b.cidr.to_string(),
+                    expires_s: None,
+                    reason: b.reason.clone(),
+                    origin: b.origin.clone(),
+                    since: Some(b.since),
+                    in_kernel: false,
+                    in_store: true,
+                });
+            }
+        }
+        for (set, mode) in [(SOURCE_PORTS, LimitMode::Source), (GLOBAL_PORTS, LimitMode::Global)] {
+            for e in self.kernel.elements(&table, set)? {
+                let Key::Port(port) = e.key else { continue };
+                let row = state.limits.iter().find(|l| l.port == port && l.mode == mode);
+                out.push(Listed {
+                    action: format!("limit_{}", mode.as_str()),
+                    target: port.to_string(),
+                    expires_s: e.expires.map(|d| d.as_secs()),
+                    reason: row.map_or_else(|| "not in the store".into(), |r| r.reason.clone()),
+                    origin: row.map_or_else(String::new, |r| r.origin.clone()),
+                    since: row.map(|r| r.since),
+                    in_kernel: true,
+                    in_store: row.is_some(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn listed_ban(e: &Element, piece: Cidr, owner: Option<&crate::store::Ban>) -> Listed {
+    Listed {
+        action: "ban".into(),
+        target: piece.to_string(),
+        expires_s: e.expires.map(|d| d.as_secs()),
+        reason: owner.map_or_else(|| "not in the store (removed at the next reconcile)".into(), |b| {
+            if b.cidr == piece {
+                b.reason.clone()
+            } else {
+                format!("{} (part of {})", b.reason, b.cidr)
+            }
+        }),
+        origin: owner.map_or_else(String::new, |b| b.origin.clone()),
+        since: owner.map(|b| b.since),
+        in_kernel: true,
+        in_store: owner.is_some(),
+    }
+}

@@ -1,0 +1,293 @@
+//! Decisions: bans, rate limits and the allowlist as the store holds them. Each change is a row in `decisions`
+//! (the history) and an update of the current state (`bans`, `limits`, `allowlist`), written in one transaction
+//! that commits only if the kernel accepted the matching batch.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::{from_us, sql, ts_us, Store, StoreError};
+use crate::addr::Cidr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitMode {
+    /// Per source (hashlimit-style): each address (IPv6: each /64) gets its own rate.
+    Source,
+    /// Global (limit-style): one rate for everyone but the allowlist.
+    Global,
+}
+
+impl LimitMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitMode::Source => "source",
+            LimitMode::Global => "global",
+        }
+    }
+
+    fn parse(s: &str) -> Option<LimitMode> {
+        match s {
+            "source" => Some(LimitMode::Source),
+            "global" => Some(LimitMode::Global),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub cidr: Cidr,
+    pub since: DateTime<Utc>,
+    /// None: until unblocked.
+    pub until: Option<DateTime<Utc>>,
+    pub reason: String,
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitOn {
+    pub port: u16,
+    pub mode: LimitMode,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub reason: String,
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    pub cidr: Cidr,
+    pub added: DateTime<Utc>,
+    pub comment: Option<String>,
+}
+
+/// One change of what is enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Bans (or re-bans, replacing the earlier end and reason) an address or prefix.
+    Ban { cidr: Cidr, until: Option<DateTime<Utc>>, reason: String, origin: String },
+    Unban { cidr: Cidr, reason: String, origin: String },
+    /// Switches a port's limit on, or extends it.
+    Limit { port: u16, mode: LimitMode, until: DateTime<Utc>, reason: String, origin: String },
+    Lift { port: u16, mode: LimitMode, reason: String, origin: String },
+    Allow { cidr: Cidr, comment: Option<String>, origin: String },
+    Disallow { cidr: Cidr, origin: String },
+}
+
+/// What is in force at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Enforced {
+    pub bans: Vec<Ban>,
+    pub limits: Vec<LimitOn>,
+    pub allowlist: Vec<Allowed>,
+}
+
+fn parse_cidr(path: &str, text: &str) -> Result<Cidr, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt { path: path.to_string(), what: format!("bad address `{text}`") })
+}
+
+fn read(tx: &rusqlite::Connection, path: &str, now: DateTime<Utc>) -> Result<Enforced, StoreError> {
+    let now_us = ts_us(&now);
+    let q = |e| sql(path, "reading enforced state", e);
+    let mut bans = Vec::new();
+    let mut st = tx
+        .prepare_cached(
+            "SELECT cidr, since_us, until_us, reason, origin FROM bans WHERE until_us IS NULL OR until_us > ?1",
+        )
+        .map_err(q)?;
+    let rows = st
+        .query_map([now_us], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?, r.get(3)?, r.get(4)?))
+        })
+        .map_err(q)?;
+    for row in rows {
+        let (cidr, since, until, reason, origin) = row.map_err(q)?;
+        bans.push(Ban { cidr: parse_cidr(path, &cidr)?, since: from_us(since), until: until.map(from_us), reason, origin });
+    }
+    let mut limits = Vec::new();
+    let mut st = tx
+        .prepare_cached("SELECT port, mode, since_us, until_us, reason, origin FROM limits WHERE until_us > ?1")
+        .map_err(q)?;
+    let rows = st
+        .query_map([now_us], |r| {
+            Ok((r.get::<_, u16>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get(4)?, r.get(5)?))
+        })
+        .map_err(q)?;
+    for row in rows {
+        let (port, mode, since, until, reason, origin) = row.map_err(q)?;
+        let mode = LimitMode::parse(&mode)
+            .ok_or_else(|| StoreError::Corrupt { path: path.to_string(), what: format!("bad limit mode `{mode}`") })?;
+        limits.push(LimitOn { port, mode, since: from_us(since), until: from_us(until), reason, origin });
+    }
+    let mut allowlist = Vec::new();
+    let mut st = tx.prepare_cached("SELECT cidr, added_us, comment FROM allowlist").map_err(q)?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))).map_err(q)?;
+    for row in rows {
+        let (cidr, added, comment) = row.map_err(q)?;
+        allowlist.push(Allowed { cidr: parse_cidr(path, &cidr)?, added: from_us(added), comment });
+    }
+    Ok(Enforced { bans, limits, allowlist })
+}
+
+fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let q = |e| sql(path, "recording a decision", e);
+    let now_us = ts_us(&now);
+    let (action, target, until, reason, origin): (String, String, Option<i64>, &str, &str) = match d {
+        Decision::Ban { cidr, until, reason, origin } => ("ban".into(), cidr.to_string(), until.map(|u| ts_us(&u)), reason, origin),
+        Decision::Unban { cidr, reason, origin } => ("unban".into(), cidr.to_string(), None, reason, origin),
+        Decision::Limit { port, mode, until, reason, origin } => {
+            (format!("limit_{}", mode.as_str()), port.to_string(), Some(ts_us(until)), reason, origin)
+        }
+        Decision::Lift { port, mode, reason, origin } => (format!("lift_{}", mode.as_str()), port.to_string(), None, reason, origin),
+        Decision::Allow { cidr, comment, origin } => {
+            ("allow".into(), cidr.to_string(), None, comment.as_deref().unwrap_or(""), origin)
+        }
+        Decision::Disallow { cidr, origin } => ("disallow".into(), cidr.to_string(), None, "", origin),
+    };
+    tx.prepare_cached(
+        "INSERT INTO decisions (ts_us, action, target, until_us, reason, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut st| st.execute(params![now_us, action, target, until, reason, origin]))
+    .map_err(q)?;
+    let id = tx.last_insert_rowid();
+    match d {
+        Decision::Ban { .. } => {
+            tx.prepare_cached(
+                "INSERT INTO bans (cidr, since_us, until_us, reason, origin, decision_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (cidr) DO UPDATE SET since_us = excluded.since_us, until_us = excluded.until_us,
+                 reason = excluded.reason, origin = excluded.origin, decision_id = excluded.decision_id",
+            )
+            .and_then(|mut st| st.execute(params![target, now_us, until, reason, origin, id]))
+            .map_err(q)?;
+        }
+        Decision::Unban { .. } => {
+            tx.execute("DELETE FROM bans WHERE cidr = ?1", [&target]).map_err(q)?;
+        }
+        Decision::Limit { mode, .. } => {
+            tx.prepare_cached(
+                "INSERT INTO limits (port, mode, since_us, until_us, reason, origin, decision_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (port, mode) DO UPDATE SET until_us = excluded.until_us, reason = excluded.reason,
+                 origin = excluded.origin, decision_id = excluded.decision_id",
+            )
+            .and_then(|mut st| st.execute(params![target.parse::<u16>().unwrap_or(0), mode.as_str(), now_us, until, reason, origin, id]))
+            .map_err(q)?;
+        }
+        Decision::Lift { port, mode, .. } => {
+            tx.execute("DELETE FROM limits WHERE port = ?1 AND mode = ?2", params![port, mode.as_str()]).map_err(q)?;
+        }
+        Decision::Allow { comment, .. } => {
+            tx.execute(
+                "INSERT INTO allowlist (cidr, added_us, comment) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (cidr) DO UPDATE SET comment = COALESCE(excluded.comment, comment)",
+                params![target, now_us, comment],
+            )
+            .map_err(q)?;
+        }
+        Decision::Disallow { .. } => {
+            tx.execute("DELETE FROM allowlist WHERE cidr = ?1", [&target]).map_err(q)?;
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// What is in force at `now`: unexpired bans and limits, and the stored allowlist.
+    pub fn enforced(&self, now: DateTime<Utc>) -> Result<Enforced, StoreError> {
+        read(&self.conn, &self.path, now)
+    }
+
+    /// Records `decisions` and hands the resulting state to `apply` (which writes the kernel) inside one
+    /// transaction: committed only if `apply` succeeds, so the store never claims what the kernel refused.
+    pub fn decide<T, E: From<StoreError>>(
+        &mut self,
+        decisions: &[Decision],
+        now: DateTime<Utc>,
+        apply: impl FnOnce(&Enforced) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| sql(&path, "beginning a transaction", e))?;
+        for d in decisions {
+            write(&tx, &path, d, now)?;
+        }
+        let state = read(&tx, &path, now)?;
+        let out = apply(&state)?;
+        tx.commit().map_err(|e| sql(&path, "committing decisions", e))?;
+        Ok(out)
+    }
+
+    /// Deletes bans and limits that have run out (the kernel has dropped them by itself); returns how many.
+    pub fn expire(&mut self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let now_us = ts_us(&now);
+        let q = |e| sql(&self.path, "expiring decisions", e);
+        let a = self.conn.execute("DELETE FROM bans WHERE until_us IS NOT NULL AND until_us <= ?1", [now_us]).map_err(q)?;
+        let b = self.conn.execute("DELETE FROM limits WHERE until_us <= ?1", [now_us]).map_err(q)?;
+        Ok(a + b)
+    }
+
+    /// The latest decision about `target` (an address, prefix or port as text), for `list`'s joins.
+    pub fn last_decision(&self, target: &str) -> Result<Option<(DateTime<Utc>, String, String)>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT ts_us, action, origin FROM decisions WHERE target = ?1 ORDER BY ts_us DESC, id DESC LIMIT 1",
+                [target],
+                |r| Ok((from_us(r.get(0)?), r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| sql(&self.path, "reading decisions", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn ban(c: &str, until: Option<i64>) -> Decision {
+        Decision::Ban { cidr: c.parse().unwrap(), until: until.map(t), reason: "test".into(), origin: "manual".into() }
+    }
+
+    #[test]
+    fn decisions_commit_only_when_applied() {
+        let mut s = Store::open_in_memory().unwrap();
+        let r: Result<(), StoreError> = s.decide(&[ban("198.51.100.7", Some(60))], t(0), |state| {
+            assert_eq!(state.bans.len(), 1);
+            Err(StoreError::Corrupt { path: "x".into(), what: "kernel said no".into() })
+        });
+        assert!(r.is_err());
+        assert!(s.enforced(t(0)).unwrap().bans.is_empty(), "a refused batch leaves the store unchanged");
+        let n: i64 = s.conn.query_row("SELECT count(*) FROM decisions", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
+        s.decide(&[ban("198.51.100.7", Some(60)), ban("203.0.113.0/24", None)], t(0), |_| Ok::<_, StoreError>(()))
+            .unwrap();
+        let e = s.enforced(t(30)).unwrap();
+        assert_eq!(e.bans.len(), 2);
+        // Ended bans are no longer in force, and expire() removes them.
+        let e = s.enforced(t(61)).unwrap();
+        assert_eq!(e.bans.iter().map(|b| b.cidr.to_string()).collect::<Vec<_>>(), ["203.0.113.0/24"]);
+        assert_eq!(s.expire(t(61)).unwrap(), 1);
+    }
+
+    #[test]
+    fn rebans_replace_unbans_remove_and_history_keeps_all() {
+        let mut s = Store::open_in_memory().unwrap();
+        let ok = |_: &Enforced| Ok::<_, StoreError>(());
+        s.decide(&[ban("198.51.100.7", Some(60))], t(0), ok).unwrap();
+        s.decide(&[ban("198.51.100.7", Some(600))], t(10), ok).unwrap();
+        assert_eq!(s.enforced(t(100)).unwrap().bans[0].until, Some(t(600)));
+        let lim = Decision::Limit { port: 25, mode: LimitMode::Global, until: t(30), reason: "flood".into(), origin: "manual".into() };
+        s.decide(&[lim], t(10), ok).unwrap();
+        assert_eq!(s.enforced(t(20)).unwrap().limits[0].mode, LimitMode::Global);
+        let un = Decision::Unban { cidr: "198.51.100.7".parse().unwrap(), reason: "by hand".into(), origin: "manual".into() };
+        s.decide(&[un], t(20), ok).unwrap();
+        assert!(s.enforced(t(20)).unwrap().bans.is_empty());
+        let (_, action, _) = s.last_decision("198.51.100.7").unwrap().unwrap();
+        assert_eq!(action, "unban");
+        let n: i64 = s.conn.query_row("SELECT count(*) FROM decisions", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 4);
+    }
+}
