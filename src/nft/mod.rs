@@ -77,12 +77,37 @@ pub enum NftError {
     Socket(#[source] io::Error),
     #[error("the kernel refused: writing nftables needs root or CAP_NET_ADMIN (in this network namespace)")]
     Permission,
-    #[error("{what}: {cause} (errno {errno}); the whole batch was rolled back, nothing was applied")]
+    #[error("{what}: {} (errno {errno}); the whole batch was rolled back, nothing was applied", errno_text(*.errno))]
     Rejected { what: String, errno: i32, cause: io::Error },
     #[error("table inet {table} or its set {set} does not exist (run `floodgate reconcile` to install it)")]
     Missing { table: String, set: String },
     #[error("netlink: {0}")]
     Io(#[source] io::Error),
+}
+
+/// `File exists (EEXIST)`: the message and the name an admin looks up.
+fn errno_text(errno: i32) -> String {
+    let name = match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EEXIST => "EEXIST",
+        libc::EINVAL => "EINVAL",
+        libc::EBUSY => "EBUSY",
+        libc::ENOSPC => "ENOSPC",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::ERANGE => "ERANGE",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOMEM => "ENOMEM",
+        _ => "",
+    };
+    let text = io::Error::from_raw_os_error(errno).to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    if name.is_empty() {
+        text
+    } else {
+        format!("{text}, {name}")
+    }
 }
 
 impl NftError {
