@@ -53,3 +53,71 @@ fn installs_and_reads_back_elements() {
     println!("{text}");
     assert!(text.contains("198.51.100.7 timeout 10m expires"), "{text}");
 }
+
+fn v4(i: u32) -> String {
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i).to_string()
+}
+
+#[test]
+fn one_bad_element_in_a_large_batch_applies_nothing_and_is_named() {
+    if !netns::available("one_bad_element_in_a_large_batch_applies_nothing_and_is_named") {
+        return;
+    }
+    let ns = Netns::new("bad");
+    let rs = Config::default().ruleset();
+    let (err, after) = ns.enter(move || {
+        let mut k = Kernel::open().unwrap();
+        k.install(&rs).unwrap();
+        k.apply("floodgate", &[add(BAN4, &v4(12_345), 600)]).unwrap();
+        // 20,000 elements (about 700 KiB: far past the 128 KiB where a split send would break the batch), one
+        // of which is already present.
+        let ops: Vec<SetOp> = (0..20_000).map(|i| add(BAN4, &v4(i), 600)).collect();
+        let err = k.apply("floodgate", &ops).unwrap_err();
+        (err, k.elements("floodgate", BAN4).unwrap())
+    });
+    assert_eq!(err.errno(), Some(libc::EEXIST));
+    let text = err.to_string();
+    assert!(text.contains("adding 198.18.48.57 to ban4"), "the error names the element: {text}");
+    assert!(text.contains("nothing was applied"), "{text}");
+    assert_eq!(after.len(), 1, "none of the 19,999 good elements went in");
+}
+
+#[test]
+fn big_batches_apply_whole_and_refresh_resets_timeouts() {
+    if !netns::available("big_batches_apply_whole_and_refresh_resets_timeouts") {
+        return;
+    }
+    let ns = Netns::new("big");
+    let rs = Config::default().ruleset();
+    let (n, before, after, overlap) = ns.enter(move || {
+        let mut k = Kernel::open().unwrap();
+        k.install(&rs).unwrap();
+        let mut ops: Vec<SetOp> = (0..20_000).map(|i| add(BAN4, &v4(i), 60)).collect();
+        ops.extend((0..5_000).map(|i| add(BAN6, &format!("2001:db8:2::{i:x}"), 60)));
+        k.apply("floodgate", &ops).unwrap();
+        let n = (k.elements("floodgate", BAN4).unwrap().len(), k.elements("floodgate", BAN6).unwrap().len());
+        let before = k.elements("floodgate", BAN4).unwrap()[0].timeout;
+        let refresh: Vec<SetOp> =
+            (0..20_000).flat_map(|i| SetOp::refresh(BAN4, net(&v4(i)), Some(Duration::from_secs(3600)))).collect();
+        k.apply("floodgate", &refresh).unwrap();
+        let after = k.elements("floodgate", BAN4).unwrap();
+        // The kernel does not merge overlapping prefixes: it refuses them (the enforcer flattens first).
+        let overlap = k.apply("floodgate", &[add(BAN4, "198.18.0.0/24", 60)]).unwrap_err();
+        (n, before, after, overlap)
+    });
+    assert_eq!(n, (20_000, 5_000));
+    assert_eq!(before, Some(Duration::from_secs(60)));
+    assert_eq!(after.len(), 20_000);
+    assert!(after.iter().all(|e| e.timeout == Some(Duration::from_secs(3600))), "every timeout was reset");
+    assert_eq!(overlap.errno(), Some(libc::EEXIST));
+}
+
+#[test]
+fn a_missing_table_is_reported_as_such() {
+    if !netns::available("a_missing_table_is_reported_as_such") {
+        return;
+    }
+    let ns = Netns::new("miss");
+    let e = ns.enter(|| Kernel::open().unwrap().elements("floodgate", BAN4).unwrap_err());
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}

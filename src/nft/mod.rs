@@ -38,6 +38,7 @@ impl fmt::Display for Key {
 
 /// One operation on one set. Adds fail if the element is present (the caller diffs against what the kernel
 /// holds); a refresh is a delete and an add in the same batch, which resets the timeout on every kernel.
+/// Within a batch, flushes apply first, then deletes, then adds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetOp {
     Add { set: &'static str, key: Key, timeout: Option<Duration> },
@@ -242,9 +243,18 @@ impl Kernel {
     }
 }
 
-/// Writes `ops` as element messages: each run of consecutive operations on the same set and in the same
-/// direction becomes one group of messages, in order (so a refresh's delete precedes its add).
+/// Writes `ops` as element messages: flushes first, then deletes, then adds, each grouped by set, so a batch
+/// of refreshes (delete + add of the same key) is two runs of large messages rather than thousands of small
+/// ones. Within one transaction the order between different keys does not matter; for one key it is always
+/// delete before add, which is what a refresh needs.
 fn write_ops(b: &mut Batch, table: &str, ops: &[SetOp]) {
+    let rank = |op: &SetOp| match op {
+        SetOp::Flush { .. } => (0, ""),
+        SetOp::Delete { set, .. } => (1, *set),
+        SetOp::Add { set, .. } => (2, *set),
+    };
+    let mut order: Vec<usize> = (0..ops.len()).collect();
+    order.sort_by_key(|&i| rank(&ops[i]));
     let mut run: Vec<(RawElem, u32)> = Vec::new();
     let mut current: Option<(&'static str, bool)> = None;
     let flush = |b: &mut Batch, current: Option<(&'static str, bool)>, run: &mut Vec<(RawElem, u32)>| {
@@ -253,7 +263,7 @@ fn write_ops(b: &mut Batch, table: &str, ops: &[SetOp]) {
         }
         run.clear();
     };
-    for (item, op) in ops.iter().enumerate() {
+    for (item, op) in order.into_iter().map(|i| (i, &ops[i])) {
         let (set, key, adding, timeout) = match op {
             SetOp::Flush { set } => {
                 flush(b, current.take(), &mut run);
