@@ -3,7 +3,7 @@
 
 CARGO    ?= cargo
 PREFIX   ?= /usr/local
-DEB_PKGS := build-essential pkg-config
+DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux
 DEMO_DIR := $(or $(TMPDIR),/tmp)/floodgate-demo
 
 .PHONY: all build deps test lint bench demo install clean

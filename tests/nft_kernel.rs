@@ -121,3 +121,19 @@ fn a_missing_table_is_reported_as_such() {
     let e = ns.enter(|| Kernel::open().unwrap().elements("floodgate", BAN4).unwrap_err());
     assert!(e.to_string().contains("does not exist"), "{e}");
 }
+
+/// The readable copy in rules/nftables/ is what the code builds.
+#[test]
+fn the_readable_copy_of_the_ruleset_matches_the_kernel() {
+    if !netns::available("the_readable_copy_of_the_ruleset_matches_the_kernel") {
+        return;
+    }
+    let ns = Netns::new("shape");
+    let rs = Config::default().ruleset();
+    ns.enter(move || Kernel::open().unwrap().install(&rs).unwrap());
+    let counters = regex::Regex::new(r"counter packets \d+ bytes \d+").unwrap();
+    let listed = counters.replace_all(&ns.nft(&["list", "table", "inet", "floodgate"]), "counter").into_owned();
+    let copy = include_str!("../rules/nftables/floodgate.nft");
+    let copy: String = copy.lines().filter(|l| !l.trim_start().starts_with('#')).map(|l| format!("{l}\n")).collect();
+    assert_eq!(listed.trim(), copy.trim(), "rules/nftables/floodgate.nft is out of date");
+}
