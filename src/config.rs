@@ -298,11 +298,17 @@ impl Config {
             return Err("enforce.widest_prefix_v6: between 1 and 128".into());
         }
         let bursts = self.services.iter().flat_map(|(n, s)| {
-            [(format!("services.{n}.source_burst"), s.source_burst), (format!("services.{n}.global_burst"), s.global_burst)]
+            [
+                (format!("services.{n}.source_burst"), s.source_burst),
+                (format!("services.{n}.global_burst"), s.global_burst),
+            ]
         });
-        for (key, b) in [("enforce.source_burst".to_string(), Some(e.source_burst)), ("enforce.global_burst".into(), Some(e.global_burst))]
-            .into_iter()
-            .chain(bursts)
+        for (key, b) in [
+            ("enforce.source_burst".to_string(), Some(e.source_burst)),
+            ("enforce.global_burst".into(), Some(e.global_burst)),
+        ]
+        .into_iter()
+        .chain(bursts)
         {
             if b == Some(0) {
                 return Err(format!("{key}: a burst of 0 drops the first packet; at least 1"));
@@ -325,7 +331,8 @@ impl Config {
                 let global = s.global_rate.unwrap_or(e.global_rate);
                 let per_source =
                     Limit { rate: source.count, per: source.per, burst: s.source_burst.unwrap_or(e.source_burst) };
-                let global = Limit { rate: global.count, per: global.per, burst: s.global_burst.unwrap_or(e.global_burst) };
+                let global =
+                    Limit { rate: global.count, per: global.per, burst: s.global_burst.unwrap_or(e.global_burst) };
                 s.ports.iter().map(move |&port| PortLimits { port, per_source, global })
             })
             .collect();

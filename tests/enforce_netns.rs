@@ -44,7 +44,8 @@ impl Env {
     fn fg(&self, args: &[&str]) -> Output {
         let cfg = self.dir.path().join("floodgate.toml");
         let db = self.db();
-        let mut cmd = vec![env!("CARGO_BIN_EXE_floodgate"), "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap()];
+        let mut cmd =
+            vec![env!("CARGO_BIN_EXE_floodgate"), "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap()];
         cmd.extend_from_slice(args);
         self.pair.server.exec(&cmd)
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use floodgate::addr::Cidr;
 use floodgate::config::Config;
 use floodgate::nft::ruleset::{BAN4, BAN6, GLOBAL_PORTS};
-use floodgate::nft::{Key, Kernel, SetOp};
+use floodgate::nft::{Kernel, Key, SetOp};
 use netns::Netns;
 
 fn net(s: &str) -> Key {
@@ -41,7 +41,11 @@ fn installs_and_reads_back_elements() {
             ],
         )
         .unwrap();
-        (k.elements("floodgate", BAN4).unwrap(), k.elements("floodgate", BAN6).unwrap(), k.elements("floodgate", GLOBAL_PORTS).unwrap())
+        (
+            k.elements("floodgate", BAN4).unwrap(),
+            k.elements("floodgate", BAN6).unwrap(),
+            k.elements("floodgate", GLOBAL_PORTS).unwrap(),
+        )
     });
     let keys: Vec<String> = got.0.iter().map(|e| e.key.to_string()).collect();
     assert_eq!(keys, ["198.51.100.7", "203.0.113.0/24"]);

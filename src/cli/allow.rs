@@ -58,7 +58,10 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
             enforcer.decide(&mut store, &decisions, now)?;
             for t in &targets {
                 for b in state.bans.iter().filter(|b| b.cidr.contains(t.addr()) || t.contains(b.cidr.addr())) {
-                    eprintln!("note: {t} overlaps the ban on {} ({}); the allowlist takes precedence", b.cidr, b.reason);
+                    eprintln!(
+                        "note: {t} overlaps the ban on {} ({}); the allowlist takes precedence",
+                        b.cidr, b.reason
+                    );
                 }
             }
             eprintln!("allowed {} target(s)", targets.len());
@@ -83,17 +86,21 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
         Args::List { json } => {
             let state = store.enforced(now)?;
             let mut out = BufWriter::new(io::stdout().lock());
-            let rows = ctx
-                .config
-                .allowlist
-                .iter()
-                .map(|c| (c.to_string(), "config".to_string(), String::new()))
-                .chain(state.allowlist.iter().map(|a| {
-                    (a.cidr.to_string(), format!("added {}", a.added.format("%Y-%m-%d %H:%M")), a.comment.clone().unwrap_or_default())
-                }));
+            let rows = ctx.config.allowlist.iter().map(|c| (c.to_string(), "config".to_string(), String::new())).chain(
+                state.allowlist.iter().map(|a| {
+                    (
+                        a.cidr.to_string(),
+                        format!("added {}", a.added.format("%Y-%m-%d %H:%M")),
+                        a.comment.clone().unwrap_or_default(),
+                    )
+                }),
+            );
             for (cidr, source, comment) in rows {
                 if json {
-                    serde_json::to_writer(&mut out, &serde_json::json!({"cidr": cidr, "source": source, "comment": comment}))?;
+                    serde_json::to_writer(
+                        &mut out,
+                        &serde_json::json!({"cidr": cidr, "source": source, "comment": comment}),
+                    )?;
                     writeln!(out)?;
                 } else {
                     writeln!(out, "{cidr:<40} {source:<24} {comment}")?;

@@ -167,7 +167,12 @@ pub fn run_unblock(ctx: &super::Setup, args: UnblockArgs) -> Result<()> {
         .map(|&cidr| Decision::Unban { cidr, reason: args.reason.clone(), origin: "manual".into() })
         .collect();
     let report = enforcer.decide(&mut store, &decisions, now)?;
-    eprintln!("unblocked {} target(s) (kernel: {} removed, {} added)", targets.len(), report.changes.removed, report.changes.added);
+    eprintln!(
+        "unblocked {} target(s) (kernel: {} removed, {} added)",
+        targets.len(),
+        report.changes.removed,
+        report.changes.added
+    );
     Ok(())
 }
 

@@ -40,7 +40,10 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
     let mut enforcer = Enforcer::open(&ctx.config)?;
     for p in &args.ports {
         if !enforcer.limit_ports().contains(p) {
-            bail!("port {p} has no limit rules: limits exist for the configured services' ports {:?}", enforcer.limit_ports());
+            bail!(
+                "port {p} has no limit rules: limits exist for the configured services' ports {:?}",
+                enforcer.limit_ports()
+            );
         }
     }
     let now = Utc::now();
@@ -50,8 +53,20 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
         .ports
         .iter()
         .flat_map(|&port| match args.mode {
-            Mode::Source => vec![Decision::Limit { port, mode: LimitMode::Source, until, reason: args.reason.clone(), origin: origin.clone() }],
-            Mode::Global => vec![Decision::Limit { port, mode: LimitMode::Global, until, reason: args.reason.clone(), origin: origin.clone() }],
+            Mode::Source => vec![Decision::Limit {
+                port,
+                mode: LimitMode::Source,
+                until,
+                reason: args.reason.clone(),
+                origin: origin.clone(),
+            }],
+            Mode::Global => vec![Decision::Limit {
+                port,
+                mode: LimitMode::Global,
+                until,
+                reason: args.reason.clone(),
+                origin: origin.clone(),
+            }],
             Mode::Off => [LimitMode::Source, LimitMode::Global]
                 .into_iter()
                 .map(|mode| Decision::Lift { port, mode, reason: args.reason.clone(), origin: origin.clone() })

@@ -204,7 +204,12 @@ impl Enforcer {
     }
 
     /// Records `decisions` and applies their effect to the kernel: both, or (on any error) neither.
-    pub fn decide(&mut self, store: &mut Store, decisions: &[Decision], now: DateTime<Utc>) -> Result<Report, EnforceError> {
+    pub fn decide(
+        &mut self,
+        store: &mut Store,
+        decisions: &[Decision],
+        now: DateTime<Utc>,
+    ) -> Result<Report, EnforceError> {
         store.decide(decisions, now, |state| self.sync(state, now))
     }
 
@@ -281,13 +286,16 @@ fn listed_ban(e: &Element, piece: Cidr, owner: Option<&crate::store::Ban>) -> Li
         action: "ban".into(),
         target: piece.to_string(),
         expires_s: e.expires.map(|d| d.as_secs()),
-        reason: owner.map_or_else(|| "not in the store (removed at the next reconcile)".into(), |b| {
-            if b.cidr == piece {
-                b.reason.clone()
-            } else {
-                format!("{} (part of {})", b.reason, b.cidr)
-            }
-        }),
+        reason: owner.map_or_else(
+            || "not in the store (removed at the next reconcile)".into(),
+            |b| {
+                if b.cidr == piece {
+                    b.reason.clone()
+                } else {
+                    format!("{} (part of {})", b.reason, b.cidr)
+                }
+            },
+        ),
         origin: owner.map_or_else(String::new, |b| b.origin.clone()),
         since: owner.map(|b| b.since),
         in_kernel: true,

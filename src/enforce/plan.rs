@@ -214,10 +214,7 @@ mod tests {
     fn nested_shorter_bans_vanish_and_longer_ones_split_the_outer() {
         assert_eq!(flat(&[("198.51.100.0/24", 100), ("198.51.100.7", 50)]), [("198.51.100.0/24".into(), 100)]);
         let got = flat(&[("198.51.100.0/30", 100), ("198.51.100.1", 500)]);
-        assert_eq!(
-            got,
-            [("198.51.100.0".into(), 100), ("198.51.100.1".into(), 500), ("198.51.100.2/31".into(), 100)]
-        );
+        assert_eq!(got, [("198.51.100.0".into(), 100), ("198.51.100.1".into(), 500), ("198.51.100.2/31".into(), 100)]);
         assert_eq!(flat(&[("2001:db8::/64", 5), ("203.0.113.0/24", 7)]).len(), 2);
         // The same prefix twice: the later end wins.
         assert_eq!(flat(&[("203.0.113.9", 5), ("203.0.113.9", 9)]), [("203.0.113.9".into(), 9)]);
@@ -242,7 +239,8 @@ mod tests {
             Element { key: k("198.51.100.2"), timeout: Some(secs(600)), expires: Some(secs(10)) },
             Element { key: k("198.51.100.3"), timeout: None, expires: None },
         ];
-        let want = vec![(k("198.51.100.1"), Some(secs(600))), (k("198.51.100.2"), Some(secs(600))), (k("198.51.100.4"), None)];
+        let want =
+            vec![(k("198.51.100.1"), Some(secs(600))), (k("198.51.100.2"), Some(secs(600))), (k("198.51.100.4"), None)];
         let (mut ops, mut ch) = (Vec::new(), Changes::default());
         diff("ban4", &want, &actual, &mut ops, &mut ch);
         assert_eq!((ch.added, ch.refreshed, ch.removed), (1, 1, 1));

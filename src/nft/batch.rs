@@ -21,7 +21,11 @@ pub enum What {
     Object(String),
     /// Elements of one set; `items` holds the caller's item number of each element in the message's order (a
     /// CIDR is two elements, start and end, with the same item).
-    Elements { adding: bool, set: String, items: Vec<u32> },
+    Elements {
+        adding: bool,
+        set: String,
+        items: Vec<u32>,
+    },
 }
 
 pub struct Msg {
@@ -125,13 +129,18 @@ impl Batch {
 
     pub fn add_table(&mut self, table: &str) {
         let name = cstr(table);
-        self.push(libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE, What::Object(format!("create table {table}")), |nlh| unsafe {
-            let t = sys::nftnl_table_alloc();
-            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
-            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, NFPROTO_INET as u32);
-            sys::nftnl_table_nlmsg_build_payload(nlh, t);
-            sys::nftnl_table_free(t);
-        });
+        self.push(
+            libc::NFT_MSG_NEWTABLE,
+            libc::NLM_F_CREATE,
+            What::Object(format!("create table {table}")),
+            |nlh| unsafe {
+                let t = sys::nftnl_table_alloc();
+                sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+                sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, NFPROTO_INET as u32);
+                sys::nftnl_table_nlmsg_build_payload(nlh, t);
+                sys::nftnl_table_free(t);
+            },
+        );
     }
 
     pub fn delete_table(&mut self, table: &str) {
@@ -147,20 +156,25 @@ impl Batch {
 
     pub fn add_chain(&mut self, table: &str, chain: &str, hook: Option<&Hook>) {
         let (t, c, filter) = (cstr(table), cstr(chain), cstr("filter"));
-        self.push(libc::NFT_MSG_NEWCHAIN, libc::NLM_F_CREATE, What::Object(format!("create chain {chain}")), |nlh| unsafe {
-            let ch = sys::nftnl_chain_alloc();
-            sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TABLE as u16, t.as_ptr());
-            sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_NAME as u16, c.as_ptr());
-            sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_FAMILY as u16, NFPROTO_INET as u32);
-            if let Some(h) = hook {
-                sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_HOOKNUM as u16, h.hooknum);
-                sys::nftnl_chain_set_s32(ch, sys::NFTNL_CHAIN_PRIO as u16, h.priority);
-                sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TYPE as u16, filter.as_ptr());
-                sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_POLICY as u16, libc::NF_ACCEPT as u32);
-            }
-            sys::nftnl_chain_nlmsg_build_payload(nlh, ch);
-            sys::nftnl_chain_free(ch);
-        });
+        self.push(
+            libc::NFT_MSG_NEWCHAIN,
+            libc::NLM_F_CREATE,
+            What::Object(format!("create chain {chain}")),
+            |nlh| unsafe {
+                let ch = sys::nftnl_chain_alloc();
+                sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TABLE as u16, t.as_ptr());
+                sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_NAME as u16, c.as_ptr());
+                sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_FAMILY as u16, NFPROTO_INET as u32);
+                if let Some(h) = hook {
+                    sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_HOOKNUM as u16, h.hooknum);
+                    sys::nftnl_chain_set_s32(ch, sys::NFTNL_CHAIN_PRIO as u16, h.priority);
+                    sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TYPE as u16, filter.as_ptr());
+                    sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_POLICY as u16, libc::NF_ACCEPT as u32);
+                }
+                sys::nftnl_chain_nlmsg_build_payload(nlh, ch);
+                sys::nftnl_chain_free(ch);
+            },
+        );
     }
 
     /// Removes every rule of a chain (nft's `flush chain`).
@@ -196,24 +210,29 @@ impl Batch {
         self.set_ids += 1;
         let id = self.set_ids;
         let (t, n) = (cstr(table), cstr(def.name));
-        self.push(libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE, What::Object(format!("create set {}", def.name)), |nlh| unsafe {
-            let s = sys::nftnl_set_alloc();
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, n.as_ptr());
-            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_INET as u32);
-            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, id);
-            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, def.flags);
-            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, def.key_type);
-            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, def.key_len);
-            if let Some(ms) = def.timeout_ms {
-                sys::nftnl_set_set_u64(s, sys::NFTNL_SET_TIMEOUT as u16, ms);
-            }
-            if let Some(size) = def.size {
-                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DESC_SIZE as u16, size);
-            }
-            sys::nftnl_set_nlmsg_build_payload(nlh, s);
-            sys::nftnl_set_free(s);
-        });
+        self.push(
+            libc::NFT_MSG_NEWSET,
+            libc::NLM_F_CREATE,
+            What::Object(format!("create set {}", def.name)),
+            |nlh| unsafe {
+                let s = sys::nftnl_set_alloc();
+                sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
+                sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, n.as_ptr());
+                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_INET as u32);
+                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, id);
+                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, def.flags);
+                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, def.key_type);
+                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, def.key_len);
+                if let Some(ms) = def.timeout_ms {
+                    sys::nftnl_set_set_u64(s, sys::NFTNL_SET_TIMEOUT as u16, ms);
+                }
+                if let Some(size) = def.size {
+                    sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DESC_SIZE as u16, size);
+                }
+                sys::nftnl_set_nlmsg_build_payload(nlh, s);
+                sys::nftnl_set_free(s);
+            },
+        );
     }
 
     /// Adds (with NLM_F_EXCL: an element already present is an error, so a stale view of the kernel is caught,
@@ -235,9 +254,18 @@ impl Batch {
                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_INET as u32);
                 for (el, _) in chunk {
                     let e = sys::nftnl_set_elem_alloc();
-                    sys::nftnl_set_elem_set(e, sys::NFTNL_SET_ELEM_KEY as u16, el.key.as_ptr().cast(), el.key_len as u32);
+                    sys::nftnl_set_elem_set(
+                        e,
+                        sys::NFTNL_SET_ELEM_KEY as u16,
+                        el.key.as_ptr().cast(),
+                        el.key_len as u32,
+                    );
                     if el.interval_end {
-                        sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16, libc::NFT_SET_ELEM_INTERVAL_END as u32);
+                        sys::nftnl_set_elem_set_u32(
+                            e,
+                            sys::NFTNL_SET_ELEM_FLAGS as u16,
+                            libc::NFT_SET_ELEM_INTERVAL_END as u32,
+                        );
                     }
                     if let Some(ms) = el.timeout_ms {
                         sys::nftnl_set_elem_set_u64(e, sys::NFTNL_SET_ELEM_TIMEOUT as u16, ms);
@@ -270,8 +298,13 @@ pub fn get_elements_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
     let (t, n) = (cstr(table), cstr(set));
     let len = unsafe {
         let flags = (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
-        let nlh =
-            sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), libc::NFT_MSG_GETSETELEM as u16, NFPROTO_INET, flags, seq);
+        let nlh = sys::nftnl_nlmsg_build_hdr(
+            buf.as_mut_ptr().cast(),
+            libc::NFT_MSG_GETSETELEM as u16,
+            NFPROTO_INET,
+            flags,
+            seq,
+        );
         let s = sys::nftnl_set_alloc();
         sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
         sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, n.as_ptr());
@@ -305,7 +338,11 @@ pub fn parse_elements(msg: &[u8], out: &mut Vec<DumpedElem>) -> bool {
         while !e.is_null() {
             let mut len = 0u32;
             let p = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
-            let key = if p.is_null() { Vec::new() } else { std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec() };
+            let key = if p.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec()
+            };
             let flags = if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_FLAGS as u16) {
                 sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16)
             } else {

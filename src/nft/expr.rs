@@ -37,7 +37,11 @@ pub enum Expr {
     /// `meta l4proto == v` (tcp = 6).
     L4proto(u8),
     /// Loads `len` bytes at `offset` of the network (base 1) or transport (base 2) header into register 1.
-    Payload { base: u32, offset: u32, len: u32 },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+    },
     /// Register 1 &= mask.
     Mask(Vec<u8>),
     /// Register 1 == value, else the rule stops.
@@ -45,7 +49,10 @@ pub enum Expr {
     /// Register 1 is in the named set, else the rule stops.
     Lookup(String),
     /// `update @set { <register 1> limit rate over ... }`: continues only for a key over its own rate.
-    Meter { set: String, limit: Limit },
+    Meter {
+        set: String,
+        limit: Limit,
+    },
     /// `limit rate over ...`: continues only when the one shared bucket is empty.
     LimitOver(Limit),
     Counter,

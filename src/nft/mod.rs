@@ -184,7 +184,9 @@ impl Kernel {
         if let Err(e) = sent {
             return Err(match e.raw_os_error() {
                 Some(libc::EPERM) => NftError::Permission,
-                Some(errno) => NftError::Rejected { what: format!("sending a batch of {bytes_sent} bytes"), errno, cause: e },
+                Some(errno) => {
+                    NftError::Rejected { what: format!("sending a batch of {bytes_sent} bytes"), errno, cause: e }
+                }
                 None => NftError::Io(e),
             });
         }

@@ -65,13 +65,40 @@ pub struct Allowed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Bans (or re-bans, replacing the earlier end and reason) an address or prefix.
-    Ban { cidr: Cidr, until: Option<DateTime<Utc>>, reason: String, origin: String },
-    Unban { cidr: Cidr, reason: String, origin: String },
+    Ban {
+        cidr: Cidr,
+        until: Option<DateTime<Utc>>,
+        reason: String,
+        origin: String,
+    },
+    Unban {
+        cidr: Cidr,
+        reason: String,
+        origin: String,
+    },
     /// Switches a port's limit on, or extends it.
-    Limit { port: u16, mode: LimitMode, until: DateTime<Utc>, reason: String, origin: String },
-    Lift { port: u16, mode: LimitMode, reason: String, origin: String },
-    Allow { cidr: Cidr, comment: Option<String>, origin: String },
-    Disallow { cidr: Cidr, origin: String },
+    Limit {
+        port: u16,
+        mode: LimitMode,
+        until: DateTime<Utc>,
+        reason: String,
+        origin: String,
+    },
+    Lift {
+        port: u16,
+        mode: LimitMode,
+        reason: String,
+        origin: String,
+    },
+    Allow {
+        cidr: Cidr,
+        comment: Option<String>,
+        origin: String,
+    },
+    Disallow {
+        cidr: Cidr,
+        origin: String,
+    },
 }
 
 /// What is in force at one moment.
@@ -102,7 +129,13 @@ fn read(tx: &rusqlite::Connection, path: &str, now: DateTime<Utc>) -> Result<Enf
         .map_err(q)?;
     for row in rows {
         let (cidr, since, until, reason, origin) = row.map_err(q)?;
-        bans.push(Ban { cidr: parse_cidr(path, &cidr)?, since: from_us(since), until: until.map(from_us), reason, origin });
+        bans.push(Ban {
+            cidr: parse_cidr(path, &cidr)?,
+            since: from_us(since),
+            until: until.map(from_us),
+            reason,
+            origin,
+        });
     }
     let mut limits = Vec::new();
     let mut st = tx
@@ -110,7 +143,14 @@ fn read(tx: &rusqlite::Connection, path: &str, now: DateTime<Utc>) -> Result<Enf
         .map_err(q)?;
     let rows = st
         .query_map([now_us], |r| {
-            Ok((r.get::<_, u16>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get(4)?, r.get(5)?))
+            Ok((
+                r.get::<_, u16>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .map_err(q)?;
     for row in rows {
@@ -133,12 +173,16 @@ fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Resu
     let q = |e| sql(path, "recording a decision", e);
     let now_us = ts_us(&now);
     let (action, target, until, reason, origin): (String, String, Option<i64>, &str, &str) = match d {
-        Decision::Ban { cidr, until, reason, origin } => ("ban".into(), cidr.to_string(), until.map(|u| ts_us(&u)), reason, origin),
+        Decision::Ban { cidr, until, reason, origin } => {
+            ("ban".into(), cidr.to_string(), until.map(|u| ts_us(&u)), reason, origin)
+        }
         Decision::Unban { cidr, reason, origin } => ("unban".into(), cidr.to_string(), None, reason, origin),
         Decision::Limit { port, mode, until, reason, origin } => {
             (format!("limit_{}", mode.as_str()), port.to_string(), Some(ts_us(until)), reason, origin)
         }
-        Decision::Lift { port, mode, reason, origin } => (format!("lift_{}", mode.as_str()), port.to_string(), None, reason, origin),
+        Decision::Lift { port, mode, reason, origin } => {
+            (format!("lift_{}", mode.as_str()), port.to_string(), None, reason, origin)
+        }
         Decision::Allow { cidr, comment, origin } => {
             ("allow".into(), cidr.to_string(), None, comment.as_deref().unwrap_or(""), origin)
         }
@@ -170,7 +214,17 @@ fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Resu
                  ON CONFLICT (port, mode) DO UPDATE SET until_us = excluded.until_us, reason = excluded.reason,
                  origin = excluded.origin, decision_id = excluded.decision_id",
             )
-            .and_then(|mut st| st.execute(params![target.parse::<u16>().unwrap_or(0), mode.as_str(), now_us, until, reason, origin, id]))
+            .and_then(|mut st| {
+                st.execute(params![
+                    target.parse::<u16>().unwrap_or(0),
+                    mode.as_str(),
+                    now_us,
+                    until,
+                    reason,
+                    origin,
+                    id
+                ])
+            })
             .map_err(q)?;
         }
         Decision::Lift { port, mode, .. } => {
@@ -206,7 +260,12 @@ impl Store {
         apply: impl FnOnce(&Enforced) -> Result<T, E>,
     ) -> Result<T, E> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| sql(&path, "beginning a transaction", e))?;
+        // IMMEDIATE: a second floodgate deciding at the same time waits here (busy timeout) instead of computing
+        // its kernel diff from a state this one is about to change.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| sql(&path, "beginning a transaction", e))?;
         for d in decisions {
             write(&tx, &path, d, now)?;
         }
@@ -220,7 +279,8 @@ impl Store {
     pub fn expire(&mut self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let now_us = ts_us(&now);
         let q = |e| sql(&self.path, "expiring decisions", e);
-        let a = self.conn.execute("DELETE FROM bans WHERE until_us IS NOT NULL AND until_us <= ?1", [now_us]).map_err(q)?;
+        let a =
+            self.conn.execute("DELETE FROM bans WHERE until_us IS NOT NULL AND until_us <= ?1", [now_us]).map_err(q)?;
         let b = self.conn.execute("DELETE FROM limits WHERE until_us <= ?1", [now_us]).map_err(q)?;
         Ok(a + b)
     }
@@ -279,10 +339,20 @@ mod tests {
         s.decide(&[ban("198.51.100.7", Some(60))], t(0), ok).unwrap();
         s.decide(&[ban("198.51.100.7", Some(600))], t(10), ok).unwrap();
         assert_eq!(s.enforced(t(100)).unwrap().bans[0].until, Some(t(600)));
-        let lim = Decision::Limit { port: 25, mode: LimitMode::Global, until: t(30), reason: "flood".into(), origin: "manual".into() };
+        let lim = Decision::Limit {
+            port: 25,
+            mode: LimitMode::Global,
+            until: t(30),
+            reason: "flood".into(),
+            origin: "manual".into(),
+        };
         s.decide(&[lim], t(10), ok).unwrap();
         assert_eq!(s.enforced(t(20)).unwrap().limits[0].mode, LimitMode::Global);
-        let un = Decision::Unban { cidr: "198.51.100.7".parse().unwrap(), reason: "by hand".into(), origin: "manual".into() };
+        let un = Decision::Unban {
+            cidr: "198.51.100.7".parse().unwrap(),
+            reason: "by hand".into(),
+            origin: "manual".into(),
+        };
         s.decide(&[un], t(20), ok).unwrap();
         assert!(s.enforced(t(20)).unwrap().bans.is_empty());
         let (_, action, _) = s.last_decision("198.51.100.7").unwrap().unwrap();

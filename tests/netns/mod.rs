@@ -17,7 +17,13 @@ pub fn available(test: &str) -> bool {
     if root && have_ip && have_nft {
         return true;
     }
-    let why = if !root { "not root" } else if !have_ip { "no `ip` (iproute2)" } else { "no `nft` (nftables)" };
+    let why = if !root {
+        "not root"
+    } else if !have_ip {
+        "no `ip` (iproute2)"
+    } else {
+        "no `nft` (nftables)"
+    };
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: needs root, iproute2 and nftables for network namespaces ({why}); CI must provide them");
     }
@@ -102,8 +108,23 @@ impl Pair {
         let server = Netns::new(&format!("{tag}-s"));
         let attacker = Netns::new(&format!("{tag}-a"));
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let (vs, va) = (format!("fgs{}{n}", std::process::id() % 100000), format!("fga{}{n}", std::process::id() % 100000));
-        run(&["ip", "link", "add", &vs, "netns", &server.name, "type", "veth", "peer", "name", &va, "netns", &attacker.name]);
+        let (vs, va) =
+            (format!("fgs{}{n}", std::process::id() % 100000), format!("fga{}{n}", std::process::id() % 100000));
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &vs,
+            "netns",
+            &server.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &va,
+            "netns",
+            &attacker.name,
+        ]);
         server.ip(&["addr", "add", "198.51.100.1/24", "dev", &vs]);
         server.ip(&["addr", "add", "2001:db8::1/64", "dev", &vs, "nodad"]);
         attacker.ip(&["addr", "add", "198.51.100.2/24", "dev", &va]);
