@@ -6,7 +6,7 @@ PREFIX   ?= /usr/local
 DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux
 DEMO_DIR := $(or $(TMPDIR),/tmp)/floodgate-demo
 
-.PHONY: all build deps test lint bench demo install clean
+.PHONY: all build deps test lint bench demo demo-enforce install clean
 
 all: build
 
@@ -46,7 +46,33 @@ demo: deps build
 	./target/release/floodgate --db $(DEMO_DIR)/demo.db events --addr 198.51.100.13
 	@echo "== floodgate events: kernel SYN-flood lines (they name the listener, never the attacker)"
 	./target/release/floodgate --db $(DEMO_DIR)/demo.db events --kind syn_flood --limit 5
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory demo-enforce; \
+	else echo "== enforcement demo skipped: it needs root (it runs in a throwaway network namespace)"; fi
 	@rm -rf $(DEMO_DIR)
+
+# Enforcement in a throwaway network namespace: the host's own ruleset is never touched.
+DEMO_NS := floodgate-demo-$$PPID
+FG      := ip netns exec $(DEMO_NS) ./target/release/floodgate --db $(DEMO_DIR)/demo.db
+demo-enforce:
+	@ip netns add $(DEMO_NS)
+	@trap 'ip netns del $(DEMO_NS)' EXIT; set -e; \
+	echo "== floodgate allow / block / limit: decisions recorded in the store and written to the kernel in one batch"; \
+	$(FG) allow add 203.0.113.10 --comment "the admin's address"; \
+	$(FG) block 198.51.100.13 203.0.113.0/24 2001:db8:1::/64 --for 1h --reason "demo: brute force"; \
+	$(FG) block 203.0.113.10 || echo "   (refused, as it should be: the admin is allowlisted)"; \
+	awk 'BEGIN { for (i = 0; i < 10000; i++) printf "198.18.%d.%d\n", i / 256, i % 256 }' > $(DEMO_DIR)/blocklist.txt; \
+	echo "== a 10,000-line blocklist in one batch"; \
+	time -p $(FG) block --file $(DEMO_DIR)/blocklist.txt --for 10m --reason "demo: blocklist"; \
+	$(FG) limit global 25 --for 5m --reason "demo: too many sources to narrow down"; \
+	echo "== floodgate list (read from the kernel, joined with the store)"; \
+	$(FG) list | grep -v '^198\.18\.' ; \
+	echo "== nft list table inet floodgate (first lines)"; \
+	ip netns exec $(DEMO_NS) nft list table inet floodgate | grep -v -e '^\s*$$' | sed -n '1,24p' | cut -c1-150; \
+	echo "== a flush loses nothing: floodgate reconcile restores the table from the store"; \
+	ip netns exec $(DEMO_NS) nft delete table inet floodgate; \
+	$(FG) reconcile; \
+	$(FG) unblock --all; \
+	$(FG) list
 
 install: build
 	install -D -m 0755 target/release/floodgate $(DESTDIR)$(PREFIX)/bin/floodgate

@@ -472,5 +472,8 @@ mod example_tests {
         assert_eq!(c.store.retention, d.store.retention);
         assert_eq!(c.jail.maxretry, d.jail.maxretry);
         assert_eq!(c.allowlist.len(), 2);
+        assert_eq!(c.ruleset(), d.ruleset());
+        assert_eq!(c.enforce.widest_prefix_v4, d.enforce.widest_prefix_v4);
+        assert_eq!(c.enforce.widest_prefix_v6, d.enforce.widest_prefix_v6);
     }
 }

@@ -76,7 +76,8 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
     enforcer.decide(&mut store, &decisions, now)?;
     match args.mode {
         Mode::Off => eprintln!("limits lifted on {:?}", args.ports),
-        m => eprintln!("{m:?} limit on {:?} for {}", args.ports, humantime::format_duration(d)),
+        Mode::Source => eprintln!("per-source limit on port(s) {:?} for {}", args.ports, humantime::format_duration(d)),
+        Mode::Global => eprintln!("global limit on port(s) {:?} for {}", args.ports, humantime::format_duration(d)),
     }
     Ok(())
 }
