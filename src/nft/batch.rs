@@ -70,6 +70,18 @@ fn cstr(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
 
+/// A new nftnl set naming `table` and `set` (family inet): the start of every set and element message.
+/// The caller frees it with nftnl_set_free.
+unsafe fn set_named(table: &CString, set: &CString) -> *mut sys::nftnl_set {
+    unsafe {
+        let s = sys::nftnl_set_alloc();
+        sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+        sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set.as_ptr());
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_INET as u32);
+        s
+    }
+}
+
 impl Batch {
     pub fn new(first_seq: u32) -> Batch {
         let mut b = Batch { buf: Vec::with_capacity(1 << 16), next_seq: first_seq, msgs: Vec::new(), set_ids: 0 };
@@ -128,24 +140,16 @@ impl Batch {
     }
 
     pub fn add_table(&mut self, table: &str) {
-        let name = cstr(table);
-        self.push(
-            libc::NFT_MSG_NEWTABLE,
-            libc::NLM_F_CREATE,
-            What::Object(format!("create table {table}")),
-            |nlh| unsafe {
-                let t = sys::nftnl_table_alloc();
-                sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
-                sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, NFPROTO_INET as u32);
-                sys::nftnl_table_nlmsg_build_payload(nlh, t);
-                sys::nftnl_table_free(t);
-            },
-        );
+        self.table_msg(libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE, format!("create table {table}"), table);
     }
 
     pub fn delete_table(&mut self, table: &str) {
+        self.table_msg(libc::NFT_MSG_DELTABLE, 0, format!("delete table {table}"), table);
+    }
+
+    fn table_msg(&mut self, kind: i32, flags: i32, what: String, table: &str) {
         let name = cstr(table);
-        self.push(libc::NFT_MSG_DELTABLE, 0, What::Object(format!("delete table {table}")), |nlh| unsafe {
+        self.push(kind, flags, What::Object(what), |nlh| unsafe {
             let t = sys::nftnl_table_alloc();
             sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
             sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, NFPROTO_INET as u32);
@@ -215,10 +219,7 @@ impl Batch {
             libc::NLM_F_CREATE,
             What::Object(format!("create set {}", def.name)),
             |nlh| unsafe {
-                let s = sys::nftnl_set_alloc();
-                sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
-                sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, n.as_ptr());
-                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_INET as u32);
+                let s = set_named(&t, &n);
                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, id);
                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, def.flags);
                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, def.key_type);
@@ -248,10 +249,7 @@ impl Batch {
                 (libc::NFT_MSG_DELSETELEM, 0)
             };
             self.push(kind, flags, what, |nlh| unsafe {
-                let s = sys::nftnl_set_alloc();
-                sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
-                sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, n.as_ptr());
-                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_INET as u32);
+                let s = set_named(&t, &n);
                 for (el, _) in chunk {
                     let e = sys::nftnl_set_elem_alloc();
                     sys::nftnl_set_elem_set(
@@ -282,10 +280,7 @@ impl Batch {
     pub fn flush_set(&mut self, table: &str, set: &str) {
         let (t, n) = (cstr(table), cstr(set));
         self.push(libc::NFT_MSG_DELSETELEM, 0, What::Object(format!("flush set {set}")), |nlh| unsafe {
-            let s = sys::nftnl_set_alloc();
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, n.as_ptr());
-            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_INET as u32);
+            let s = set_named(&t, &n);
             sys::nftnl_set_elems_nlmsg_build_payload(nlh, s);
             sys::nftnl_set_free(s);
         });
@@ -305,9 +300,7 @@ pub fn get_elements_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
             flags,
             seq,
         );
-        let s = sys::nftnl_set_alloc();
-        sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
-        sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, n.as_ptr());
+        let s = set_named(&t, &n);
         sys::nftnl_set_elems_nlmsg_build_payload(nlh, s);
         sys::nftnl_set_free(s);
         (*nlh).nlmsg_len as usize
