@@ -164,7 +164,11 @@ fn reconcile_restores_bans_with_their_remaining_time_and_removes_strays() {
     // `flush table` removes the rules: the bans stop working until floodgate repairs the table.
     env.pair.server.nft(&["flush", "table", "inet", "floodgate"]);
     assert!(env.connects("198.51.100.2"));
+    let out = env.fg(&["list"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("chain prerouting has 0 rule(s), 6 expected"), "list warns of the flushed rules: {e}");
     env.ok(&["reconcile"]);
+    assert!(!String::from_utf8_lossy(&env.fg(&["list"]).stderr).contains("warning"));
     assert!(!env.connects("198.51.100.2"));
     assert!(!env.connects("2001:db8:1::5"));
 

@@ -44,6 +44,12 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
         }
     }
     out.flush()?;
+    for d in enforcer.damaged_chains()? {
+        eprintln!(
+            "warning: table inet {}: {d}; nothing is enforced as listed until `floodgate reconcile`",
+            enforcer.table()
+        );
+    }
     let bans = listed.iter().filter(|l| l.action == "ban").count();
     eprintln!("{bans} ban(s), {} limit(s) in table inet {}", listed.len() - bans, enforcer.table());
     Ok(())

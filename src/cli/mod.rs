@@ -69,7 +69,14 @@ impl Cli {
 impl Setup {
     /// Opens the store, creating it if it does not exist.
     pub fn open_store(&self) -> Result<Store> {
-        Store::open(&self.db).with_context(|| "opening the event store".to_string())
+        Store::open(&self.db).with_context(|| {
+            // The store and the kernel are root's; the likeliest cause of a failure here is not being root.
+            if unsafe { libc::geteuid() } != 0 {
+                "opening the event store (floodgate's commands need root: run them with sudo)".to_string()
+            } else {
+                "opening the event store".to_string()
+            }
+        })
     }
 
     /// Opens an existing store; a missing one is an error that says how to make one.

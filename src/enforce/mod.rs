@@ -213,6 +213,19 @@ impl Enforcer {
         store.decide(decisions, now, |state| self.sync(state, now))
     }
 
+    /// Chains whose rules are not what floodgate installed (flushed or edited by hand): the sets may still hold
+    /// every ban, yet nothing is enforced until a reconcile repairs them.
+    pub fn damaged_chains(&mut self) -> Result<Vec<String>, EnforceError> {
+        let mut out = Vec::new();
+        for (chain, want) in self.ruleset.expected_rules() {
+            let have = self.kernel.rule_count(&self.ruleset.table, chain)?;
+            if have != want {
+                out.push(format!("chain {chain} has {have} rule(s), {want} expected"));
+            }
+        }
+        Ok(out)
+    }
+
     /// What the kernel enforces now, joined with the store's reasons; store entries the kernel lost are
     /// included and marked.
     pub fn list(&mut self, store: &Store, now: DateTime<Utc>) -> Result<Vec<Listed>, EnforceError> {

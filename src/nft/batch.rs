@@ -309,6 +309,25 @@ pub fn get_elements_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
     buf
 }
 
+/// A dump request for the rules of one chain.
+pub fn get_rules_request(table: &str, chain: &str, seq: u32) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    let (t, c) = (cstr(table), cstr(chain));
+    let len = unsafe {
+        let flags = (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
+        let nlh =
+            sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), libc::NFT_MSG_GETRULE as u16, NFPROTO_INET, flags, seq);
+        let r = sys::nftnl_rule_alloc();
+        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
+        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, c.as_ptr());
+        sys::nftnl_rule_nlmsg_build_payload(nlh, r);
+        sys::nftnl_rule_free(r);
+        (*nlh).nlmsg_len as usize
+    };
+    buf.truncate(len);
+    buf
+}
+
 /// One element read back from the kernel.
 #[derive(Debug, Clone)]
 pub struct DumpedElem {

@@ -222,6 +222,20 @@ impl Kernel {
         Err(NftError::Rejected { what, errno: bad.errno, cause })
     }
 
+    /// How many rules a chain holds (a dump filtered by table and chain).
+    pub fn rule_count(&mut self, table: &str, chain: &str) -> Result<usize, NftError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let req = batch::get_rules_request(table, chain, seq);
+        let mut n = 0;
+        match self.sock.dump(&req, seq, |_| n += 1) {
+            Ok(()) => Ok(n),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(NftError::Permission),
+            Err(e) => Err(NftError::Io(e)),
+        }
+    }
+
     /// Reads a set's elements. Interval sets come back as prefixes, their start and end elements paired up.
     pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<Element>, NftError> {
         let seq = self.seq;

@@ -137,6 +137,11 @@ impl Ruleset {
         }
     }
 
+    /// The number of rules each chain holds when the table is intact.
+    pub fn expected_rules(&self) -> [(&'static str, usize); 3] {
+        [(BASE_CHAIN, self.rules_base().len()), (SOURCE_CHAIN, 2 * self.ports.len()), (GLOBAL_CHAIN, self.ports.len())]
+    }
+
     /// Allowlist first, then bans, then the switches into the limit chains.
     fn rules_base(&self) -> Vec<(String, Vec<Expr>)> {
         let v4 = |set: &str, verdict: Vec<Expr>| {
