@@ -166,7 +166,7 @@ fn reconcile_restores_bans_with_their_remaining_time_and_removes_strays() {
     assert!(env.connects("198.51.100.2"));
     let out = env.fg(&["list"]);
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("chain prerouting has 0 rule(s), 6 expected"), "list warns of the flushed rules: {e}");
+    assert!(e.contains("chain prerouting has 0 rule(s), 8 expected"), "list warns of the flushed rules: {e}");
     env.ok(&["reconcile"]);
     assert!(!String::from_utf8_lossy(&env.fg(&["list"]).stderr).contains("warning"));
     assert!(!env.connects("198.51.100.2"));
@@ -199,8 +199,8 @@ fn a_batch_the_kernel_refuses_leaves_kernel_and_store_unchanged() {
     }
     let env = Env::new("bad");
     env.ok(&["block", "198.51.100.2", "--for", "1h"]);
-    // Sabotage: ban4 redefined by hand without `interval`, so a prefix cannot be added to it.
-    env.pair.server.nft(&["flush chain inet floodgate prerouting; delete set inet floodgate ban4; add set inet floodgate ban4 { type ipv4_addr; flags timeout; }"]);
+    // Sabotage: ban4_net redefined by hand without `interval`, so a prefix cannot be added to it.
+    env.pair.server.nft(&["flush chain inet floodgate prerouting; delete set inet floodgate ban4_net; add set inet floodgate ban4_net { type ipv4_addr; flags timeout; }"]);
     let e = env.fails(&["block", "203.0.113.0/24", "198.18.4.4", "--for", "1h"]);
     assert!(e.contains("nothing was applied") && e.contains("errno"), "{e}");
     assert_eq!(env.stored_bans(), 1, "the store did not record what the kernel refused");

@@ -7,12 +7,17 @@ use std::time::Duration;
 
 use floodgate::addr::Cidr;
 use floodgate::config::Config;
-use floodgate::nft::ruleset::{BAN4, BAN6, GLOBAL_PORTS};
+use floodgate::nft::ruleset::{BAN4, BAN4_NET, BAN6, BAN6_NET, GLOBAL_PORTS};
 use floodgate::nft::{Kernel, Key, SetOp};
 use netns::Netns;
 
+/// An address for the hash sets, a prefix for the interval sets.
 fn net(s: &str) -> Key {
-    Key::Net(s.parse::<Cidr>().unwrap())
+    if s.contains('/') {
+        Key::Net(s.parse::<Cidr>().unwrap())
+    } else {
+        Key::Addr(s.parse().unwrap())
+    }
 }
 
 fn add(set: &'static str, s: &str, secs: u64) -> SetOp {
@@ -35,8 +40,8 @@ fn installs_and_reads_back_elements() {
             "floodgate",
             &[
                 add(BAN4, "198.51.100.7", 600),
-                add(BAN4, "203.0.113.0/24", 60),
-                add(BAN6, "2001:db8:1::/64", 600),
+                add(BAN4_NET, "203.0.113.0/24", 60),
+                add(BAN6_NET, "2001:db8:1::/64", 600),
                 SetOp::Add { set: GLOBAL_PORTS, key: Key::Port(25), timeout: Some(Duration::from_secs(30)) },
             ],
         )
@@ -106,7 +111,8 @@ fn big_batches_apply_whole_and_refresh_resets_timeouts() {
         k.apply("floodgate", &refresh).unwrap();
         let after = k.elements("floodgate", BAN4).unwrap();
         // The kernel does not merge overlapping prefixes: it refuses them (the enforcer flattens first).
-        let overlap = k.apply("floodgate", &[add(BAN4, "198.18.0.0/24", 60)]).unwrap_err();
+        k.apply("floodgate", &[add(BAN4_NET, "198.18.0.0/24", 60)]).unwrap();
+        let overlap = k.apply("floodgate", &[add(BAN4_NET, "198.18.0.128/25", 60)]).unwrap_err();
         (n, before, after, overlap)
     });
     assert_eq!(n, (20_000, 5_000));

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::addr::Cidr;
 use crate::config::Config;
-use crate::nft::ruleset::{ALLOW4, ALLOW6, BAN4, BAN6, GLOBAL_PORTS, SOURCE_PORTS};
+use crate::nft::ruleset::{ALLOW4, ALLOW6, BAN4, BAN4_NET, BAN6, BAN6_NET, GLOBAL_PORTS, SOURCE_PORTS};
 use crate::nft::{Element, Kernel, Key, NftError, Ruleset};
 use crate::store::{Decision, Enforced, LimitMode, Store, StoreError};
 use plan::{Changes, Want, FOREVER};
@@ -117,13 +117,14 @@ impl Enforcer {
     fn wanted(&self, state: &Enforced, now: DateTime<Utc>) -> Vec<(&'static str, Vec<Want>)> {
         let bans: Vec<(Cidr, i64)> =
             state.bans.iter().map(|b| (b.cidr, b.until.map_or(FOREVER, |u| u.timestamp_micros()))).collect();
-        let (mut ban4, mut ban6) = (Vec::new(), Vec::new());
+        let (mut ban4, mut ban6, mut ban4_net, mut ban6_net) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (cidr, until) in plan::flatten_bans(&bans) {
-            let w = (Key::Net(cidr), remaining(until, now));
-            if cidr.addr().is_ipv4() {
-                ban4.push(w)
-            } else {
-                ban6.push(w)
+            let left = remaining(until, now);
+            match (cidr.is_host(), cidr.addr().is_ipv4()) {
+                (true, true) => ban4.push((Key::Addr(cidr.addr()), left)),
+                (true, false) => ban6.push((Key::Addr(cidr.addr()), left)),
+                (false, true) => ban4_net.push((Key::Net(cidr), left)),
+                (false, false) => ban6_net.push((Key::Net(cidr), left)),
             }
         }
         let mut allow: Vec<Cidr> = self.config_allow.clone();
@@ -153,6 +154,8 @@ impl Enforcer {
             (ALLOW6, allow6),
             (BAN4, ban4),
             (BAN6, ban6),
+            (BAN4_NET, ban4_net),
+            (BAN6_NET, ban6_net),
             (SOURCE_PORTS, source),
             (GLOBAL_PORTS, global),
         ]
@@ -234,9 +237,13 @@ impl Enforcer {
         let mut out = Vec::new();
         let by_cidr: HashMap<Cidr, &crate::store::Ban> = state.bans.iter().map(|b| (b.cidr, b)).collect();
         let mut covered: std::collections::HashSet<Cidr> = std::collections::HashSet::new();
-        for set in [BAN4, BAN6] {
+        for set in [BAN4, BAN6, BAN4_NET, BAN6_NET] {
             for e in self.kernel.elements(&table, set)? {
-                let Key::Net(piece) = e.key else { continue };
+                let piece = match e.key {
+                    Key::Addr(a) => Cidr::host(a),
+                    Key::Net(c) => c,
+                    Key::Port(_) => continue,
+                };
                 // The ban this piece comes from: the same prefix, or the narrowest stored ban around it.
                 let bits = if piece.addr().is_ipv4() { 32 } else { 128 };
                 let owner = (0..=piece.prefix_len().min(bits))

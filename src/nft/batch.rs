@@ -309,6 +309,35 @@ pub fn get_elements_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
     buf
 }
 
+/// A request for one set's definition.
+pub fn get_set_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    let (t, n) = (cstr(table), cstr(set));
+    let len = unsafe {
+        let flags = libc::NLM_F_ACK as u16;
+        let nlh =
+            sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), libc::NFT_MSG_GETSET as u16, NFPROTO_INET, flags, seq);
+        let s = set_named(&t, &n);
+        sys::nftnl_set_nlmsg_build_payload(nlh, s);
+        sys::nftnl_set_free(s);
+        (*nlh).nlmsg_len as usize
+    };
+    buf.truncate(len);
+    buf
+}
+
+/// The flags (NFT_SET_*) of a NEWSET message.
+pub fn parse_set_flags(msg: &[u8]) -> Option<u32> {
+    unsafe {
+        let s = sys::nftnl_set_alloc();
+        let flags = (sys::nftnl_set_nlmsg_parse(msg.as_ptr().cast(), s) >= 0
+            && sys::nftnl_set_is_set(s, sys::NFTNL_SET_FLAGS as u16))
+        .then(|| sys::nftnl_set_get_u32(s, sys::NFTNL_SET_FLAGS as u16));
+        sys::nftnl_set_free(s);
+        flags
+    }
+}
+
 /// A dump request for the rules of one chain.
 pub fn get_rules_request(table: &str, chain: &str, seq: u32) -> Vec<u8> {
     let mut buf = vec![0u8; 4096];

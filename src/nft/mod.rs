@@ -20,9 +20,11 @@ pub use ruleset::{PortLimits, Ruleset};
 use crate::addr::Cidr;
 use batch::{Batch, RawElem, What};
 
-/// A set element: an address or prefix (in the interval sets), or a port (in the limit switch sets).
+/// A set element: an address (in the hash sets), a prefix (in the interval sets), or a port (in the limit
+/// switch sets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
+    Addr(IpAddr),
     Net(Cidr),
     Port(u16),
 }
@@ -30,6 +32,7 @@ pub enum Key {
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Key::Addr(a) => a.fmt(f),
             Key::Net(c) => c.fmt(f),
             Key::Port(p) => write!(f, "port {p}"),
         }
@@ -222,6 +225,23 @@ impl Kernel {
         Err(NftError::Rejected { what, errno: bad.errno, cause })
     }
 
+    /// A set's flags (NFT_SET_INTERVAL, NFT_SET_TIMEOUT, ...).
+    pub fn set_flags(&mut self, table: &str, set: &str) -> Result<u32, NftError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let req = batch::get_set_request(table, set, seq);
+        let mut flags = None;
+        match self.sock.dump(&req, seq, |msg| flags = flags.or(batch::parse_set_flags(msg))) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(NftError::Missing { table: table.into(), set: set.into() })
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return Err(NftError::Permission),
+            Err(e) => return Err(NftError::Io(e)),
+        }
+        Ok(flags.unwrap_or(0))
+    }
+
     /// How many rules a chain holds (a dump filtered by table and chain).
     pub fn rule_count(&mut self, table: &str, chain: &str) -> Result<usize, NftError> {
         let seq = self.seq;
@@ -238,6 +258,7 @@ impl Kernel {
 
     /// Reads a set's elements. Interval sets come back as prefixes, their start and end elements paired up.
     pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<Element>, NftError> {
+        let interval = self.set_flags(table, set)? & libc::NFT_SET_INTERVAL as u32 != 0;
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         let req = batch::get_elements_request(table, set, seq);
@@ -255,7 +276,7 @@ impl Kernel {
         if bad_parse {
             return Err(NftError::Io(io::Error::new(io::ErrorKind::InvalidData, "unparsable set element dump")));
         }
-        Ok(assemble(raw))
+        Ok(assemble(raw, interval))
     }
 }
 
@@ -302,6 +323,12 @@ fn write_ops(b: &mut Batch, table: &str, ops: &[SetOp]) {
                 let mut k = [0u8; 16];
                 k[..2].copy_from_slice(&p.to_be_bytes());
                 run.push((RawElem { key: k, key_len: 2, interval_end: false, timeout_ms }, item as u32));
+            }
+            Key::Addr(a) => {
+                let bytes = crate::addr::ip_bytes(crate::addr::normalise(*a));
+                let mut k = [0u8; 16];
+                k[..bytes.len()].copy_from_slice(&bytes);
+                run.push((RawElem { key: k, key_len: bytes.len(), interval_end: false, timeout_ms }, item as u32));
             }
             Key::Net(c) => {
                 let (start, end, len) = interval_keys(c);
@@ -367,14 +394,21 @@ fn range_to_cidrs(mut lo: u128, hi: u128, len: usize) -> Vec<Cidr> {
     out
 }
 
-/// Turns dumped elements into keys: ports as they are; interval starts paired with the end that follows them.
-fn assemble(mut raw: Vec<batch::DumpedElem>) -> Vec<Element> {
+/// Turns dumped elements into keys: ports and addresses as they are; in an interval set, each start paired
+/// with the end that follows it.
+fn assemble(mut raw: Vec<batch::DumpedElem>, interval: bool) -> Vec<Element> {
     let mut out = Vec::new();
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
-    if raw.iter().all(|e| e.key.len() == 2) {
+    if !interval {
         for e in raw {
-            let port = u16::from_be_bytes([e.key[0], e.key[1]]);
-            out.push(Element { key: Key::Port(port), timeout: ms(e.timeout_ms), expires: ms(e.expires_ms) });
+            let key = match e.key.len() {
+                2 => Key::Port(u16::from_be_bytes([e.key[0], e.key[1]])),
+                _ => match crate::addr::ip_from_bytes(&e.key) {
+                    Some(a) => Key::Addr(a),
+                    None => continue,
+                },
+            };
+            out.push(Element { key, timeout: ms(e.timeout_ms), expires: ms(e.expires_ms) });
         }
         return out;
     }
@@ -453,7 +487,7 @@ mod tests {
             el(&[198, 51, 100, 0], false, Some(4000)),
             el(&[255, 255, 255, 0], false, None),
         ];
-        let got = assemble(raw);
+        let got = assemble(raw, true);
         let keys: Vec<String> = got.iter().map(|e| e.key.to_string()).collect();
         assert_eq!(keys, ["198.51.100.0/25", "198.51.100.128/25", "255.255.255.0/24"]);
         assert_eq!(got[0].timeout, Some(Duration::from_secs(4)));

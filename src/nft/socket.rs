@@ -130,8 +130,8 @@ impl Socket {
         }
     }
 
-    /// Runs a dump request: calls `each` with every reply message's bytes (header included) until NLMSG_DONE.
-    /// An error reply ends the dump with its errno.
+    /// Runs a dump (or a single get) request: calls `each` with every reply message's bytes (header included)
+    /// until NLMSG_DONE or the ACK. An error reply ends it with its errno.
     pub fn dump(&mut self, request: &[u8], seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<()> {
         self.send(request)?;
         let mut buf = vec![0u8; 1 << 17];
@@ -149,6 +149,7 @@ impl Socket {
                         if r.errno != 0 {
                             return Err(io::Error::from_raw_os_error(r.errno));
                         }
+                        return Ok(());
                     }
                     _ => each(m.header_and_payload),
                 }

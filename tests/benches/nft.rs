@@ -1,6 +1,6 @@
 //! `make bench`: floodgate's netlink path against the `nft` command doing the same work, in a private network
 //! namespace (the host's ruleset is never touched). N IPv4 addresses from 198.18.0.0/15 (BENCH_BANS, default
-//! 100,000, at most 131,072) with a 1h timeout into the ban4 set (interval, timeout) of floodgate's own table:
+//! 100,000, at most 131,072) with a 1h timeout into the ban4 set (addresses: hash, timeout) of floodgate's own table:
 //!
 //! - insert: all N into the empty set, one netlink batch against one `nft -f` statement;
 //! - refresh: every timeout of the full set reset to 2h, each in one transaction. floodgate deletes and re-adds
@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use floodgate::addr::Cidr;
 use floodgate::config::Config;
 use floodgate::nft::ruleset::BAN4;
 use floodgate::nft::{Kernel, Key, Ruleset, SetOp};
@@ -219,7 +218,7 @@ impl Bench {
 }
 
 fn key(a: Ipv4Addr) -> Key {
-    Key::Net(Cidr::host(IpAddr::V4(a)))
+    Key::Addr(IpAddr::V4(a))
 }
 
 fn add(a: Ipv4Addr, timeout: Duration) -> SetOp {
