@@ -259,6 +259,23 @@ impl Kernel {
     /// Reads a set's elements. Interval sets come back as prefixes, their start and end elements paired up.
     pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<Element>, NftError> {
         let interval = self.set_flags(table, set)? & libc::NFT_SET_INTERVAL as u32 != 0;
+        // A dump comes in several parts, each resuming by count. If the set changes shape between parts (a hash
+        // set still growing after a large insert, garbage collection of expired elements), some elements come
+        // twice and as many are skipped. A repeated key gives that away: read again once the set has settled.
+        const ATTEMPTS: u32 = 20;
+        for attempt in 1..=ATTEMPTS {
+            let elements = self.dump_elements(table, set, interval)?;
+            let repeated = elements.windows(2).any(|w| w[0].key == w[1].key);
+            if !repeated {
+                return Ok(elements);
+            }
+            tracing::debug!(set, attempt, "inconsistent set dump (the set changed shape while read); reading again");
+            std::thread::sleep(Duration::from_millis(10 * u64::from(attempt)));
+        }
+        Err(NftError::Io(io::Error::other(format!("set {set} kept changing shape while read ({ATTEMPTS} attempts)"))))
+    }
+
+    fn dump_elements(&mut self, table: &str, set: &str, interval: bool) -> Result<Vec<Element>, NftError> {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         let req = batch::get_elements_request(table, set, seq);
@@ -410,6 +427,8 @@ fn assemble(mut raw: Vec<batch::DumpedElem>, interval: bool) -> Vec<Element> {
             };
             out.push(Element { key, timeout: ms(e.timeout_ms), expires: ms(e.expires_ms) });
         }
+        // A hash set dumps in hash order; callers and operators want a stable one.
+        out.sort_unstable_by_key(|e| e.key);
         return out;
     }
     // By key, ends before starts at the same key (an interval ending where the next begins).

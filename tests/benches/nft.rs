@@ -4,8 +4,8 @@
 //!
 //! - insert: all N into the empty set, one netlink batch against one `nft -f` statement;
 //! - refresh: every timeout of the full set reset to 2h, each in one transaction. floodgate deletes and re-adds
-//!   each element; nft flushes the set and re-adds it, because its own delete-and-add grows superlinearly in
-//!   userspace (nft 1.0.6 took ~110 s to delete 1,000 elements from a set of 100,000): for all N, hours;
+//!   each element; nft flushes the set and re-adds it (its fastest way to the same end state: with 1.0.6, deleting
+//!   from an interval set grew superlinearly in nft itself, ~110 s for 1,000 elements out of 100,000);
 //! - refresh of 100 and of 1 element of the full set, delete and add in both, as the daemon does day to day;
 //! - list: the full set read back, against `nft list set`.
 //!
