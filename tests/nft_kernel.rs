@@ -46,11 +46,9 @@ fn installs_and_reads_back_elements() {
             ],
         )
         .unwrap();
-        (
-            k.elements("floodgate", BAN4).unwrap(),
-            k.elements("floodgate", BAN6).unwrap(),
-            k.elements("floodgate", GLOBAL_PORTS).unwrap(),
-        )
+        let mut bans = k.elements("floodgate", BAN4).unwrap();
+        bans.extend(k.elements("floodgate", BAN4_NET).unwrap());
+        (bans, k.elements("floodgate", BAN6_NET).unwrap(), k.elements("floodgate", GLOBAL_PORTS).unwrap())
     });
     let keys: Vec<String> = got.0.iter().map(|e| e.key.to_string()).collect();
     assert_eq!(keys, ["198.51.100.7", "203.0.113.0/24"]);
