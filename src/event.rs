@@ -28,10 +28,13 @@ pub enum Kind {
     ConntrackTableFull,
     ConnNew,
     ConnDestroy,
+    /// A kernel SNMP counter that rose (TCPReqQFullDoCookies, ListenOverflows, ...): `rule` names the counter,
+    /// `count` the increase over the polling interval. What measures a SYN flood after its one kernel line.
+    KernelCounter,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::AuthFailure,
         Kind::RelayDenied,
         Kind::UnknownRecipient,
@@ -49,6 +52,7 @@ impl Kind {
         Kind::ConntrackTableFull,
         Kind::ConnNew,
         Kind::ConnDestroy,
+        Kind::KernelCounter,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +74,7 @@ impl Kind {
             Kind::ConntrackTableFull => "conntrack_table_full",
             Kind::ConnNew => "conn_new",
             Kind::ConnDestroy => "conn_destroy",
+            Kind::KernelCounter => "kernel_counter",
         }
     }
 

@@ -13,4 +13,5 @@ pub mod parser;
 pub mod prefix;
 pub mod reader;
 pub mod rules;
+pub mod source;
 pub mod store;

@@ -20,6 +20,7 @@ pub use decisions::{Allowed, Ban, Decision, Enforced, LimitMode, LimitOn};
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
     ("0002_enforcement", include_str!("../../migrations/0002_enforcement.sql")),
+    ("0003_kernel_counter", include_str!("../../migrations/0003_kernel_counter.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
