@@ -37,6 +37,69 @@ pub struct Config {
     /// Protected services by name: their ports and, optionally, their own jail values.
     pub services: BTreeMap<String, Service>,
     pub enforce: Enforce,
+    pub sources: Sources,
+    pub daemon: Daemon,
+}
+
+/// What `floodgate run` reads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sources {
+    /// Log files, tailed like `tail -F` (rotation by rename or copytruncate; a missing file is waited for).
+    pub files: Vec<PathBuf>,
+    /// On first sight of a file, read it from the beginning instead of only what is appended.
+    pub from_start: bool,
+    /// Kernel records (SYN flooding, conntrack table full) from /dev/kmsg.
+    pub kmsg: bool,
+    pub kmsg_path: PathBuf,
+    /// SNMP counters (/proc/net/netstat) polled every `netstat_interval`: what measures a SYN flood after the
+    /// kernel's one warning line.
+    pub netstat: bool,
+    pub netstat_path: PathBuf,
+    #[serde(deserialize_with = "de_duration")]
+    pub netstat_interval: Duration,
+    /// Conntrack NEW and DESTROY events over netlink (off by default: the busiest source by far).
+    pub conntrack: bool,
+    /// `journalctl -f -o json` as a child, for hosts without log files; `journald_args` narrows it.
+    pub journald: bool,
+    pub journald_args: Vec<String>,
+}
+
+/// The daemon itself.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daemon {
+    /// The control socket the CLI talks to (mode 0600).
+    pub socket: PathBuf,
+    /// Batches of lines or events the pipeline may hold before sources wait (lines) or are shed (conntrack).
+    pub queue: usize,
+    /// Housekeeping period: expiry, statistics, store flush.
+    #[serde(deserialize_with = "de_duration")]
+    pub tick: Duration,
+}
+
+impl Default for Sources {
+    fn default() -> Sources {
+        Sources {
+            // Debian's rsyslog: MTA and IMAP/POP logs in mail.log, sshd in auth.log.
+            files: vec![PathBuf::from("/var/log/mail.log"), PathBuf::from("/var/log/auth.log")],
+            from_start: false,
+            kmsg: true,
+            kmsg_path: PathBuf::from("/dev/kmsg"),
+            netstat: true,
+            netstat_path: PathBuf::from("/proc/net/netstat"),
+            netstat_interval: Duration::from_secs(1),
+            conntrack: false,
+            journald: false,
+            journald_args: Vec::new(),
+        }
+    }
+}
+
+impl Default for Daemon {
+    fn default() -> Daemon {
+        Daemon { socket: PathBuf::from("/run/floodgate/floodgate.sock"), queue: 1024, tick: Duration::from_secs(1) }
+    }
 }
 
 /// How decisions reach the kernel: floodgate's own table and the rates its limits apply.
@@ -175,6 +238,8 @@ impl Default for Config {
             jail: Jail::default(),
             services,
             enforce: Enforce::default(),
+            sources: Sources::default(),
+            daemon: Daemon::default(),
         }
     }
 }
@@ -313,6 +378,12 @@ impl Config {
             if b == Some(0) {
                 return Err(format!("{key}: a burst of 0 drops the first packet; at least 1"));
             }
+        }
+        if self.daemon.queue == 0 {
+            return Err("daemon.queue: at least 1".into());
+        }
+        if self.daemon.tick < Duration::from_millis(100) || self.sources.netstat_interval < Duration::from_millis(100) {
+            return Err("daemon.tick / sources.netstat_interval: at least 100ms".into());
         }
         if let Some(c) = self.allowlist.iter().find(|c| c.prefix_len() == 0) {
             return Err(format!("allowlist: `{c}` would exempt every address"));

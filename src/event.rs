@@ -177,6 +177,26 @@ pub struct Event {
     pub assured: Option<bool>,
 }
 
+impl Event {
+    /// An event with only its time, kind and rule set: failure as the kind's default, one attempt.
+    pub fn new(time: DateTime<Utc>, kind: Kind, rule: Arc<str>) -> Event {
+        Event {
+            time,
+            kind,
+            failure: kind.is_failure_by_default(),
+            rule,
+            addr: None,
+            local_addr: None,
+            port: None,
+            service: None,
+            user: None,
+            count: 1,
+            syn_action: None,
+            assured: None,
+        }
+    }
+}
+
 fn ser_time<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_time(t))
 }

@@ -10,6 +10,7 @@ pub mod event;
 pub mod matcher;
 pub mod nft;
 pub mod parser;
+pub mod policy;
 pub mod prefix;
 pub mod reader;
 pub mod rules;

@@ -1,0 +1,18 @@
+//! Policy: events and a clock in, decisions out. Pure (no I/O), so it runs on virtual time in tests and can
+//! replay the store. The daemon talks to it only through `Policy`, so the full engine can replace the jail.
+
+pub mod jail;
+
+use chrono::{DateTime, Utc};
+
+use crate::event::Event;
+use crate::store::Decision;
+
+pub trait Policy: Send {
+    /// Takes one event into account; decisions it leads to are pushed to `out`.
+    fn observe(&mut self, event: &Event, now: DateTime<Utc>, out: &mut Vec<Decision>);
+    /// Called every tick: windows slide, state ages out, limits are refreshed or left to lapse.
+    fn tick(&mut self, now: DateTime<Utc>, out: &mut Vec<Decision>);
+    /// How many sources the policy is tracking (memory it holds), for `status`.
+    fn tracked(&self) -> usize;
+}
