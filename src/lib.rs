@@ -5,6 +5,8 @@
 pub mod addr;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod enforce;
 pub mod event;
 pub mod matcher;

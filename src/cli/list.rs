@@ -1,12 +1,12 @@
-//! `floodgate list`: what the kernel enforces now (read from floodgate's table), joined with the store's
-//! reasons; and `floodgate reconcile`, which makes the kernel match the store again.
+//! `floodgate list`: what the kernel enforces now, joined with the store's reasons; and `floodgate
+//! reconcile`, which makes the kernel match the store again.
 
 use std::io::{self, BufWriter, Write};
 
 use anyhow::Result;
-use chrono::Utc;
 
-use crate::enforce::Enforcer;
+use crate::control::Request;
+use crate::enforce::Listed;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -23,9 +23,8 @@ fn human(secs: Option<u64>) -> String {
 }
 
 pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
-    let store = ctx.open_store()?;
-    let mut enforcer = Enforcer::open(&ctx.config)?;
-    let listed = enforcer.list(&store, Utc::now())?;
+    let response = ctx.execute(Request::List)?;
+    let listed: Vec<Listed> = serde_json::from_value(response.data)?;
     let mut out = BufWriter::new(io::stdout().lock());
     if args.json {
         for l in &listed {
@@ -44,14 +43,6 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
         }
     }
     out.flush()?;
-    for d in enforcer.damaged_chains()? {
-        eprintln!(
-            "warning: table inet {}: {d}; nothing is enforced as listed until `floodgate reconcile`",
-            enforcer.table()
-        );
-    }
-    let bans = listed.iter().filter(|l| l.action == "ban").count();
-    eprintln!("{bans} ban(s), {} limit(s) in table inet {}", listed.len() - bans, enforcer.table());
     Ok(())
 }
 
@@ -59,19 +50,6 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
 pub struct ReconcileArgs {}
 
 pub fn run_reconcile(ctx: &super::Setup, _args: ReconcileArgs) -> Result<()> {
-    let mut store = ctx.open_store()?;
-    let mut enforcer = Enforcer::open(&ctx.config)?;
-    let r = enforcer.reconcile(&mut store, Utc::now())?;
-    let c = &r.changes;
-    for s in &c.strays {
-        eprintln!("stray (not in the store), removed: {s}");
-    }
-    eprintln!(
-        "table inet {} installed; {} element(s) restored, {} refreshed, {} removed",
-        enforcer.table(),
-        c.added,
-        c.refreshed,
-        c.removed
-    );
+    ctx.execute(Request::Reconcile)?;
     Ok(())
 }

@@ -13,6 +13,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::control::{self, Request, Response};
+use crate::enforce::Enforcer;
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
@@ -77,6 +79,32 @@ impl Setup {
                 "opening the event store".to_string()
             }
         })
+    }
+
+    /// Carries out a request: through the daemon's control socket when the daemon runs, directly on store and
+    /// kernel when it does not. Prints the response's message on stderr; fails with its error.
+    pub fn execute(&self, req: Request) -> Result<Response> {
+        let response = match crate::daemon::client::send(&self.config.daemon.socket, &req)? {
+            Some(r) => r,
+            None => {
+                let mut store = self.open_store()?;
+                let mut enforcer = Enforcer::open(&self.config)?;
+                let cx = control::Context {
+                    config: &self.config,
+                    store: &mut store,
+                    enforcer: &mut enforcer,
+                    now: chrono::Utc::now(),
+                };
+                control::handle(&req, cx)
+            }
+        };
+        if !response.ok {
+            anyhow::bail!("{}", response.error);
+        }
+        if !response.message.is_empty() {
+            eprintln!("{}", response.message);
+        }
+        Ok(response)
     }
 
     /// Opens an existing store; a missing one is an error that says how to make one.

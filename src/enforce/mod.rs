@@ -33,18 +33,18 @@ pub struct Report {
 }
 
 /// One line of `floodgate list`: an element the kernel enforces, joined with the store's reason for it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Listed {
     /// ban, limit_source or limit_global.
     pub action: String,
     /// The address, prefix or port.
     pub target: String,
     /// Seconds the kernel will still enforce it (None: until removed).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_s: Option<u64>,
     pub reason: String,
     pub origin: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<DateTime<Utc>>,
     /// In force in the kernel; false for something the store holds but the kernel lost (reconcile restores it).
     pub in_kernel: bool,

@@ -154,10 +154,26 @@ impl Store {
 
     /// Writes a batch of events in one transaction: all of them or, on error, none.
     pub fn insert_events(&mut self, events: &[(Origin, Event)]) -> Result<(), StoreError> {
-        self.insert_inner(events).map_err(|e| sql(&self.path, "inserting events", e))
+        self.insert_inner(events, &[], Utc::now()).map_err(|e| sql(&self.path, "inserting events", e))
     }
 
-    fn insert_inner(&mut self, events: &[(Origin, Event)]) -> Result<(), rusqlite::Error> {
+    /// Inserts events and records where each input stands after them, in one transaction: a restart resumes
+    /// right after the last line whose events are stored (no line read twice, none skipped).
+    pub fn insert_events_at(
+        &mut self,
+        events: &[(Origin, Event)],
+        positions: &[(&str, u64, u64)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.insert_inner(events, positions, now).map_err(|e| sql(&self.path, "inserting events", e))
+    }
+
+    fn insert_inner(
+        &mut self,
+        events: &[(Origin, Event)],
+        positions: &[(&str, u64, u64)],
+        now: DateTime<Utc>,
+    ) -> Result<(), rusqlite::Error> {
         // Labels first, outside the statements' borrow; a rollback below leaves at most unused labels.
         let mut ids = Vec::with_capacity(events.len());
         for (o, e) in events {
@@ -214,6 +230,13 @@ impl Store {
                     e.count,
                     detail,
                 ])?;
+            }
+            let mut pos = tx.prepare_cached(
+                "INSERT INTO positions (input, inode, offset, updated_us) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (input) DO UPDATE SET inode = excluded.inode, offset = excluded.offset, updated_us = excluded.updated_us",
+            )?;
+            for (input, inode, offset) in positions {
+                pos.execute(params![input, *inode as i64, *offset as i64, ts_us(&now)])?;
             }
         }
         tx.commit()
