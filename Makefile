@@ -77,6 +77,10 @@ demo-enforce:
 install: build
 	install -D -m 0755 target/release/floodgate $(DESTDIR)$(PREFIX)/bin/floodgate
 	install -D -m 0644 examples/floodgate.toml $(DESTDIR)/etc/floodgate/floodgate.toml.example
+	install -d $(DESTDIR)/lib/systemd/system
+	sed "s|/usr/local|$(PREFIX)|g" examples/floodgate.service > $(DESTDIR)/lib/systemd/system/floodgate.service
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/floodgate/README.md
+	@echo "installed; enable with: systemctl daemon-reload && systemctl enable --now floodgate"
 
 clean:
 	$(CARGO) clean

@@ -52,11 +52,28 @@ pub enum Command {
     Limit(limit::Args),
     /// Install or repair floodgate's table and make its sets match the store (after a reboot or a flush).
     Reconcile(list::ReconcileArgs),
+    /// Run the daemon: tail the sources, store events, ban, serve the CLI on the control socket.
+    Run(RunArgs),
+    /// What the running daemon is doing: sources, rates, lag, shed events, port modes, bans.
+    Status(StatusArgs),
+    /// Ask the running daemon to reload its configuration and rules (as SIGHUP does).
+    Reload(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What every command starts from: the checked config and where the store is.
 pub struct Setup {
     pub config: Config,
+    /// The file the config came from (None: the default path), for the daemon's reloads.
+    pub config_path: Option<PathBuf>,
     pub db: PathBuf,
 }
 
@@ -64,7 +81,7 @@ impl Cli {
     pub fn context(&self) -> Result<Setup> {
         let config = Config::load(self.config.as_deref())?;
         let db = self.db.clone().unwrap_or_else(|| config.db.clone());
-        Ok(Setup { config, db })
+        Ok(Setup { config, config_path: self.config.clone(), db })
     }
 }
 
@@ -130,5 +147,21 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Allow(args) => allow::run(&ctx, args),
         Command::Limit(args) => limit::run(&ctx, args),
         Command::Reconcile(args) => list::run_reconcile(&ctx, args),
+        Command::Run(_) => {
+            let mut config = ctx.config.clone();
+            config.db = ctx.db.clone();
+            crate::daemon::run(config, ctx.config_path.clone(), ctx.db.clone())
+        }
+        Command::Status(args) => {
+            let r = ctx.execute(Request::Status)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&r.data)?);
+            } else {
+                let s: crate::daemon::status::Status = serde_json::from_value(r.data)?;
+                print!("{}", s.render());
+            }
+            Ok(())
+        }
+        Command::Reload(_) => ctx.execute(Request::Reload).map(|_| ()),
     }
 }

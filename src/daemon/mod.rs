@@ -1,4 +1,203 @@
-//! `floodgate run`: the daemon. Sources feed one pipeline task (parse -> store + policy -> decisions ->
-//! kernel), the control socket serves the CLI, signals reload or stop it.
+//! `floodgate run`: the daemon. Sources (each on its own blocking thread) feed one pipeline task through a
+//! bounded channel: parse -> store + policy -> decisions -> kernel. The control socket serves the CLI; SIGHUP
+//! reloads config and rules (a bad one is refused and the old one keeps running); SIGTERM writes what is
+//! pending and exits, leaving the kernel's bans in place (they carry their own timeouts).
 
 pub mod client;
+mod lock;
+mod pipeline;
+mod server;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::control::{Request, Response};
+use crate::enforce::Enforcer;
+use crate::source::{self, Feed, Position, Sink, SourceStats, Stop};
+use crate::store::Store;
+use pipeline::{Pipeline, SourceEntry};
+
+/// A control request on its way to the pipeline, with where the answer goes.
+pub struct ControlMsg {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// The running sources of one configuration.
+struct Running {
+    stop: Stop,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the sources. Their queued batches are fed meanwhile: a source blocked on a full queue must be
+    /// able to finish, and what it read is kept.
+    async fn stop(self, rx: &mut mpsc::Receiver<Feed>, pipeline: &mut Pipeline) {
+        self.stop.stop();
+        for mut h in self.handles {
+            loop {
+                tokio::select! {
+                    _ = &mut h => break,
+                    Some(f) = rx.recv() => tokio::task::block_in_place(|| pipeline.feed(f)),
+                }
+            }
+        }
+        tokio::task::block_in_place(|| pipeline.flush());
+    }
+}
+
+/// Starts every configured source; positions come from the store so each resumes where it was.
+fn start_sources(config: &Config, store: &Store, tx: &mpsc::Sender<Feed>) -> (Running, Vec<SourceEntry>) {
+    let stop = Stop::new();
+    let mut handles = Vec::new();
+    let mut entries = Vec::new();
+    let resume = |name: &str| match store.position(name) {
+        Ok(Some((inode, offset))) => Some(Position { inode, offset }),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(input = name, error = %e, "cannot read the stored position; starting fresh");
+            None
+        }
+    };
+    let mut spawn = |name: String, run: Box<dyn FnOnce(Sink, Stop) + Send>| {
+        let stats = Arc::new(SourceStats::default());
+        let sink = Sink::new(tx.clone(), stats.clone());
+        let stop = stop.clone();
+        handles.push(tokio::task::spawn_blocking(move || run(sink, stop)));
+        entries.push(SourceEntry::new(name, stats));
+    };
+    let s = &config.sources;
+    for path in &s.files {
+        let name = path.display().to_string();
+        let src = source::file::FileSource::new(path.clone(), config.parse.max_line_bytes, s.from_start, resume(&name));
+        spawn(name, Box::new(move |sink, stop| src.run(sink, stop)));
+    }
+    if s.kmsg {
+        let src = source::kmsg::KmsgSource::new(s.kmsg_path.clone(), resume("kmsg"));
+        spawn("kmsg".into(), Box::new(move |sink, stop| src.run(sink, stop)));
+    }
+    if s.netstat {
+        let src = source::netstat::NetstatSource::new(s.netstat_path.clone(), s.netstat_interval);
+        spawn("netstat".into(), Box::new(move |sink, stop| src.run(sink, stop)));
+    }
+    if s.conntrack {
+        let src = source::conntrack::ConntrackSource::new();
+        spawn("conntrack".into(), Box::new(move |sink, stop| src.run(sink, stop)));
+    }
+    if s.journald {
+        let src = source::journald::JournaldSource::new(s.journald_args.clone());
+        spawn("journald".into(), Box::new(move |sink, stop| src.run(sink, stop)));
+    }
+    (Running { stop, handles }, entries)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config, config_path: Option<PathBuf>, db: PathBuf) -> Result<()> {
+    let _lock = lock::acquire(&db)?;
+    let store = Store::open(&db).context("opening the event store")?;
+    let mut enforcer = Enforcer::open(&config)?;
+    enforcer.keep_mirror();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("floodgate")
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(serve(config, config_path, store, enforcer))
+}
+
+async fn serve(config: Config, config_path: Option<PathBuf>, mut store: Store, mut enforcer: Enforcer) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // The kernel first: whatever the store says is in force is in force before anything new is read.
+    let report = tokio::task::block_in_place(|| enforcer.reconcile(&mut store, Utc::now()))?;
+    tracing::info!(
+        restored = report.changes.added,
+        refreshed = report.changes.refreshed,
+        strays = report.changes.removed,
+        "table inet {} reconciled with the store",
+        enforcer.table()
+    );
+    let capacity = config.daemon.queue;
+    let (tx, mut rx) = mpsc::channel::<Feed>(capacity);
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
+    let socket_path = config.daemon.socket.clone();
+    let mut pipeline = Pipeline::new(config, config_path, store, enforcer)?;
+    let (mut running, entries) = start_sources(&pipeline.config, &pipeline.store, &tx);
+    pipeline.sources = entries;
+    // Last: a socket that answers means a daemon that reads.
+    let listener = match server::bind(&socket_path) {
+        Ok(l) => l,
+        Err(e) => {
+            running.stop(&mut rx, &mut pipeline).await;
+            return Err(e);
+        }
+    };
+    tokio::spawn(server::serve(listener, ctl_tx.clone()));
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut tick = tokio::time::interval(pipeline.config.daemon.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(socket = %socket_path.display(), sources = pipeline.sources.len(), "floodgate running");
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let sources_before = pipeline.config.sources.clone();
+                match tokio::task::block_in_place(|| pipeline.reload()) {
+                    Ok(()) if pipeline.config.sources != sources_before => {
+                        running.stop(&mut rx, &mut pipeline).await;
+                        let (r, entries) = start_sources(&pipeline.config, &pipeline.store, &tx);
+                        running = r;
+                        pipeline.sources = entries;
+                    }
+                    Ok(()) => {}
+                    Err(e) => tracing::error!("{e:#}"),
+                }
+            }
+            Some(msg) = ctl_rx.recv() => {
+                let queued = capacity - tx.capacity();
+                let sources_before = pipeline.config.sources.clone();
+                let response = tokio::task::block_in_place(|| pipeline.control(&msg.request, queued, capacity));
+                if msg.request == Request::Reload && response.ok && pipeline.config.sources != sources_before {
+                    running.stop(&mut rx, &mut pipeline).await;
+                    let (r, entries) = start_sources(&pipeline.config, &pipeline.store, &tx);
+                    running = r;
+                    pipeline.sources = entries;
+                }
+                let _ = msg.reply.send(response);
+            }
+            Some(feed) = rx.recv() => {
+                tokio::task::block_in_place(|| {
+                    pipeline.feed(feed);
+                    // Everything already queued joins this batch: under load batches grow, and the store and
+                    // the kernel are written once per drain rather than once per line.
+                    while !pipeline.full() {
+                        match rx.try_recv() {
+                            Ok(f) => pipeline.feed(f),
+                            Err(_) => break,
+                        }
+                    }
+                    pipeline.flush();
+                });
+            }
+            _ = tick.tick() => tokio::task::block_in_place(|| pipeline.tick()),
+        }
+    }
+    tracing::info!("stopping: writing what is pending; the kernel's bans stay, with their timeouts");
+    running.stop(&mut rx, &mut pipeline).await;
+    while let Ok(f) = rx.try_recv() {
+        pipeline.feed(f);
+    }
+    tokio::task::block_in_place(|| pipeline.shutdown());
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}

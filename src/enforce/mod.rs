@@ -5,7 +5,7 @@
 pub mod plan;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -52,8 +52,15 @@ pub struct Listed {
     pub in_store: bool,
 }
 
+/// What floodgate last wrote to each set: element -> when the kernel drops it (None: never).
+type Mirror = HashMap<&'static str, HashMap<Key, Option<Instant>>>;
+
 pub struct Enforcer {
     kernel: Kernel,
+    /// Kept by the daemon (`keep_mirror`) so a decision is diffed against memory, not against a dump of every
+    /// set; dropped on any kernel error and rebuilt from a dump, and refreshed by every reconcile.
+    mirror: Option<Mirror>,
+    keep_mirror: bool,
     ruleset: Ruleset,
     config_allow: Vec<Cidr>,
     limit_ports: Vec<u16>,
@@ -74,12 +81,35 @@ impl Enforcer {
         let ruleset = config.ruleset();
         Ok(Enforcer {
             kernel: Kernel::open()?,
+            mirror: None,
+            keep_mirror: false,
             limit_ports: ruleset.ports.iter().map(|p| p.port).collect(),
             ruleset,
             config_allow: config.allowlist.clone(),
             widest_v4: config.enforce.widest_prefix_v4,
             widest_v6: config.enforce.widest_prefix_v6,
         })
+    }
+
+    /// Remember what was written, so later decisions need no set dumps (the daemon's mode).
+    pub fn keep_mirror(&mut self) {
+        self.keep_mirror = true;
+    }
+
+    /// Takes a new config (reload). The table's shape is installed again when it changed.
+    pub fn reconfigure(&mut self, config: &Config) -> Result<(), EnforceError> {
+        let ruleset = config.ruleset();
+        let changed = ruleset != self.ruleset;
+        self.limit_ports = ruleset.ports.iter().map(|p| p.port).collect();
+        self.ruleset = ruleset;
+        self.config_allow = config.allowlist.clone();
+        self.widest_v4 = config.enforce.widest_prefix_v4;
+        self.widest_v6 = config.enforce.widest_prefix_v6;
+        self.mirror = None;
+        if changed {
+            self.install()?;
+        }
+        Ok(())
     }
 
     pub fn table(&self) -> &str {
@@ -166,19 +196,39 @@ impl Enforcer {
         let mut report = Report::default();
         let wanted = self.wanted(state, now);
         let mut ops = Vec::new();
+        let clock = Instant::now();
         for (set, want) in &wanted {
-            let actual = match self.kernel.elements(&self.ruleset.table, set) {
-                Ok(a) => a,
-                Err(NftError::Missing { .. }) if !report.installed => {
-                    self.install()?;
-                    report.installed = true;
-                    self.kernel.elements(&self.ruleset.table, set)?
-                }
-                Err(e) => return Err(e.into()),
+            let remembered = self.mirror.as_ref().and_then(|m| m.get(set));
+            let actual = match remembered {
+                Some(m) => m
+                    .iter()
+                    .filter(|(_, end)| end.is_none_or(|end| end > clock))
+                    .map(|(key, end)| Element { key: *key, timeout: None, expires: end.map(|end| end - clock) })
+                    .collect(),
+                None => match self.kernel.elements(&self.ruleset.table, set) {
+                    Ok(a) => a,
+                    Err(NftError::Missing { .. }) if !report.installed => {
+                        self.install()?;
+                        report.installed = true;
+                        self.kernel.elements(&self.ruleset.table, set)?
+                    }
+                    Err(e) => return Err(e.into()),
+                },
             };
             plan::diff(set, want, &actual, &mut ops, &mut report.changes);
         }
-        self.kernel.apply(&self.ruleset.table, &ops)?;
+        if let Err(e) = self.kernel.apply(&self.ruleset.table, &ops) {
+            self.mirror = None;
+            return Err(e.into());
+        }
+        if self.keep_mirror {
+            self.mirror = Some(
+                wanted
+                    .into_iter()
+                    .map(|(set, want)| (set, want.into_iter().map(|(k, left)| (k, left.map(|l| clock + l))).collect()))
+                    .collect(),
+            );
+        }
         Ok(report)
     }
 
@@ -199,6 +249,7 @@ impl Enforcer {
     /// their remaining time, strays removed. What a start (or `floodgate reconcile`) does.
     pub fn reconcile(&mut self, store: &mut Store, now: DateTime<Utc>) -> Result<Report, EnforceError> {
         store.expire(now)?;
+        self.mirror = None;
         self.install()?;
         let state = store.enforced(now)?;
         let mut report = self.sync(&state, now)?;

@@ -3,6 +3,12 @@
 //! backpressure (a file is its own buffer: falling behind loses nothing), counter and conntrack events are
 //! offered and shed when the pipeline is full (counted, shown by `floodgate status`).
 
+pub mod conntrack;
+pub mod file;
+pub mod journald;
+pub mod kmsg;
+pub mod netstat;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,314 @@
+//! The pipeline's one stateful task: lines are parsed into events, events are stored (with the inputs'
+//! positions, in one transaction) and shown to the policy, and the policy's decisions reach the kernel in one
+//! netlink batch per drain of the queue. Control requests are served here too, between batches, so the store
+//! and the kernel have a single writer.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, Utc};
+
+use super::status::{PortStatus, SourceStatus, Status};
+use crate::config::Config;
+use crate::control::{self, Request, Response};
+use crate::enforce::Enforcer;
+use crate::event::Event;
+use crate::parser::{LineParser, Outcome};
+use crate::policy::jail::Jail;
+use crate::policy::Policy;
+use crate::prefix::TimeContext;
+use crate::source::{Feed, Position, SourceStats};
+use crate::store::{Decision, LimitMode, Origin, Store};
+
+/// A source as the pipeline sees it: its counters and the last snapshot, for rates.
+pub struct SourceEntry {
+    pub name: String,
+    pub stats: Arc<SourceStats>,
+    last: (u64, u64),
+    rates: (f64, f64),
+}
+
+impl SourceEntry {
+    pub fn new(name: String, stats: Arc<SourceStats>) -> SourceEntry {
+        SourceEntry { name, stats, last: (0, 0), rates: (0.0, 0.0) }
+    }
+}
+
+pub struct Pipeline {
+    pub config: Config,
+    config_path: Option<PathBuf>,
+    parser: LineParser,
+    policy: Box<dyn Policy>,
+    pub store: Store,
+    pub enforcer: Enforcer,
+    pending: Vec<(Origin, Event)>,
+    positions: HashMap<Arc<str>, Position>,
+    decisions: Vec<Decision>,
+    last_input: Option<Arc<str>>,
+    pub sources: Vec<SourceEntry>,
+    started: Instant,
+    started_at: DateTime<Utc>,
+    last_tick: Instant,
+    events_stored: u64,
+    bans_made: u64,
+    refused_allowlisted: u64,
+    apply_errors: u64,
+}
+
+pub fn parser_for(config: &Config) -> Result<LineParser> {
+    LineParser::from_config(config, &[], TimeContext::system(config.timezone)).context("loading the rules")
+}
+
+impl Pipeline {
+    pub fn new(config: Config, config_path: Option<PathBuf>, store: Store, enforcer: Enforcer) -> Result<Pipeline> {
+        let parser = parser_for(&config)?;
+        let policy = Box::new(Jail::from_config(&config));
+        Ok(Pipeline {
+            config,
+            config_path,
+            parser,
+            policy,
+            store,
+            enforcer,
+            pending: Vec::new(),
+            positions: HashMap::new(),
+            decisions: Vec::new(),
+            last_input: None,
+            sources: Vec::new(),
+            started: Instant::now(),
+            started_at: Utc::now(),
+            last_tick: Instant::now(),
+            events_stored: 0,
+            bans_made: 0,
+            refused_allowlisted: 0,
+            apply_errors: 0,
+        })
+    }
+
+    /// Takes one batch from a source: lines are parsed, events shown to the policy. Nothing is written yet.
+    pub fn feed(&mut self, feed: Feed) {
+        let now = Utc::now();
+        match feed {
+            Feed::Lines { input, lines, first_line, position } => {
+                if self.last_input.as_ref() != Some(&input) {
+                    self.parser.start_input();
+                    self.last_input = Some(input.clone());
+                }
+                for (i, line) in lines.iter().enumerate() {
+                    if let Outcome::Event(ev) = self.parser.parse_bytes(line) {
+                        self.policy.observe(&ev, now, &mut self.decisions);
+                        let origin = Origin { input: input.clone(), line: first_line.map(|f| f + i as u64) };
+                        self.pending.push((origin, *ev));
+                    }
+                }
+                if let Some(p) = position {
+                    self.positions.insert(input, p);
+                }
+            }
+            Feed::Events { input, events } => {
+                for ev in events {
+                    self.policy.observe(&ev, now, &mut self.decisions);
+                    self.pending.push((Origin { input: input.clone(), line: None }, ev));
+                }
+            }
+        }
+    }
+
+    /// Whether enough has piled up to write before the queue is drained.
+    pub fn full(&self) -> bool {
+        self.pending.len() >= self.config.store.batch_size
+    }
+
+    /// Writes what `feed` gathered: events and positions in one store transaction, then the decisions in one
+    /// kernel batch. A failure is logged and retried at the next flush; sources are never stopped by it.
+    pub fn flush(&mut self) {
+        let now = Utc::now();
+        if !self.pending.is_empty() || !self.positions.is_empty() {
+            let positions: Vec<(&str, u64, u64)> =
+                self.positions.iter().map(|(k, p)| (k.as_ref(), p.inode, p.offset)).collect();
+            match self.store.insert_events_at(&self.pending, &positions, now) {
+                Ok(()) => {
+                    self.events_stored += self.pending.len() as u64;
+                    self.pending.clear();
+                    self.positions.clear();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, events = self.pending.len(), "cannot store events; retrying");
+                    // Bounded: a store that stays broken must not hold a flood in memory.
+                    if self.pending.len() > 16 * self.config.store.batch_size {
+                        self.pending.clear();
+                    }
+                }
+            }
+        }
+        self.apply_decisions(now);
+    }
+
+    fn apply_decisions(&mut self, now: DateTime<Utc>) {
+        if self.decisions.is_empty() {
+            return;
+        }
+        let stored_allow = match self.store.enforced(now) {
+            Ok(s) => s.allowlist.iter().map(|a| a.cidr).collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the allowlist; decisions wait");
+                self.apply_errors += 1;
+                return;
+            }
+        };
+        // The allowlist always wins, whatever the policy says.
+        let decisions: Vec<Decision> = std::mem::take(&mut self.decisions)
+            .into_iter()
+            .filter(|d| match d {
+                Decision::Ban { cidr, reason, .. } => match self.enforcer.refuse_ban(cidr, &stored_allow) {
+                    Some(why) => {
+                        tracing::info!(%cidr, %why, %reason, "ban not made");
+                        self.refused_allowlisted += 1;
+                        false
+                    }
+                    None => true,
+                },
+                _ => true,
+            })
+            .collect();
+        if decisions.is_empty() {
+            return;
+        }
+        match self.enforcer.decide(&mut self.store, &decisions, now) {
+            Ok(_) => {
+                for d in &decisions {
+                    if let Decision::Ban { cidr, until, reason, origin } = d {
+                        self.bans_made += 1;
+                        tracing::warn!(%cidr, until = ?until, %reason, %origin, "banned");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, decisions = decisions.len(), "cannot apply decisions; retrying");
+                self.apply_errors += 1;
+                self.decisions = decisions;
+            }
+        }
+    }
+
+    /// Housekeeping: windows slide, ended bans leave the store, rates are measured.
+    pub fn tick(&mut self) {
+        let now = Utc::now();
+        self.parser.ctx.reference = now;
+        self.policy.tick(now, &mut self.decisions);
+        self.flush();
+        if let Err(e) = self.store.expire(now) {
+            tracing::error!(error = %e, "cannot expire decisions");
+        }
+        let secs = self.last_tick.elapsed().as_secs_f64().max(1e-3);
+        self.last_tick = Instant::now();
+        for s in &mut self.sources {
+            let cur = (s.stats.lines.load(Ordering::Relaxed), s.stats.events.load(Ordering::Relaxed));
+            s.rates = ((cur.0 - s.last.0.min(cur.0)) as f64 / secs, (cur.1 - s.last.1.min(cur.1)) as f64 / secs);
+            s.last = cur;
+        }
+    }
+
+    /// Serves a control request (status and reload here; the rest as the CLI would, directly).
+    pub fn control(&mut self, req: &Request, queued: usize, capacity: usize) -> Response {
+        match req {
+            Request::Status => match self.status(queued, capacity) {
+                Ok(s) => Response::data(String::new(), serde_json::to_value(&s).unwrap_or_default()),
+                Err(e) => Response::error(&e),
+            },
+            Request::Reload => match self.reload() {
+                Ok(()) => Response::ok("configuration and rules reloaded"),
+                Err(e) => Response::error(&e),
+            },
+            _ => {
+                // Pending events first, so what the operator sees includes them.
+                self.flush();
+                let cx = control::Context {
+                    config: &self.config,
+                    store: &mut self.store,
+                    enforcer: &mut self.enforcer,
+                    now: Utc::now(),
+                };
+                control::handle(req, cx)
+            }
+        }
+    }
+
+    /// Loads the config and rules again; on any error the running ones stay and the error is returned.
+    pub fn reload(&mut self) -> Result<()> {
+        let config =
+            Config::load(self.config_path.as_deref()).context("reload refused, the running configuration stays")?;
+        let parser = parser_for(&config).context("reload refused, the running configuration stays")?;
+        if config.db != self.config.db || config.daemon.socket != self.config.daemon.socket {
+            tracing::warn!("db and daemon.socket changes take effect at the next start");
+        }
+        self.enforcer.reconfigure(&config).context("reload: applying the new table shape")?;
+        self.policy = Box::new(Jail::from_config(&config));
+        self.parser = parser;
+        self.config = config;
+        tracing::info!("configuration and rules reloaded");
+        Ok(())
+    }
+
+    pub fn status(&self, queued: usize, capacity: usize) -> Result<Status> {
+        let now = Utc::now();
+        let state = self.store.enforced(now)?;
+        let mut ports = Vec::new();
+        for (service, s) in &self.config.services {
+            for &port in &s.ports {
+                let on = |m: LimitMode| state.limits.iter().find(|l| l.port == port && l.mode == m);
+                let (mode, until) = match (on(LimitMode::Global), on(LimitMode::Source)) {
+                    (Some(g), _) => ("global limit", Some(g.until)),
+                    (None, Some(s)) => ("per-source limit", Some(s.until)),
+                    _ => ("normal", None),
+                };
+                ports.push(PortStatus { port, service: service.clone(), mode: mode.into(), until });
+            }
+        }
+        ports.sort_by_key(|p| p.port);
+        Ok(Status {
+            pid: std::process::id(),
+            started: self.started_at,
+            uptime_s: self.started.elapsed().as_secs(),
+            sources: self
+                .sources
+                .iter()
+                .map(|s| SourceStatus {
+                    name: s.name.clone(),
+                    lines: s.stats.lines.load(Ordering::Relaxed),
+                    events: s.stats.events.load(Ordering::Relaxed),
+                    lines_per_s: s.rates.0,
+                    events_per_s: s.rates.1,
+                    lag_bytes: s.stats.lag_bytes.load(Ordering::Relaxed),
+                    lost: s.stats.lost.load(Ordering::Relaxed),
+                    shed: s.stats.shed.load(Ordering::Relaxed),
+                    waiting: s.stats.waiting.load(Ordering::Relaxed),
+                })
+                .collect(),
+            queued,
+            queue_capacity: capacity,
+            lines_parsed: self.parser.stats.lines,
+            events_stored: self.events_stored,
+            unmatched: self.parser.stats.unmatched,
+            malformed: self.parser.stats.malformed,
+            bans_active: state.bans.len(),
+            bans_made: self.bans_made,
+            refused_allowlisted: self.refused_allowlisted,
+            apply_errors: self.apply_errors,
+            tracked_sources: self.policy.tracked(),
+            ports,
+        })
+    }
+
+    /// Writes what is pending; the kernel's bans stay (they carry their own timeouts).
+    pub fn shutdown(&mut self) {
+        self.flush();
+        if let Err(e) = self.store.checkpoint() {
+            tracing::warn!(error = %e, "store checkpoint at exit");
+        }
+    }
+}

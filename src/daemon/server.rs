@@ -1,0 +1,71 @@
+//! The control socket: a Unix socket (mode 0600, root's), one JSON request per line, one JSON response per
+//! line. Requests go to the pipeline task, which owns the store and the kernel.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::ControlMsg;
+use crate::control::{Request, Response};
+
+/// Longest request line: a 100k-address blocklist is about 2 MB of JSON.
+const MAX_REQUEST: usize = 16 << 20;
+
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create its directory", dir.display()))?;
+    }
+    if path.exists() {
+        // A daemon on other state may own it: only a socket nobody answers on is ours to replace.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{}: another floodgate daemon answers on this control socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("{}: cannot remove the stale socket", path.display()))?;
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("{}: cannot listen", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("{}: cannot set mode 0600", path.display()))?;
+    Ok(l)
+}
+
+pub async fn serve(listener: UnixListener, to_pipeline: mpsc::Sender<ControlMsg>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, to_pipeline.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, to_pipeline: mpsc::Sender<ControlMsg>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    let response = match reader.read_line(&mut line).await {
+        Ok(0) => return,
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let (reply, answer) = oneshot::channel();
+                if to_pipeline.send(ControlMsg { request, reply }).await.is_err() {
+                    Response::error(&anyhow::anyhow!("floodgate is stopping"))
+                } else {
+                    answer.await.unwrap_or_else(|_| Response::error(&anyhow::anyhow!("floodgate is stopping")))
+                }
+            }
+            Err(e) => Response::error(&anyhow::anyhow!("bad request: {e}")),
+        },
+        Err(e) => Response::error(&anyhow::anyhow!("reading the request: {e}")),
+    };
+    let mut text = serde_json::to_string(&response).unwrap_or_else(|_| "{\"ok\":false}".into());
+    text.push('\n');
+    let _ = write.write_all(text.as_bytes()).await;
+}

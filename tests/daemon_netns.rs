@@ -1,0 +1,325 @@
+//! The daemon end to end, in namespaces: `floodgate run` tails a log file, a kmsg-format record file and a
+//! netstat-format counter file of the test's own, bans in its namespace's kernel, and serves the CLI.
+
+mod netns;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use netns::Pair;
+
+const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
+
+struct Daemon {
+    child: Option<Child>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Daemon {
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    fn stop(mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "the daemon did not stop within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+struct Env {
+    pair: Pair,
+    dir: tempfile::TempDir,
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let pair = Pair::new(tag, &["203.0.113.7", "203.0.113.8"]);
+        pair.listen(143);
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env { pair, dir };
+        env.write_config("floodgate.toml", 3);
+        std::fs::write(env.path("netstat"), netstat(0)).unwrap();
+        std::fs::write(env.path("kmsg"), "").unwrap();
+        env
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_config(&self, name: &str, maxretry: u32) {
+        let p = |n: &str| self.path(n).display().to_string();
+        std::fs::write(
+            self.path(name),
+            format!(
+                "allowlist = [\"203.0.113.10\"]\n\
+                 [sources]\nfiles = [\"{}\"]\nkmsg_path = \"{}\"\nnetstat_path = \"{}\"\nnetstat_interval = \"200ms\"\n\
+                 [daemon]\nsocket = \"{}\"\ntick = \"200ms\"\n\
+                 [services.imap]\nports = [143]\nmaxretry = {maxretry}\n",
+                p("mail.log"),
+                p("kmsg"),
+                p("netstat"),
+                p("fg.sock")
+            ),
+        )
+        .unwrap();
+    }
+
+    fn start(&self) -> Daemon {
+        let cfg = self.path("floodgate.toml");
+        let db = self.path("f.db");
+        let log = std::fs::File::create(self.path("daemon.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.pair.server.name, BIN, "-v", "--config"])
+            .arg(&cfg)
+            .arg("--db")
+            .arg(&db)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut d = Daemon { child: Some(child) };
+        let sock = self.path("fg.sock");
+        wait_for("the control socket", Duration::from_secs(10), || {
+            assert!(d.alive(), "the daemon exited: {}", self.daemon_log());
+            sock.exists()
+        });
+        d
+    }
+
+    fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI in the server namespace with `config` (the daemon's by default) and a db path the daemon
+    /// does not use: an answer that shows the daemon's state came through the socket.
+    fn fg_with(&self, config: &str, args: &[&str]) -> Output {
+        let cfg = self.path(config);
+        let db = self.path("not-the-daemons.db");
+        let mut cmd = vec![BIN, "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap()];
+        cmd.extend_from_slice(args);
+        self.pair.server.exec(&cmd)
+    }
+
+    fn fg(&self, args: &[&str]) -> String {
+        let out = self.fg_with("floodgate.toml", args);
+        assert!(out.status.success(), "floodgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The store's events, read directly (WAL lets a reader in while the daemon writes).
+    fn events(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let db = self.path("f.db");
+        let mut cmd = vec![BIN, "--db", db.to_str().unwrap(), "events", "--json"];
+        cmd.extend_from_slice(args);
+        let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn append(&self, name: &str, lines: &[String]) {
+        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(self.path(name)).unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.fg(&["status", "--json"])).unwrap()
+    }
+
+    fn banned(&self, addr: &str) -> bool {
+        self.pair.server.nft(&["list", "set", "inet", "floodgate", "ban4"]).contains(addr)
+    }
+}
+
+fn netstat(overflows: u64) -> String {
+    format!(
+        "TcpExt: SyncookiesSent SyncookiesRecv SyncookiesFailed ListenOverflows ListenDrops TCPReqQFullDoCookies TCPReqQFullDrop\n\
+         TcpExt: 0 0 0 {overflows} {overflows} 0 0\n\
+         IpExt: InNoRoutes\nIpExt: 0\n"
+    )
+}
+
+fn failure(addr: &str, n: u32) -> String {
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
+    format!(
+        "{now} mx dovecot[812]: imap-login: Info: Disconnected: Aborted login (auth failed, 1 attempts in 2 secs): \
+         user=<u{n}>, method=PLAIN, rip={addr}, lip=198.51.100.1, session=<s{n}>"
+    )
+}
+
+fn needs(test: &str) -> bool {
+    netns::available(test)
+}
+
+#[test]
+fn a_failure_line_appended_becomes_a_kernel_ban_and_the_cli_goes_through_the_socket() {
+    if !needs("a_failure_line_appended_becomes_a_kernel_ban_and_the_cli_goes_through_the_socket") {
+        return;
+    }
+    let env = Env::new("dban");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let d = env.start();
+    assert!(env.pair.connects("203.0.113.7", 143));
+    env.append("mail.log", &(0..3).map(|n| failure("203.0.113.7", n)).collect::<Vec<_>>());
+    wait_for("the ban in the kernel set", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    assert!(!env.pair.connects("203.0.113.7", 143), "the banned source is dropped");
+    assert!(env.pair.connects("203.0.113.8", 143), "others are not");
+    // Allowlisted: never banned, however often it fails.
+    env.append("mail.log", &(0..5).map(|n| failure("203.0.113.10", n)).collect::<Vec<_>>());
+    let listed = env.fg(&["list", "--json"]);
+    assert!(listed.contains("\"origin\":\"jail:imap\""), "the daemon's own ban, through the socket: {listed}");
+    env.fg(&["block", "203.0.113.8", "--for", "1m"]);
+    assert!(env.banned("203.0.113.8"));
+    let s = env.status();
+    assert_eq!(s["bans_active"], 2, "{s}");
+    assert!(s["refused_allowlisted"].as_u64().unwrap() >= 1, "{s}");
+    assert!(!env.banned("203.0.113.10"));
+    let file =
+        s["sources"].as_array().unwrap().iter().find(|x| x["name"].as_str().unwrap().ends_with("mail.log")).unwrap();
+    assert_eq!(file["lines"], 8, "{s}");
+    assert_eq!(d.stop(), Some(0), "SIGTERM is a clean exit: {}", env.daemon_log());
+    assert!(env.banned("203.0.113.7"), "bans stay in the kernel after the daemon stops");
+    // Without the daemon, the CLI acts directly (here on a store of its own).
+    let out = env.fg_with("floodgate.toml", &["status"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("floodgate is not running"), "{out:?}");
+}
+
+#[test]
+fn a_restart_resumes_without_duplicates_or_gaps() {
+    if !needs("a_restart_resumes_without_duplicates_or_gaps") {
+        return;
+    }
+    let env = Env::new("dres");
+    std::fs::write(env.path("mail.log"), format!("{}\n", failure("198.18.0.1", 0))).unwrap();
+    let d = env.start();
+    // Started at the end: the line already there is not read.
+    env.append("mail.log", &[failure("198.18.0.2", 1), failure("198.18.0.3", 2)]);
+    wait_for("two events", Duration::from_secs(5), || env.events(&[]).len() == 2);
+    assert_eq!(d.stop(), Some(0));
+    env.append("mail.log", &[failure("198.18.0.4", 3), failure("198.18.0.5", 4), failure("198.18.0.6", 5)]);
+    let d = env.start();
+    env.append("mail.log", &[failure("198.18.0.7", 6)]);
+    wait_for("six events", Duration::from_secs(5), || env.events(&[]).len() >= 6);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut addrs: Vec<String> = env.events(&[]).iter().map(|e| e["addr"].as_str().unwrap().to_string()).collect();
+    addrs.sort();
+    let want: Vec<String> = (2..=7).map(|i| format!("198.18.0.{i}")).collect();
+    assert_eq!(addrs, want, "each line exactly once, including those written while the daemon was down");
+    d.stop();
+}
+
+#[test]
+fn a_bad_reload_keeps_the_old_config_and_a_good_one_applies() {
+    if !needs("a_bad_reload_keeps_the_old_config_and_a_good_one_applies") {
+        return;
+    }
+    let env = Env::new("drel");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let mut d = env.start();
+    // The CLI reads a config of its own before it talks to the daemon: keep a good copy for it.
+    std::fs::copy(env.path("floodgate.toml"), env.path("cli.toml")).unwrap();
+    std::fs::write(env.path("floodgate.toml"), "[jail]\nmaxretry = \"many\"\n").unwrap();
+    d.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(d.alive(), "a bad config on SIGHUP does not stop the daemon");
+    assert!(env.daemon_log().contains("reload refused"), "{}", env.daemon_log());
+    let out = env.fg_with("cli.toml", &["reload"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("reload refused") && e.contains("line 2"), "{e}");
+    // The old config (maxretry 3) still bans.
+    env.append("mail.log", &(0..3).map(|n| failure("203.0.113.7", n)).collect::<Vec<_>>());
+    wait_for("a ban under the old config", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    // A good config (maxretry 1) applies on reload.
+    env.write_config("floodgate.toml", 1);
+    let out = env.fg_with("cli.toml", &["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    env.append("mail.log", &[failure("203.0.113.8", 9)]);
+    wait_for("a ban under the new config", Duration::from_secs(5), || env.banned("203.0.113.8"));
+    d.stop();
+}
+
+#[test]
+fn kernel_records_and_counter_jumps_become_events() {
+    if !needs("kernel_records_and_counter_jumps_become_events") {
+        return;
+    }
+    let env = Env::new("dker");
+    let d = env.start();
+    env.append(
+        "kmsg",
+        &["6,9001,154110937,-;TCP: request_sock_TCP: Possible SYN flooding on port 198.51.100.1:25. Sending cookies."
+            .into()],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(env.path("netstat"), netstat(1500)).unwrap();
+    wait_for("syn_flood and kernel_counter events", Duration::from_secs(5), || {
+        !env.events(&["--kind", "syn_flood"]).is_empty() && !env.events(&["--kind", "kernel_counter"]).is_empty()
+    });
+    let flood = &env.events(&["--kind", "syn_flood"])[0];
+    assert_eq!(flood["port"], 25);
+    let counters = env.events(&["--kind", "kernel_counter"]);
+    assert!(counters.iter().any(|c| c["rule"] == "netstat.ListenOverflows" && c["count"] == 1500), "{counters:?}");
+    d.stop();
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_refuses_naming_the_first() {
+    if !needs("a_second_daemon_on_the_same_state_refuses_naming_the_first") {
+        return;
+    }
+    let env = Env::new("dtwo");
+    let d = env.start();
+    let cfg = env.path("floodgate.toml");
+    let db = env.path("f.db");
+    let out = env.pair.server.exec(&[BIN, "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap(), "run"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!("another floodgate daemon (pid {})", d.pid())) || e.contains("another floodgate daemon"),
+        "{e}"
+    );
+    // Killed hard, the daemon leaves its socket behind: the CLI notices nobody answers and acts directly.
+    d.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Path::new(&env.path("fg.sock")).exists());
+    let out = env.fg_with("floodgate.toml", &["list"]);
+    assert!(out.status.success(), "{out:?}");
+}
