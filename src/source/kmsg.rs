@@ -93,9 +93,14 @@ impl KmsgSource {
                 Ok(()) => return,
                 Err(e) => {
                     let wait = reader.backoff;
-                    tracing::warn!(file = %self.path.display(), error = %e, retry_in = ?wait,
-                        "kmsg: cannot read the kernel log (reading /dev/kmsg needs CAP_SYSLOG when \
-                         kernel.dmesg_restrict=1); retrying");
+                    if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        tracing::warn!(file = %self.path.display(), error = %e, retry_in = ?wait,
+                            "kmsg: cannot read the kernel log (reading /dev/kmsg needs CAP_SYSLOG when \
+                             kernel.dmesg_restrict=1); retrying");
+                    } else {
+                        tracing::warn!(file = %self.path.display(), error = %e, retry_in = ?wait,
+                            "kmsg: cannot read the kernel log; retrying");
+                    }
                     reader.sink.stats.waiting.store(true, Ordering::Relaxed);
                     if !sleep_unless_stopped(&reader.stop, wait) {
                         return;
