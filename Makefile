@@ -3,7 +3,7 @@
 
 CARGO    ?= cargo
 PREFIX   ?= /usr/local
-DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux
+DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux conntrack
 DEMO_DIR := $(or $(TMPDIR),/tmp)/floodgate-demo
 
 .PHONY: all build deps test lint bench demo demo-enforce install clean
