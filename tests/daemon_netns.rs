@@ -323,3 +323,32 @@ fn a_second_daemon_on_the_same_state_refuses_naming_the_first() {
     let out = env.fg_with("floodgate.toml", &["list"]);
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn rotation_by_rename_and_by_copytruncate_loses_no_line() {
+    if !needs("rotation_by_rename_and_by_copytruncate_loses_no_line") {
+        return;
+    }
+    let env = Env::new("drot");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let d = env.start();
+    let addr = |i: u32| format!("198.18.1.{i}");
+    env.append("mail.log", &[failure(&addr(1), 1), failure(&addr(2), 2)]);
+    wait_for("two events", Duration::from_secs(5), || env.events(&[]).len() == 2);
+    // logrotate's default: rename, then a new file; the writer adds to the old one until it reopens.
+    std::fs::rename(env.path("mail.log"), env.path("mail.log.1")).unwrap();
+    env.append("mail.log.1", &[failure(&addr(3), 3)]);
+    env.append("mail.log", &[failure(&addr(4), 4), failure(&addr(5), 5)]);
+    wait_for("five events", Duration::from_secs(5), || env.events(&[]).len() == 5);
+    // copytruncate: the file is copied away and truncated in place.
+    std::fs::copy(env.path("mail.log"), env.path("mail.log.2")).unwrap();
+    std::fs::OpenOptions::new().write(true).open(env.path("mail.log")).unwrap().set_len(0).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    env.append("mail.log", &[failure(&addr(6), 6)]);
+    wait_for("six events", Duration::from_secs(5), || env.events(&[]).len() >= 6);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got: Vec<String> = env.events(&[]).iter().map(|e| e["addr"].as_str().unwrap().to_string()).collect();
+    got.sort();
+    assert_eq!(got, (1..=6).map(addr).collect::<Vec<_>>(), "every line once: {}", env.daemon_log());
+    d.stop();
+}
