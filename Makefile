@@ -72,7 +72,22 @@ demo-enforce:
 	ip netns exec $(DEMO_NS) nft delete table inet floodgate; \
 	$(FG) reconcile; \
 	$(FG) unblock --all; \
-	$(FG) list
+	$(FG) list; \
+	echo "== floodgate run: the daemon tails a mail log and bans a password guesser (3 failures within 10m)"; \
+	printf 'allowlist = ["203.0.113.10"]\n[sources]\nfiles = ["$(DEMO_DIR)/mail.log"]\nkmsg = false\nnetstat = false\n[daemon]\nsocket = "$(DEMO_DIR)/fg.sock"\n[services.imap]\nports = [143, 993]\nmaxretry = 3\n' > $(DEMO_DIR)/run.toml; \
+	: > $(DEMO_DIR)/mail.log; \
+	ip netns exec $(DEMO_NS) ./target/release/floodgate --config $(DEMO_DIR)/run.toml --db $(DEMO_DIR)/demo.db run 2> $(DEMO_DIR)/daemon.log & pid=$$!; \
+	for i in $$(seq 50); do [ -S $(DEMO_DIR)/fg.sock ] && break; sleep 0.1; done; \
+	for n in 1 2 3; do \
+		echo "$$(date -u +%Y-%m-%dT%H:%M:%S+00:00) mx dovecot[812]: imap-login: Info: Disconnected: Aborted login (auth failed, 1 attempts in 2 secs): user=<admin>, method=PLAIN, rip=198.51.100.66, lip=198.51.100.1, session=<s$$n>" >> $(DEMO_DIR)/mail.log; \
+	done; \
+	sleep 1; \
+	ip netns exec $(DEMO_NS) ./target/release/floodgate --config $(DEMO_DIR)/run.toml status; \
+	ip netns exec $(DEMO_NS) ./target/release/floodgate --config $(DEMO_DIR)/run.toml list; \
+	ip netns exec $(DEMO_NS) nft list set inet floodgate ban4; \
+	kill -TERM $$pid; wait $$pid; \
+	echo "== the daemon stopped (SIGTERM); its ban stays in the kernel with its timeout"; \
+	grep -h "banned" $(DEMO_DIR)/daemon.log | cut -c1-200
 
 install: build
 	install -D -m 0755 target/release/floodgate $(DESTDIR)$(PREFIX)/bin/floodgate

@@ -13,6 +13,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("FLOODGATE_LOG").unwrap_or_else(|_| EnvFilter::new(level)))
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log file or journald gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = floodgate::cli::run(cli) {
         // Broken pipe (`floodgate parse ... | head`) is not an error worth a message.

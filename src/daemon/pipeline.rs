@@ -183,7 +183,8 @@ impl Pipeline {
                 for d in &decisions {
                     if let Decision::Ban { cidr, until, reason, origin } = d {
                         self.bans_made += 1;
-                        tracing::warn!(%cidr, until = ?until, %reason, %origin, "banned");
+                        let until = until.map_or("forever".to_string(), |u| crate::event::format_time(&u));
+                        tracing::warn!(%cidr, %until, %reason, %origin, "banned");
                     }
                 }
             }
