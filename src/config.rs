@@ -76,6 +76,10 @@ pub struct Daemon {
     /// Housekeeping period: expiry, statistics, store flush.
     #[serde(deserialize_with = "de_duration")]
     pub tick: Duration,
+    /// How often the kernel's sets and chains are checked against the store (a dump of every set) and
+    /// repaired: enforcement cannot decay silently.
+    #[serde(deserialize_with = "de_duration")]
+    pub verify_every: Duration,
 }
 
 impl Default for Sources {
@@ -98,7 +102,12 @@ impl Default for Sources {
 
 impl Default for Daemon {
     fn default() -> Daemon {
-        Daemon { socket: PathBuf::from("/run/floodgate/floodgate.sock"), queue: 1024, tick: Duration::from_secs(1) }
+        Daemon {
+            socket: PathBuf::from("/run/floodgate/floodgate.sock"),
+            queue: 1024,
+            tick: Duration::from_secs(1),
+            verify_every: Duration::from_secs(60),
+        }
     }
 }
 
@@ -544,6 +553,8 @@ mod example_tests {
         assert_eq!(c.jail.maxretry, d.jail.maxretry);
         assert_eq!(c.allowlist.len(), 2);
         assert_eq!(c.ruleset(), d.ruleset());
+        assert_eq!(c.sources, d.sources);
+        assert_eq!(c.daemon, d.daemon);
         assert_eq!(c.enforce.widest_prefix_v4, d.enforce.widest_prefix_v4);
         assert_eq!(c.enforce.widest_prefix_v6, d.enforce.widest_prefix_v6);
     }

@@ -89,7 +89,7 @@ impl Env {
             format!(
                 "allowlist = [\"203.0.113.10\"]\n\
                  [sources]\nfiles = [\"{}\"]\nkmsg_path = \"{}\"\nnetstat_path = \"{}\"\nnetstat_interval = \"200ms\"\n\
-                 [daemon]\nsocket = \"{}\"\ntick = \"200ms\"\n\
+                 [daemon]\nsocket = \"{}\"\ntick = \"200ms\"\nverify_every = \"1s\"\n\
                  [services.imap]\nports = [143]\nmaxretry = {maxretry}\n",
                 p("mail.log"),
                 p("kmsg"),
@@ -204,6 +204,12 @@ fn a_failure_line_appended_becomes_a_kernel_ban_and_the_cli_goes_through_the_soc
     assert!(env.pair.connects("203.0.113.8", 143), "others are not");
     // Allowlisted: never banned, however often it fails.
     env.append("mail.log", &(0..5).map(|n| failure("203.0.113.10", n)).collect::<Vec<_>>());
+    // Enforcement does not decay: an element deleted or rules flushed by hand come back within a check.
+    env.pair.server.nft(&["delete", "element", "inet", "floodgate", "ban4", "{", "203.0.113.7", "}"]);
+    env.pair.server.nft(&["flush", "chain", "inet", "floodgate", "prerouting"]);
+    assert!(env.pair.connects("203.0.113.7", 143));
+    wait_for("the daemon's repair", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    wait_for("the repaired rules", Duration::from_secs(5), || !env.pair.connects("203.0.113.7", 143));
     let listed = env.fg(&["list", "--json"]);
     assert!(listed.contains("\"origin\":\"jail:imap\""), "the daemon's own ban, through the socket: {listed}");
     env.fg(&["block", "203.0.113.8", "--for", "1m"]);

@@ -53,6 +53,7 @@ pub struct Pipeline {
     started: Instant,
     started_at: DateTime<Utc>,
     last_tick: Instant,
+    last_verify: Instant,
     events_stored: u64,
     bans_made: u64,
     refused_allowlisted: u64,
@@ -82,6 +83,7 @@ impl Pipeline {
             started: Instant::now(),
             started_at: Utc::now(),
             last_tick: Instant::now(),
+            last_verify: Instant::now(),
             events_stored: 0,
             bans_made: 0,
             refused_allowlisted: 0,
@@ -204,6 +206,26 @@ impl Pipeline {
         self.flush();
         if let Err(e) = self.store.expire(now) {
             tracing::error!(error = %e, "cannot expire decisions");
+        }
+        if self.last_verify.elapsed() >= self.config.daemon.verify_every {
+            self.last_verify = Instant::now();
+            match self.enforcer.verify(&mut self.store, now) {
+                Ok(r) if r.installed || r.changes != Default::default() => {
+                    let c = &r.changes;
+                    tracing::warn!(
+                        repaired = r.installed,
+                        restored = c.added,
+                        refreshed = c.refreshed,
+                        strays = c.removed,
+                        "the kernel had drifted from the store; corrected"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.apply_errors += 1;
+                    tracing::error!(error = %e, "cannot verify the kernel against the store");
+                }
+            }
         }
         let secs = self.last_tick.elapsed().as_secs_f64().max(1e-3);
         self.last_tick = Instant::now();

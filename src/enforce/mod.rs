@@ -257,6 +257,22 @@ impl Enforcer {
         Ok(report)
     }
 
+    /// Checks the kernel against the store without trusting memory: chains flushed or edited by hand are
+    /// repaired, lost elements re-added, strays removed. The daemon runs it periodically, so enforcement
+    /// cannot decay silently (what cs-firewall-bouncer#509 describes).
+    pub fn verify(&mut self, store: &mut Store, now: DateTime<Utc>) -> Result<Report, EnforceError> {
+        self.mirror = None;
+        let damaged = self.damaged_chains()?;
+        if !damaged.is_empty() {
+            tracing::warn!(?damaged, "the table was altered outside floodgate; repairing it");
+            self.install()?;
+        }
+        let state = store.enforced(now)?;
+        let mut report = self.sync(&state, now)?;
+        report.installed = !damaged.is_empty();
+        Ok(report)
+    }
+
     /// Records `decisions` and applies their effect to the kernel: both, or (on any error) neither.
     pub fn decide(
         &mut self,
