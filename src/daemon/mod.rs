@@ -23,6 +23,9 @@ use crate::source::{self, Feed, Position, Sink, SourceStats, Stop};
 use crate::store::Store;
 use pipeline::{Pipeline, SourceEntry};
 
+/// The longest the start waits for its sources to take their positions.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A control request on its way to the pipeline, with where the answer goes.
 pub struct ControlMsg {
     pub request: Request,
@@ -130,7 +133,15 @@ async fn serve(config: Config, config_path: Option<PathBuf>, mut store: Store, m
     let mut pipeline = Pipeline::new(config, config_path, store, enforcer)?;
     let (mut running, entries) = start_sources(&pipeline.config, &pipeline.store, &tx);
     pipeline.sources = entries;
-    // Last: a socket that answers means a daemon that reads.
+    // Last: a socket that answers means a daemon whose sources have taken their positions (so a line written
+    // after the socket appears is never skipped as "before the start").
+    let settle = std::time::Instant::now();
+    while !pipeline.sources.iter().all(|s| s.stats.settled()) && settle.elapsed() < SETTLE_WAIT {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for s in pipeline.sources.iter().filter(|s| !s.stats.settled()) {
+        tracing::warn!(source = %s.name, "source not ready yet; serving anyway");
+    }
     let listener = match server::bind(&socket_path) {
         Ok(l) => l,
         Err(e) => {

@@ -99,6 +99,7 @@ impl ConntrackSource {
             }
         };
         sink.stats.waiting.store(false, Ordering::Relaxed);
+        sink.stats.ready.store(true, Ordering::Relaxed);
         let fd = socket.as_raw_fd();
         // u32 words keep the buffer aligned for nlmsghdr, as mnl's recv_raw requires.
         let mut words = vec![0u32; READ_BYTES / 4];

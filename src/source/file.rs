@@ -268,6 +268,7 @@ impl Tailer {
             Some(tail) => tail,
             None => match self.open(&self.path, *start) {
                 Ok(tail) => {
+                    self.out.sink.stats.ready.store(true, Ordering::Relaxed);
                     // Whatever appears under the name after this one is a new file.
                     *start = Start::Beginning;
                     tail

@@ -80,6 +80,7 @@ impl JournaldSource {
                 }
                 Ok(child) => {
                     sink.stats.waiting.store(false, Ordering::Relaxed);
+                    sink.stats.ready.store(true, Ordering::Relaxed);
                     let started = Instant::now();
                     let mut follow = Follow { child: Guard(child), sink: &sink, stop: &stop, input: &input };
                     match follow.run(&mut cursor) {

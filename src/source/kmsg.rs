@@ -156,6 +156,7 @@ impl Reader {
 
     /// The input opened: it is no longer waiting, and the next failure starts the back-off afresh.
     fn opened(&mut self) {
+        self.sink.stats.ready.store(true, Ordering::Relaxed);
         self.sink.stats.waiting.store(false, Ordering::Relaxed);
         self.backoff = BACKOFF_FIRST;
     }

@@ -49,6 +49,17 @@ pub struct SourceStats {
     pub lag_bytes: AtomicU64,
     /// Set while the input is missing (a file not created yet) or failing; cleared when it reads again.
     pub waiting: AtomicBool,
+    /// Set once the source has taken its starting position (file opened and positioned, counters baselined,
+    /// socket bound): from then on, nothing written to the input is missed. The daemon opens its control
+    /// socket only when every source is ready or waiting.
+    pub ready: AtomicBool,
+}
+
+impl SourceStats {
+    /// Ready, or known to be waiting for its input.
+    pub fn settled(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) || self.waiting.load(Ordering::Relaxed)
+    }
 }
 
 /// The sending end a source holds.

@@ -73,7 +73,10 @@ impl NetstatSource {
                         }
                     }
                     match baseline.as_mut() {
-                        None => baseline = Some(tracked(&current)),
+                        None => {
+                            baseline = Some(tracked(&current));
+                            sink.stats.ready.store(true, Ordering::Relaxed);
+                        }
                         Some(base) => {
                             let events: Vec<Event> =
                                 advance(base, &current).into_iter().map(|r| r.event(Utc::now())).collect();
