@@ -104,7 +104,9 @@ impl Default for Daemon {
     fn default() -> Daemon {
         Daemon {
             socket: PathBuf::from("/run/floodgate/floodgate.sock"),
-            queue: 1024,
+            // Each batch holds up to 1,024 lines: 64 batches bound the backlog in memory to ~64k lines; a
+            // file source simply waits beyond that (the file is its own buffer).
+            queue: 64,
             tick: Duration::from_secs(1),
             verify_every: Duration::from_secs(60),
         }

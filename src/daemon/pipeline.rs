@@ -154,8 +154,8 @@ impl Pipeline {
         if self.decisions.is_empty() {
             return;
         }
-        let stored_allow = match self.store.enforced(now) {
-            Ok(s) => s.allowlist.iter().map(|a| a.cidr).collect::<Vec<_>>(),
+        let stored_allow = match self.store.allowlist() {
+            Ok(a) => a.iter().map(|a| a.cidr).collect::<Vec<_>>(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the allowlist; decisions wait");
                 self.apply_errors += 1;
@@ -279,11 +279,11 @@ impl Pipeline {
 
     pub fn status(&self, queued: usize, capacity: usize) -> Result<Status> {
         let now = Utc::now();
-        let state = self.store.enforced(now)?;
+        let (bans_active, limits) = self.store.summary(now)?;
         let mut ports = Vec::new();
         for (service, s) in &self.config.services {
             for &port in &s.ports {
-                let on = |m: LimitMode| state.limits.iter().find(|l| l.port == port && l.mode == m);
+                let on = |m: LimitMode| limits.iter().find(|l| l.port == port && l.mode == m);
                 let (mode, until) = match (on(LimitMode::Global), on(LimitMode::Source)) {
                     (Some(g), _) => ("global limit", Some(g.until)),
                     (None, Some(s)) => ("per-source limit", Some(s.until)),
@@ -318,7 +318,7 @@ impl Pipeline {
             events_stored: self.events_stored,
             unmatched: self.parser.stats.unmatched,
             malformed: self.parser.stats.malformed,
-            bans_active: state.bans.len(),
+            bans_active,
             bans_made: self.bans_made,
             refused_allowlisted: self.refused_allowlisted,
             apply_errors: self.apply_errors,

@@ -145,16 +145,25 @@ impl Enforcer {
 
     /// The elements each set should hold for `state` at `now`.
     fn wanted(&self, state: &Enforced, now: DateTime<Utc>) -> Vec<(&'static str, Vec<Want>)> {
-        let bans: Vec<(Cidr, i64)> =
-            state.bans.iter().map(|b| (b.cidr, b.until.map_or(FOREVER, |u| u.timestamp_micros()))).collect();
+        // Addresses go to the hash sets as they are: a hash set and an interval set may overlap (a packet is
+        // dropped if either holds its source), so an address inside a banned prefix keeps its own end. Only
+        // prefixes among themselves must be flattened, for the interval sets.
         let (mut ban4, mut ban6, mut ban4_net, mut ban6_net) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (cidr, until) in plan::flatten_bans(&bans) {
-            let left = remaining(until, now);
-            match (cidr.is_host(), cidr.addr().is_ipv4()) {
-                (true, true) => ban4.push((Key::Addr(cidr.addr()), left)),
-                (true, false) => ban6.push((Key::Addr(cidr.addr()), left)),
-                (false, true) => ban4_net.push((Key::Net(cidr), left)),
-                (false, false) => ban6_net.push((Key::Net(cidr), left)),
+        let mut prefixes: Vec<(Cidr, i64)> = Vec::new();
+        for b in &state.bans {
+            let until = b.until.map_or(FOREVER, |u| u.timestamp_micros());
+            match (b.cidr.is_host(), b.cidr.addr().is_ipv4()) {
+                (true, true) => ban4.push((Key::Addr(b.cidr.addr()), remaining(until, now))),
+                (true, false) => ban6.push((Key::Addr(b.cidr.addr()), remaining(until, now))),
+                (false, _) => prefixes.push((b.cidr, until)),
+            }
+        }
+        for (cidr, until) in plan::flatten_bans(&prefixes) {
+            let w = (Key::Net(cidr), remaining(until, now));
+            if cidr.addr().is_ipv4() {
+                ban4_net.push(w)
+            } else {
+                ban6_net.push(w)
             }
         }
         let mut allow: Vec<Cidr> = self.config_allow.clone();
@@ -280,7 +289,78 @@ impl Enforcer {
         decisions: &[Decision],
         now: DateTime<Utc>,
     ) -> Result<Report, EnforceError> {
-        store.decide(decisions, now, |state| self.sync(state, now))
+        let hosts_only = decisions.iter().all(|d| match d {
+            Decision::Ban { cidr, .. } | Decision::Unban { cidr, .. } => cidr.is_host(),
+            _ => false,
+        });
+        if self.mirror.is_some() && hosts_only {
+            // The daemon's common case, a few addresses banned: applied from memory, whatever the number of
+            // bans already in force. Anything unexpected falls back to the full path below.
+            match store.record(decisions, now, || self.apply_hosts(decisions, now)) {
+                Err(EnforceError::Kernel(e)) if matches!(e.errno(), Some(libc::ENOENT | libc::EEXIST)) => {
+                    tracing::debug!(error = %e, "kernel state differed from memory; reading it back");
+                    self.mirror = None;
+                }
+                r => return r,
+            }
+        }
+        let from_memory = self.mirror.is_some();
+        match store.decide(decisions, now, |state| self.sync(state, now)) {
+            // The memory was stale (an element expired a moment early, a hand edit): once more from a dump.
+            Err(EnforceError::Kernel(e)) if from_memory && matches!(e.errno(), Some(libc::ENOENT | libc::EEXIST)) => {
+                tracing::debug!(error = %e, "kernel state differed from memory; reading it back");
+                self.mirror = None;
+                store.decide(decisions, now, |state| self.sync(state, now))
+            }
+            r => r,
+        }
+    }
+
+    /// Bans and unbans of single addresses, diffed against memory: each address's element in the hash set is
+    /// added, refreshed (delete + add) or deleted. Only called with a mirror.
+    fn apply_hosts(&mut self, decisions: &[Decision], now: DateTime<Utc>) -> Result<Report, EnforceError> {
+        let clock = Instant::now();
+        let mut last: HashMap<std::net::IpAddr, Option<Option<Duration>>> = HashMap::new();
+        for d in decisions {
+            match d {
+                Decision::Ban { cidr, until, .. } => {
+                    let until = until.map_or(FOREVER, |u| u.timestamp_micros());
+                    last.insert(cidr.addr(), Some(remaining(until, now)));
+                }
+                Decision::Unban { cidr, .. } => {
+                    last.insert(cidr.addr(), None);
+                }
+                _ => {}
+            }
+        }
+        let mut report = Report::default();
+        let mut ops = Vec::new();
+        let Some(mirror) = self.mirror.as_ref() else {
+            return Err(NftError::Io(std::io::Error::other("no memory of the kernel's sets")).into());
+        };
+        for (&addr, wanted) in &last {
+            let set = if addr.is_ipv4() { BAN4 } else { BAN6 };
+            let key = Key::Addr(addr);
+            let have = mirror.get(set).and_then(|m| m.get(&key)).filter(|end| end.is_none_or(|e| e > clock));
+            let actual: Vec<Element> =
+                have.map(|end| Element { key, timeout: None, expires: end.map(|e| e - clock) }).into_iter().collect();
+            let want: Vec<Want> = wanted.map(|left| (key, left)).into_iter().collect();
+            plan::diff(set, &want, &actual, &mut ops, &mut report.changes);
+        }
+        // A "stray" here is only the address being unbanned: nothing to report.
+        report.changes.strays.clear();
+        self.kernel.apply(&self.ruleset.table, &ops)?;
+        if let Some(mirror) = self.mirror.as_mut() {
+            for (addr, wanted) in last {
+                let set = if addr.is_ipv4() { BAN4 } else { BAN6 };
+                let m = mirror.entry(set).or_default();
+                match wanted {
+                    Some(left) => m.insert(Key::Addr(addr), left.map(|l| clock + l)),
+                    None => m.remove(&Key::Addr(addr)),
+                };
+            }
+        }
+        Ok(report)
     }
 
     /// Chains whose rules are not what floodgate installed (flushed or edited by hand): the sets may still hold

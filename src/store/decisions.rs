@@ -275,6 +275,51 @@ impl Store {
         Ok(out)
     }
 
+    /// Records `decisions` and runs `apply` inside one transaction, without reading the whole state back: the
+    /// daemon's path for decisions it can apply from memory. Committed only if `apply` succeeds.
+    pub fn record<T, E: From<StoreError>>(
+        &mut self,
+        decisions: &[Decision],
+        now: DateTime<Utc>,
+        apply: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| sql(&path, "beginning a transaction", e))?;
+        for d in decisions {
+            write(&tx, &path, d, now)?;
+        }
+        let out = apply()?;
+        tx.commit().map_err(|e| sql(&path, "committing decisions", e))?;
+        Ok(out)
+    }
+
+    /// The stored allowlist alone (cheap: no bans read).
+    pub fn allowlist(&self) -> Result<Vec<Allowed>, StoreError> {
+        let q = |e| sql(&self.path, "reading the allowlist", e);
+        let mut st = self.conn.prepare_cached("SELECT cidr, added_us, comment FROM allowlist").map_err(q)?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))).map_err(q)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (cidr, added, comment) = row.map_err(q)?;
+            out.push(Allowed { cidr: parse_cidr(&self.path, &cidr)?, added: from_us(added), comment });
+        }
+        Ok(out)
+    }
+
+    /// How many bans are in force at `now`, and the limits (cheap: bans are counted, not read).
+    pub fn summary(&self, now: DateTime<Utc>) -> Result<(usize, Vec<LimitOn>), StoreError> {
+        let q = |e| sql(&self.path, "counting bans", e);
+        let bans: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM bans WHERE until_us IS NULL OR until_us > ?1", [ts_us(&now)], |r| r.get(0))
+            .map_err(q)?;
+        let limits = read(&self.conn, &self.path, now)?.limits;
+        Ok((bans as usize, limits))
+    }
+
     /// Deletes bans and limits that have run out (the kernel has dropped them by itself); returns how many.
     pub fn expire(&mut self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let now_us = ts_us(&now);
