@@ -113,6 +113,33 @@ fn parse_cidr(path: &str, text: &str) -> Result<Cidr, StoreError> {
     text.parse().map_err(|_| StoreError::Corrupt { path: path.to_string(), what: format!("bad address `{text}`") })
 }
 
+fn read_limits(tx: &rusqlite::Connection, path: &str, now: DateTime<Utc>) -> Result<Vec<LimitOn>, StoreError> {
+    let q = |e| sql(path, "reading limits", e);
+    let mut limits = Vec::new();
+    let mut st = tx
+        .prepare_cached("SELECT port, mode, since_us, until_us, reason, origin FROM limits WHERE until_us > ?1")
+        .map_err(q)?;
+    let rows = st
+        .query_map([ts_us(&now)], |r| {
+            Ok((
+                r.get::<_, u16>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .map_err(q)?;
+    for row in rows {
+        let (port, mode, since, until, reason, origin) = row.map_err(q)?;
+        let mode = LimitMode::parse(&mode)
+            .ok_or_else(|| StoreError::Corrupt { path: path.to_string(), what: format!("bad limit mode `{mode}`") })?;
+        limits.push(LimitOn { port, mode, since: from_us(since), until: from_us(until), reason, origin });
+    }
+    Ok(limits)
+}
+
 fn read(tx: &rusqlite::Connection, path: &str, now: DateTime<Utc>) -> Result<Enforced, StoreError> {
     let now_us = ts_us(&now);
     let q = |e| sql(path, "reading enforced state", e);
@@ -137,28 +164,7 @@ fn read(tx: &rusqlite::Connection, path: &str, now: DateTime<Utc>) -> Result<Enf
             origin,
         });
     }
-    let mut limits = Vec::new();
-    let mut st = tx
-        .prepare_cached("SELECT port, mode, since_us, until_us, reason, origin FROM limits WHERE until_us > ?1")
-        .map_err(q)?;
-    let rows = st
-        .query_map([now_us], |r| {
-            Ok((
-                r.get::<_, u16>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })
-        .map_err(q)?;
-    for row in rows {
-        let (port, mode, since, until, reason, origin) = row.map_err(q)?;
-        let mode = LimitMode::parse(&mode)
-            .ok_or_else(|| StoreError::Corrupt { path: path.to_string(), what: format!("bad limit mode `{mode}`") })?;
-        limits.push(LimitOn { port, mode, since: from_us(since), until: from_us(until), reason, origin });
-    }
+    let limits = read_limits(tx, path, now)?;
     let mut allowlist = Vec::new();
     let mut st = tx.prepare_cached("SELECT cidr, added_us, comment FROM allowlist").map_err(q)?;
     let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))).map_err(q)?;
@@ -316,7 +322,7 @@ impl Store {
             .conn
             .query_row("SELECT count(*) FROM bans WHERE until_us IS NULL OR until_us > ?1", [ts_us(&now)], |r| r.get(0))
             .map_err(q)?;
-        let limits = read(&self.conn, &self.path, now)?.limits;
+        let limits = read_limits(&self.conn, &self.path, now)?;
         Ok((bans as usize, limits))
     }
 
