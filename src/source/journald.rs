@@ -101,7 +101,7 @@ impl JournaldSource {
                 }
             }
             sink.stats.waiting.store(true, Ordering::Relaxed);
-            if !sleep_unless_stopped(&stop, backoff) {
+            if !stop.sleep(backoff) {
                 return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -299,21 +299,6 @@ fn readable(stdout: &ChildStdout, timeout: Duration) -> io::Result<bool> {
     }
     // POLLHUP / POLLERR too: the read that follows returns the end of output or the error.
     Ok(r > 0 && pfd.revents != 0)
-}
-
-/// Sleeps `total` in steps of at most `Stop::POLL`. False when stopped meanwhile.
-fn sleep_unless_stopped(stop: &Stop, total: Duration) -> bool {
-    let until = Instant::now() + total;
-    loop {
-        if stop.is_stopped() {
-            return false;
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Stop::POLL));
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Position, Sink, Stop};
 
@@ -102,7 +102,7 @@ impl KmsgSource {
                             "kmsg: cannot read the kernel log; retrying");
                     }
                     reader.sink.stats.waiting.store(true, Ordering::Relaxed);
-                    if !sleep_unless_stopped(&reader.stop, wait) {
+                    if !reader.stop.sleep(wait) {
                         return;
                     }
                     reader.backoff = (wait * 2).min(BACKOFF_MAX);
@@ -333,26 +333,12 @@ fn poll_readable(file: &File, timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
-/// Sleeps `total` in steps of at most `Stop::POLL`. False when stopped meanwhile.
-fn sleep_unless_stopped(stop: &Stop, total: Duration) -> bool {
-    let until = Instant::now() + total;
-    loop {
-        if stop.is_stopped() {
-            return false;
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Stop::POLL));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::source::{Feed, SourceStats};
     use std::io::Write;
+    use std::time::Instant;
     use tokio::sync::mpsc;
 
     struct Running {

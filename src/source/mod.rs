@@ -141,4 +141,23 @@ impl Stop {
     pub fn is_stopped(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// Sleeps `total` in steps of at most `POLL`. False when stopped meanwhile.
+    pub fn sleep(&self, total: Duration) -> bool {
+        self.sleep_until(std::time::Instant::now() + total)
+    }
+
+    /// Sleeps until `deadline` in steps of at most `POLL`. False when stopped meanwhile.
+    pub fn sleep_until(&self, deadline: std::time::Instant) -> bool {
+        loop {
+            if self.is_stopped() {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Stop::POLL));
+        }
+    }
 }

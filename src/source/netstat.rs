@@ -100,7 +100,7 @@ impl NetstatSource {
             if next < now {
                 next = now;
             }
-            if !sleep_until(&stop, next) {
+            if !stop.sleep_until(next) {
                 return;
             }
         }
@@ -210,20 +210,6 @@ fn clip(s: &str) -> &str {
     match s.char_indices().nth(60) {
         Some((i, _)) => &s[..i],
         None => s,
-    }
-}
-
-/// Sleeps until `deadline` in steps of at most `Stop::POLL`. False when stopped meanwhile.
-fn sleep_until(stop: &Stop, deadline: Instant) -> bool {
-    loop {
-        if stop.is_stopped() {
-            return false;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Stop::POLL));
     }
 }
 

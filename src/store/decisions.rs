@@ -265,20 +265,10 @@ impl Store {
         now: DateTime<Utc>,
         apply: impl FnOnce(&Enforced) -> Result<T, E>,
     ) -> Result<T, E> {
-        let path = self.path.clone();
-        // IMMEDIATE: a second floodgate deciding at the same time waits here (busy timeout) instead of computing
-        // its kernel diff from a state this one is about to change.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| sql(&path, "beginning a transaction", e))?;
-        for d in decisions {
-            write(&tx, &path, d, now)?;
-        }
-        let state = read(&tx, &path, now)?;
-        let out = apply(&state)?;
-        tx.commit().map_err(|e| sql(&path, "committing decisions", e))?;
-        Ok(out)
+        self.in_transaction(decisions, now, |tx, path| {
+            let state = read(tx, path, now)?;
+            apply(&state)
+        })
     }
 
     /// Records `decisions` and runs `apply` inside one transaction, without reading the whole state back: the
@@ -289,7 +279,18 @@ impl Store {
         now: DateTime<Utc>,
         apply: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
+        self.in_transaction(decisions, now, |_, _| apply())
+    }
+
+    fn in_transaction<T, E: From<StoreError>>(
+        &mut self,
+        decisions: &[Decision],
+        now: DateTime<Utc>,
+        then: impl FnOnce(&Transaction, &str) -> Result<T, E>,
+    ) -> Result<T, E> {
         let path = self.path.clone();
+        // IMMEDIATE: a second floodgate deciding at the same time waits here (busy timeout) instead of computing
+        // its kernel diff from a state this one is about to change.
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -297,7 +298,7 @@ impl Store {
         for d in decisions {
             write(&tx, &path, d, now)?;
         }
-        let out = apply()?;
+        let out = then(&tx, &path)?;
         tx.commit().map_err(|e| sql(&path, "committing decisions", e))?;
         Ok(out)
     }
