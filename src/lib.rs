@@ -11,6 +11,7 @@ pub mod enforce;
 pub mod event;
 pub mod matcher;
 pub mod nft;
+pub mod notify;
 pub mod parser;
 pub mod policy;
 pub mod prefix;

@@ -1,7 +1,10 @@
 //! Policy: events and a clock in, decisions out. Pure (no I/O), so it runs on virtual time in tests and can
 //! replay the store. The daemon talks to it only through `Policy`, so the full engine can replace the jail.
 
+pub mod engine;
+pub mod evidence;
 pub mod jail;
+pub mod sketch;
 
 use chrono::{DateTime, Utc};
 
