@@ -39,6 +39,56 @@ pub struct Config {
     pub enforce: Enforce,
     pub sources: Sources,
     pub daemon: Daemon,
+    pub policy: PolicyConfig,
+    pub notify: crate::notify::NotifyConfig,
+}
+
+/// The policy engine's thresholds: when sources are few and real, per-source responses; when they cannot be
+/// narrowed down, the global limit.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The sliding window per-port figures are measured over.
+    #[serde(deserialize_with = "de_duration")]
+    pub window: Duration,
+    /// Distinct sources on one port within the window above which they cannot be narrowed down.
+    pub ddos_distinct: u64,
+    /// New connections per second on one port above which the port is under attack.
+    pub port_rate: f64,
+    /// Share of a port's traffic from its top 10 sources above which an attack is concentrated.
+    pub concentrated_share: f64,
+    /// New connections per second from one proven-real source (all ports) that make it a DoS source.
+    pub dos_source_rate: f64,
+    /// How long a port must stay calm (below half the thresholds) before its limit is lifted.
+    #[serde(deserialize_with = "de_duration")]
+    pub converge_after: Duration,
+    /// A limit's timeout, refreshed while the attack lasts.
+    #[serde(deserialize_with = "de_duration")]
+    pub limit_for: Duration,
+    /// Ports never put under the global limit (SMTP must keep receiving mail from the world).
+    pub global_exempt: Vec<u16>,
+    /// A repeat offender's ban is multiplied by this per offence, up to `max_bantime`.
+    pub repeat_multiplier: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_bantime: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> PolicyConfig {
+        let t = crate::policy::engine::Thresholds::default();
+        PolicyConfig {
+            window: t.window,
+            ddos_distinct: t.ddos_distinct,
+            port_rate: t.port_rate,
+            concentrated_share: t.concentrated_share,
+            dos_source_rate: t.dos_source_rate,
+            converge_after: t.converge_after,
+            limit_for: t.limit_for,
+            global_exempt: t.global_exempt,
+            repeat_multiplier: t.repeat_multiplier,
+            max_bantime: t.max_bantime,
+        }
+    }
 }
 
 /// What `floodgate run` reads.
@@ -251,6 +301,8 @@ impl Default for Config {
             enforce: Enforce::default(),
             sources: Sources::default(),
             daemon: Daemon::default(),
+            policy: PolicyConfig::default(),
+            notify: crate::notify::NotifyConfig::default(),
         }
     }
 }
@@ -389,6 +441,18 @@ impl Config {
             if b == Some(0) {
                 return Err(format!("{key}: a burst of 0 drops the first packet; at least 1"));
             }
+        }
+        self.notify.validate()?;
+        let p = &self.policy;
+        if p.window < Duration::from_secs(10) || p.ddos_distinct == 0 || p.port_rate <= 0.0 || p.dos_source_rate <= 0.0
+        {
+            return Err("policy: window at least 10s; ddos_distinct, port_rate, dos_source_rate above zero".into());
+        }
+        if !(0.0..=1.0).contains(&p.concentrated_share) {
+            return Err("policy.concentrated_share: a share between 0 and 1".into());
+        }
+        if p.limit_for < Duration::from_secs(10) {
+            return Err("policy.limit_for: at least 10s (it is refreshed at half its life)".into());
         }
         if self.daemon.queue == 0 {
             return Err("daemon.queue: at least 1".into());

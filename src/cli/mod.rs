@@ -57,11 +57,18 @@ pub enum Command {
     /// What the running daemon is doing: sources, rates, lag, shed events, port modes, bans.
     Status(StatusArgs),
     /// Ask the running daemon to reload its configuration and rules (as SIGHUP does).
-    Reload(RunArgs),
+    Reload(ReloadArgs),
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Decide, record and notify, but never touch the kernel.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {}
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -147,10 +154,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Allow(args) => allow::run(&ctx, args),
         Command::Limit(args) => limit::run(&ctx, args),
         Command::Reconcile(args) => list::run_reconcile(&ctx, args),
-        Command::Run(_) => {
+        Command::Run(args) => {
             let mut config = ctx.config.clone();
             config.db = ctx.db.clone();
-            crate::daemon::run(config, ctx.config_path.clone(), ctx.db.clone())
+            crate::daemon::run(config, ctx.config_path.clone(), ctx.db.clone(), args.dry_run)
         }
         Command::Status(args) => {
             let r = ctx.execute(Request::Status)?;

@@ -101,7 +101,7 @@ fn start_sources(config: &Config, store: &Store, tx: &mpsc::Sender<Feed>) -> (Ru
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: Config, config_path: Option<PathBuf>, db: PathBuf) -> Result<()> {
+pub fn run(config: Config, config_path: Option<PathBuf>, db: PathBuf, dry_run: bool) -> Result<()> {
     let _lock = lock::acquire(&db)?;
     let store = Store::open(&db).context("opening the event store")?;
     let mut enforcer = Enforcer::open(&config)?;
@@ -112,25 +112,36 @@ pub fn run(config: Config, config_path: Option<PathBuf>, db: PathBuf) -> Result<
         .thread_name("floodgate")
         .build()
         .context("starting the runtime")?;
-    rt.block_on(serve(config, config_path, store, enforcer))
+    rt.block_on(serve(config, config_path, store, enforcer, dry_run))
 }
 
-async fn serve(config: Config, config_path: Option<PathBuf>, mut store: Store, mut enforcer: Enforcer) -> Result<()> {
+async fn serve(
+    config: Config,
+    config_path: Option<PathBuf>,
+    mut store: Store,
+    mut enforcer: Enforcer,
+    dry_run: bool,
+) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    // The kernel first: whatever the store says is in force is in force before anything new is read.
-    let report = tokio::task::block_in_place(|| enforcer.reconcile(&mut store, Utc::now()))?;
-    tracing::info!(
-        restored = report.changes.added,
-        refreshed = report.changes.refreshed,
-        strays = report.changes.removed,
-        "table inet {} reconciled with the store",
-        enforcer.table()
-    );
+    if dry_run {
+        tracing::warn!("dry run: decisions are recorded and notified, the kernel is never touched");
+    } else {
+        // The kernel first: whatever the store says is in force is in force before anything new is read.
+        let report = tokio::task::block_in_place(|| enforcer.reconcile(&mut store, Utc::now()))?;
+        tracing::info!(
+            restored = report.changes.added,
+            refreshed = report.changes.refreshed,
+            strays = report.changes.removed,
+            "table inet {} reconciled with the store",
+            enforcer.table()
+        );
+    }
     let capacity = config.daemon.queue;
     let (tx, mut rx) = mpsc::channel::<Feed>(capacity);
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
     let socket_path = config.daemon.socket.clone();
     let mut pipeline = Pipeline::new(config, config_path, store, enforcer)?;
+    pipeline.dry_run = dry_run;
     let (mut running, entries) = start_sources(&pipeline.config, &pipeline.store, &tx);
     pipeline.sources = entries;
     // Last: a socket that answers means a daemon whose sources have taken their positions (so a line written

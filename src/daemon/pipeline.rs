@@ -17,8 +17,9 @@ use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::enforce::Enforcer;
 use crate::event::Event;
+use crate::notify::{Notice, NoticeKind, Notifier, Throttle};
 use crate::parser::{LineParser, Outcome};
-use crate::policy::jail::Jail;
+use crate::policy::engine::{Alert, Engine};
 use crate::policy::Policy;
 use crate::prefix::TimeContext;
 use crate::source::{Feed, Position, SourceStats};
@@ -42,7 +43,10 @@ pub struct Pipeline {
     pub config: Config,
     config_path: Option<PathBuf>,
     parser: LineParser,
-    policy: Box<dyn Policy>,
+    policy: Engine,
+    throttle: Throttle,
+    /// Decide, record and notify, never touch the kernel (`floodgate run --dry-run`).
+    pub dry_run: bool,
     pub store: Store,
     pub enforcer: Enforcer,
     pending: Vec<(Origin, Event)>,
@@ -67,12 +71,15 @@ pub fn parser_for(config: &Config) -> Result<LineParser> {
 impl Pipeline {
     pub fn new(config: Config, config_path: Option<PathBuf>, store: Store, enforcer: Enforcer) -> Result<Pipeline> {
         let parser = parser_for(&config)?;
-        let policy = Box::new(Jail::from_config(&config));
+        let policy = Engine::from_config(&config);
+        let throttle = Throttle::new(&config.notify);
         Ok(Pipeline {
             config,
             config_path,
             parser,
             policy,
+            throttle,
+            dry_run: false,
             store,
             enforcer,
             pending: Vec::new(),
@@ -180,6 +187,17 @@ impl Pipeline {
         if decisions.is_empty() {
             return;
         }
+        if self.dry_run {
+            match self.store.record(&decisions, now, || Ok::<_, crate::store::StoreError>(())) {
+                Ok(()) => {
+                    for d in &decisions {
+                        tracing::warn!(decision = ?d, "dry run: recorded, not enforced");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "dry run: cannot record decisions"),
+            }
+            return;
+        }
         match self.enforcer.decide(&mut self.store, &decisions, now) {
             Ok(_) => {
                 for d in &decisions {
@@ -198,16 +216,38 @@ impl Pipeline {
         }
     }
 
+    /// Alerts become notices, throttled and aggregated; sending happens off the pipeline's thread.
+    fn notify(&mut self, now: DateTime<Utc>) {
+        let mut out: Vec<Notice> = Vec::new();
+        for a in self.policy.take_alerts() {
+            tracing::warn!(kind = a.kind, port = ?a.port, summary = %a.summary, "alert");
+            out.extend(self.throttle.offer(notice(&a), now));
+        }
+        out.extend(self.throttle.tick(now));
+        if out.is_empty() || !self.config.notify.is_enabled() {
+            return;
+        }
+        let notifier = Notifier::new(self.config.notify.clone());
+        std::thread::spawn(move || {
+            for n in out {
+                if let Err(e) = notifier.send(&n) {
+                    tracing::error!(error = %e, kind = n.kind.as_str(), "cannot notify");
+                }
+            }
+        });
+    }
+
     /// Housekeeping: windows slide, ended bans leave the store, rates are measured.
     pub fn tick(&mut self) {
         let now = Utc::now();
         self.parser.ctx.reference = now;
         self.policy.tick(now, &mut self.decisions);
         self.flush();
+        self.notify(now);
         if let Err(e) = self.store.expire(now) {
             tracing::error!(error = %e, "cannot expire decisions");
         }
-        if self.last_verify.elapsed() >= self.config.daemon.verify_every {
+        if !self.dry_run && self.last_verify.elapsed() >= self.config.daemon.verify_every {
             self.last_verify = Instant::now();
             match self.enforcer.verify(&mut self.store, now) {
                 Ok(r) if r.installed || r.changes != Default::default() => {
@@ -247,6 +287,9 @@ impl Pipeline {
                 Ok(()) => Response::ok("configuration and rules reloaded"),
                 Err(e) => Response::error(&e),
             },
+            _ if self.dry_run => Response::error(&anyhow::anyhow!(
+                "the daemon runs with --dry-run and does not touch the kernel; stop it to act directly"
+            )),
             _ => {
                 // Pending events first, so what the operator sees includes them.
                 self.flush();
@@ -270,7 +313,8 @@ impl Pipeline {
             tracing::warn!("db and daemon.socket changes take effect at the next start");
         }
         self.enforcer.reconfigure(&config).context("reload: applying the new table shape")?;
-        self.policy = Box::new(Jail::from_config(&config));
+        self.policy = Engine::from_config(&config);
+        self.throttle = Throttle::new(&config.notify);
         self.parser = parser;
         self.config = config;
         tracing::info!("configuration and rules reloaded");
@@ -334,4 +378,20 @@ impl Pipeline {
             tracing::warn!(error = %e, "store checkpoint at exit");
         }
     }
+}
+
+fn notice(a: &Alert) -> Notice {
+    let kind = match a.kind {
+        "ddos_detected" => NoticeKind::DdosDetected,
+        "converged" => NoticeKind::Converged,
+        _ => NoticeKind::DosDetected,
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let subject = format!("floodgate on {}: {}", host.trim(), a.summary);
+    let body = format!(
+        "{}\n\nWhat floodgate measured:\n{}\n",
+        a.summary,
+        serde_json::to_string_pretty(&a.figures).unwrap_or_default()
+    );
+    Notice::new(kind, a.time, subject, body, a.figures.clone())
 }

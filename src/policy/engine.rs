@@ -142,7 +142,20 @@ impl Engine {
     }
 
     pub fn from_config(cfg: &Config) -> Engine {
-        let t = Thresholds { bantime: cfg.jail.bantime, ..Thresholds::default() };
+        let p = &cfg.policy;
+        let t = Thresholds {
+            window: p.window,
+            ddos_distinct: p.ddos_distinct,
+            port_rate: p.port_rate,
+            concentrated_share: p.concentrated_share,
+            dos_source_rate: p.dos_source_rate,
+            converge_after: p.converge_after,
+            limit_for: p.limit_for,
+            global_exempt: p.global_exempt.clone(),
+            repeat_multiplier: p.repeat_multiplier,
+            max_bantime: p.max_bantime,
+            bantime: cfg.jail.bantime,
+        };
         Engine::new(t, Jail::from_config(cfg), cfg.allowlist.clone())
     }
 
