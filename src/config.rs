@@ -620,6 +620,8 @@ mod example_tests {
         assert_eq!(c.allowlist.len(), 2);
         assert_eq!(c.ruleset(), d.ruleset());
         assert_eq!(c.sources, d.sources);
+        assert_eq!(c.policy, d.policy);
+        assert_eq!(c.notify, d.notify);
         assert_eq!(c.daemon, d.daemon);
         assert_eq!(c.enforce.widest_prefix_v4, d.enforce.widest_prefix_v4);
         assert_eq!(c.enforce.widest_prefix_v6, d.enforce.widest_prefix_v6);

@@ -374,9 +374,10 @@ impl Policy for Engine {
         self.banned_until.retain(|_, u| *u > now);
         // 2. DoS from one or a few sources: fast sources across all ports, banned only if proven real.
         let f = self.sources.figures(now);
-        let secs = self.t.window.as_secs_f64().max(1.0);
+        // Per-source rates over the time the window actually covers (it fills up after a start).
+        let per_event = if f.total > 0 { f.rate_per_s / f.total as f64 } else { 0.0 };
         for (addr, n) in f.top.iter().take(20) {
-            let rate = *n as f64 / secs;
+            let rate = *n as f64 * per_event;
             if rate < self.t.dos_source_rate {
                 break;
             }
