@@ -71,6 +71,8 @@ pub struct PolicyConfig {
     pub repeat_multiplier: u32,
     #[serde(deserialize_with = "de_duration")]
     pub max_bantime: Duration,
+    /// Banned addresses within one /24 (IPv4) or /64 (IPv6) after which the whole prefix is banned (0: never).
+    pub prefix_after: u32,
 }
 
 impl Default for PolicyConfig {
@@ -87,6 +89,7 @@ impl Default for PolicyConfig {
             global_exempt: t.global_exempt,
             repeat_multiplier: t.repeat_multiplier,
             max_bantime: t.max_bantime,
+            prefix_after: t.prefix_after,
         }
     }
 }

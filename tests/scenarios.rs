@@ -133,6 +133,27 @@ fn a_dos_from_one_isp_on_every_port_bans_its_real_hosts() {
         assert!(b.contains(&Cidr::host(*h)), "{h} proven real and fast: banned; got {b:?}");
     }
     assert!(alerts(&r, "dos_detected", None) >= 1);
+    assert!(!b.contains(&"203.0.113.0/24".parse().unwrap()), "4 hosts: under prefix_after (5)");
+}
+
+#[test]
+fn enough_banned_hosts_of_one_slash_24_ban_the_prefix_but_never_the_admins() {
+    let mut ev = Vec::new();
+    for h in 1..=6u8 {
+        ev.extend(
+            (0..5).map(|i| auth_failure(i64::from(h) * 100 + i * 1000, IpAddr::from([198, 51, 100, h]), 993, "imap")),
+        );
+        // The admin's /24: six guessers there too, but the prefix holds the admin.
+        ev.extend(
+            (0..5)
+                .map(|i| auth_failure(i64::from(h) * 100 + i * 1000, IpAddr::from([203, 0, 113, 20 + h]), 993, "imap")),
+        );
+    }
+    let r = run(&mut ev, 30);
+    let b = banned(&r);
+    assert!(b.contains(&"198.51.100.0/24".parse().unwrap()), "{b:?}");
+    assert!(!b.contains(&"203.0.113.0/24".parse().unwrap()), "never a prefix holding the admin: {b:?}");
+    assert_eq!(b.iter().filter(|c| c.is_host()).count(), 12, "each guesser banned itself too");
 }
 
 #[test]

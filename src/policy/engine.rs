@@ -48,6 +48,9 @@ pub struct Thresholds {
     pub repeat_multiplier: u32,
     pub max_bantime: Duration,
     pub bantime: Duration,
+    /// Banned addresses within one /24 (IPv4) or /64 (IPv6) inside `window` x 10 after which the prefix is
+    /// banned instead (0: never).
+    pub prefix_after: u32,
 }
 
 impl Default for Thresholds {
@@ -66,6 +69,7 @@ impl Default for Thresholds {
             repeat_multiplier: 4,
             max_bantime: Duration::from_secs(7 * 86400),
             bantime: Duration::from_secs(3600),
+            prefix_after: 5,
         }
     }
 }
@@ -115,6 +119,9 @@ pub struct Engine {
     offences: HashMap<IpAddr, u32>,
     /// Sources banned and still banned, so a DoS source is not banned twice.
     banned_until: HashMap<IpAddr, DateTime<Utc>>,
+    /// Recent bans per /24 or /64, for prefix aggregation (bounded).
+    by_prefix: HashMap<Cidr, Vec<DateTime<Utc>>>,
+    prefixes_banned: HashMap<Cidr, DateTime<Utc>>,
     alerts: Vec<Alert>,
 }
 
@@ -136,6 +143,8 @@ impl Engine {
             sources: PortTraffic::new(window),
             offences: HashMap::new(),
             banned_until: HashMap::new(),
+            by_prefix: HashMap::new(),
+            prefixes_banned: HashMap::new(),
             alerts: Vec::new(),
             t,
         }
@@ -155,6 +164,7 @@ impl Engine {
             repeat_multiplier: p.repeat_multiplier,
             max_bantime: p.max_bantime,
             bantime: cfg.jail.bantime,
+            prefix_after: p.prefix_after,
         };
         Engine::new(t, Jail::from_config(cfg), cfg.allowlist.clone())
     }
@@ -212,6 +222,48 @@ impl Engine {
         let reason = if factor > 1 { format!("{reason}; offence {} (ban x{factor})", *n) } else { reason };
         self.banned_until.insert(addr, until);
         out.push(Decision::Ban { cidr: Cidr::host(addr), until: Some(until), reason, origin });
+        self.aggregate(addr, now, out);
+    }
+
+    /// 3. Enough banned addresses in one /24 (/64): the prefix is banned, unless it holds an allowlisted address.
+    fn aggregate(&mut self, addr: IpAddr, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        if self.t.prefix_after == 0 {
+            return;
+        }
+        let len = if addr.is_ipv4() { 24 } else { 64 };
+        let Some(prefix) = Cidr::new(addr, len) else { return };
+        if self.prefixes_banned.get(&prefix).is_some_and(|u| *u > now) {
+            return;
+        }
+        let horizon = now - chrono(self.t.window * 10);
+        if self.by_prefix.len() >= MAX_OFFENDERS && !self.by_prefix.contains_key(&prefix) {
+            self.by_prefix.retain(|_, v| v.last().is_some_and(|t| *t >= horizon));
+            if self.by_prefix.len() >= MAX_OFFENDERS {
+                return;
+            }
+        }
+        let times = self.by_prefix.entry(prefix).or_default();
+        times.retain(|t| *t >= horizon);
+        times.push(now);
+        if (times.len() as u32) < self.t.prefix_after {
+            return;
+        }
+        let n = times.len();
+        self.by_prefix.remove(&prefix);
+        if self.allowlist.iter().any(|a| a.contains(prefix.addr()) || prefix.contains(a.addr())) {
+            return;
+        }
+        let until = now + chrono(self.t.bantime);
+        self.prefixes_banned.insert(prefix, until);
+        out.push(Decision::Ban {
+            cidr: prefix,
+            until: Some(until),
+            reason: format!(
+                "{n} addresses of {prefix} banned within {}",
+                humantime::format_duration(self.t.window * 10)
+            ),
+            origin: "policy:prefix".into(),
+        });
     }
 
     fn limit(&mut self, port: u16, mode: LimitMode, reason: String, now: DateTime<Utc>, out: &mut Vec<Decision>) {
@@ -372,6 +424,7 @@ impl Policy for Engine {
         self.jail.tick(now, out);
         self.evidence.tick(now);
         self.banned_until.retain(|_, u| *u > now);
+        self.prefixes_banned.retain(|_, u| *u > now);
         // 2. DoS from one or a few sources: fast sources across all ports, banned only if proven real.
         let f = self.sources.figures(now);
         // Per-source rates over the time the window actually covers (it fills up after a start).
