@@ -237,10 +237,8 @@ impl Engine {
         }
         let horizon = now - chrono(self.t.window * 10);
         if self.by_prefix.len() >= MAX_OFFENDERS && !self.by_prefix.contains_key(&prefix) {
-            self.by_prefix.retain(|_, v| v.last().is_some_and(|t| *t >= horizon));
-            if self.by_prefix.len() >= MAX_OFFENDERS {
-                return;
-            }
+            // Once per tick at most (see tick): a full table costs nothing per ban.
+            return;
         }
         let times = self.by_prefix.entry(prefix).or_default();
         times.retain(|t| *t >= horizon);
@@ -319,9 +317,20 @@ impl Engine {
                 p.mode = to;
                 p.since.get_or_insert(now);
                 p.calm_since = None;
-                let (kind, lm, why) = match to {
-                    Mode::Global => ("ddos_detected", LimitMode::Global, "too many sources to narrow down"),
-                    _ => ("dos_detected", LimitMode::Source, "few concentrated sources"),
+                // Say which trigger fired: the admin reads this in the mail.
+                let why = if many {
+                    format!("too many sources to narrow down (>= {})", t.ddos_distinct)
+                } else if let (Some((a, what)), true) = (p.spoof_proof, fast) {
+                    format!("a fast flood with spoofed sources ({a} is {what})")
+                } else if diffuse {
+                    "a high rate from sources that are each slow (per-source limits would catch nothing)".to_string()
+                } else {
+                    "a few concentrated sources".to_string()
+                };
+                let (kind, lm) = match (to, many || diffuse || p.spoof_proof.is_some()) {
+                    (Mode::Global, _) => ("ddos_detected", LimitMode::Global),
+                    (_, true) => ("ddos_detected", LimitMode::Source),
+                    _ => ("dos_detected", LimitMode::Source),
                 };
                 let summary = format!(
                     "port {port}: {why}: {} distinct sources in {}, {:.0} new connections/s, top 10 share {:.0}%",
@@ -425,6 +434,8 @@ impl Policy for Engine {
         self.evidence.tick(now);
         self.banned_until.retain(|_, u| *u > now);
         self.prefixes_banned.retain(|_, u| *u > now);
+        let horizon = now - chrono(self.t.window * 10);
+        self.by_prefix.retain(|_, v| v.last().is_some_and(|t| *t >= horizon));
         // 2. DoS from one or a few sources: fast sources across all ports, banned only if proven real.
         let f = self.sources.figures(now);
         // Per-source rates over the time the window actually covers (it fills up after a start).

@@ -21,11 +21,14 @@ pub const MAX_REAL: usize = 100_000;
 pub struct Evidence {
     real: HashMap<IpAddr, DateTime<Utc>>,
     keep: Duration,
+    /// When a full table was last pruned: at most once a minute, so a full table costs O(1) per event, not a
+    /// scan (a botnet with real handshakes must not slow the engine to a crawl).
+    last_prune: Option<DateTime<Utc>>,
 }
 
 impl Evidence {
     pub fn new(keep: Duration) -> Evidence {
-        Evidence { real: HashMap::new(), keep }
+        Evidence { real: HashMap::new(), keep, last_prune: None }
     }
 
     /// Takes what the event proves about its source.
@@ -41,7 +44,17 @@ impl Evidence {
             return;
         }
         let addr = normalise(addr);
-        if self.real.len() >= MAX_REAL && !self.real.contains_key(&addr) {
+        if let Some(seen) = self.real.get_mut(&addr) {
+            if ev.time > *seen {
+                *seen = ev.time;
+            }
+            return;
+        }
+        if self.real.len() >= MAX_REAL {
+            if self.last_prune.is_some_and(|t| ev.time - t < chrono::Duration::seconds(60)) {
+                return;
+            }
+            self.last_prune = Some(ev.time);
             self.forget_before(ev.time - chrono::Duration::from_std(self.keep).unwrap_or(chrono::Duration::MAX));
             if self.real.len() >= MAX_REAL {
                 return;
