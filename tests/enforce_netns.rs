@@ -118,6 +118,11 @@ fn the_allowlist_wins_inside_a_banned_prefix_and_under_the_global_limit() {
     for _ in 0..3 {
         assert!(env.connects(ADMIN), "except the allowlist");
     }
+    // The drops are counted per port (what the daemon's policy reads, since conntrack never sees them).
+    let drops = env.pair.server.enter(|| {
+        floodgate::nft::Kernel::open().unwrap().limit_drops("floodgate", floodgate::nft::ruleset::GLOBAL_CHAIN).unwrap()
+    });
+    assert!(drops.get(&PORT).is_some_and(|n| *n >= 2), "dropped SYNs counted for port {PORT}: {drops:?}");
     env.ok(&["limit", "off", "25"]);
     assert!(env.connects("203.0.113.7"), "lifted");
 }

@@ -231,6 +231,25 @@ fn when_the_attack_stops_the_port_converges_once_with_one_notice_each_way() {
     assert!(summary.contains("peak") && summary.contains("distinct"), "{summary}");
 }
 
+#[test]
+fn a_flood_the_limit_holds_back_is_not_mistaken_for_calm() {
+    // 60 s of spoofed flood turns the global limit on; then conntrack sees only what the limit lets through
+    // (10/s), while the limit's counter reports 190 drops a second for ten more minutes.
+    let mut ev = spoofed_flood(587, 600, 200, 60, 0);
+    ev.extend(spoofed_flood(587, 100, 10, 600, 60_000));
+    for s in 60..660 {
+        let mut d = Event::new(at(s * 1000), Kind::KernelCounter, Arc::from("nft.limit_global"));
+        d.port = Some(587);
+        d.count = 190;
+        ev.push(d);
+    }
+    let r = run(&mut ev, 1100);
+    let lift = r.decisions.iter().find(|(_, d)| matches!(d, Decision::Lift { port: 587, .. })).map(|(t, _)| *t);
+    let lift = lift.expect("lifted once the flood is over");
+    assert!(lift >= at(660_000 + 300_000), "not while the drops go on: lifted at {lift}");
+    assert_eq!(alerts(&r, "ddos_detected", Some(587)), 1, "no flapping: {:?}", r.alerts);
+}
+
 mod allowlist_always_wins {
     use super::*;
     use proptest::prelude::*;

@@ -58,6 +58,8 @@ pub struct Pipeline {
     started_at: DateTime<Utc>,
     last_tick: Instant,
     last_verify: Instant,
+    /// The limit rules' drop counters at the last tick, to turn them into rises.
+    drops: HashMap<(u16, LimitMode), u64>,
     events_stored: u64,
     bans_made: u64,
     refused_allowlisted: u64,
@@ -91,6 +93,7 @@ impl Pipeline {
             started_at: Utc::now(),
             last_tick: Instant::now(),
             last_verify: Instant::now(),
+            drops: HashMap::new(),
             events_stored: 0,
             bans_made: 0,
             refused_allowlisted: 0,
@@ -237,10 +240,43 @@ impl Pipeline {
         });
     }
 
+    /// The limit rules drop before conntrack: their counters are the only measure of an attack a limit holds
+    /// back. Each rise becomes a `kernel_counter` event (rule `nft.limit_global` / `nft.limit_source`, the
+    /// port), stored and shown to the policy, so a flood that goes on is not mistaken for calm.
+    fn read_drops(&mut self, now: DateTime<Utc>) {
+        if self.dry_run {
+            return;
+        }
+        let counts = match self.enforcer.limit_drops() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the limit counters");
+                return;
+            }
+        };
+        let mut events = Vec::new();
+        for (port, mode, packets) in counts {
+            let before = self.drops.insert((port, mode), packets);
+            let rise = match before {
+                Some(b) if packets > b => packets - b,
+                _ => continue, // first reading, or counters reset by a reinstall
+            };
+            let mut ev =
+                Event::new(now, crate::event::Kind::KernelCounter, Arc::from(format!("nft.limit_{}", mode.as_str())));
+            ev.port = Some(port);
+            ev.count = u32::try_from(rise).unwrap_or(u32::MAX);
+            events.push(ev);
+        }
+        if !events.is_empty() {
+            self.feed(Feed::Events { input: Arc::from("nft"), events });
+        }
+    }
+
     /// Housekeeping: windows slide, ended bans leave the store, rates are measured.
     pub fn tick(&mut self) {
         let now = Utc::now();
         self.parser.ctx.reference = now;
+        self.read_drops(now);
         self.policy.tick(now, &mut self.decisions);
         self.flush();
         self.notify(now);

@@ -357,6 +357,42 @@ pub fn get_rules_request(table: &str, chain: &str, seq: u32) -> Vec<u8> {
     buf
 }
 
+/// What a rule of a limit chain counted: the port its `tcp dport` compares with, and its counter's packets.
+/// None for a rule without both.
+pub fn parse_rule_port_counter(msg: &[u8]) -> Option<(u16, u64)> {
+    unsafe {
+        let r = sys::nftnl_rule_alloc();
+        if sys::nftnl_rule_nlmsg_parse(msg.as_ptr().cast(), r) < 0 {
+            sys::nftnl_rule_free(r);
+            return None;
+        }
+        let it = sys::nftnl_expr_iter_create(r);
+        let (mut port, mut packets) = (None, None);
+        let mut e = sys::nftnl_expr_iter_next(it);
+        while !e.is_null() {
+            let name = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
+            let name = if name.is_null() { "" } else { std::ffi::CStr::from_ptr(name).to_str().unwrap_or("") };
+            match name {
+                // The rule's only two-byte comparison is `tcp dport == PORT`.
+                "cmp" => {
+                    let mut len = 0u32;
+                    let p = sys::nftnl_expr_get(e, sys::NFTNL_EXPR_CMP_DATA as u16, &mut len);
+                    if !p.is_null() && len == 2 {
+                        let b = std::slice::from_raw_parts(p.cast::<u8>(), 2);
+                        port = Some(u16::from_be_bytes([b[0], b[1]]));
+                    }
+                }
+                "counter" => packets = Some(sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16)),
+                _ => {}
+            }
+            e = sys::nftnl_expr_iter_next(it);
+        }
+        sys::nftnl_expr_iter_destroy(it);
+        sys::nftnl_rule_free(r);
+        Some((port?, packets?))
+    }
+}
+
 /// One element read back from the kernel.
 #[derive(Debug, Clone)]
 pub struct DumpedElem {

@@ -8,6 +8,7 @@ mod expr;
 pub mod ruleset;
 mod socket;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
@@ -223,6 +224,26 @@ impl Kernel {
             },
         };
         Err(NftError::Rejected { what, errno: bad.errno, cause })
+    }
+
+    /// Packets each port's limit rules have dropped so far, per chain (`limit_source`, `limit_global`). These
+    /// drops happen before conntrack, so they are the only measure of an attack the limit is holding back.
+    pub fn limit_drops(&mut self, table: &str, chain: &str) -> Result<HashMap<u16, u64>, NftError> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let req = batch::get_rules_request(table, chain, seq);
+        let mut out: HashMap<u16, u64> = HashMap::new();
+        let r = self.sock.dump(&req, seq, |msg| {
+            if let Some((port, packets)) = batch::parse_rule_port_counter(msg) {
+                *out.entry(port).or_default() += packets;
+            }
+        });
+        match r {
+            Ok(()) => Ok(out),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(out),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(NftError::Permission),
+            Err(e) => Err(NftError::Io(e)),
+        }
     }
 
     /// A set's flags (NFT_SET_INTERVAL, NFT_SET_TIMEOUT, ...).

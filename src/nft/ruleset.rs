@@ -26,8 +26,8 @@ pub const SOURCE_PORTS: &str = "limit_source_ports";
 pub const GLOBAL_PORTS: &str = "limit_global_ports";
 
 const BASE_CHAIN: &str = "prerouting";
-const SOURCE_CHAIN: &str = "limit_source";
-const GLOBAL_CHAIN: &str = "limit_global";
+pub const SOURCE_CHAIN: &str = "limit_source";
+pub const GLOBAL_CHAIN: &str = "limit_global";
 /// Raw priority: before conntrack (see the module comment).
 const PRIORITY_RAW: i32 = -300;
 

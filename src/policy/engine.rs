@@ -101,6 +101,8 @@ struct PortState {
     limit_until: Option<DateTime<Utc>>,
     spoof_proof: Option<(IpAddr, &'static str)>,
     syn_flood_seen: Option<DateTime<Utc>>,
+    /// Packets the port's limit dropped (before conntrack could see them), within the window.
+    dropped: std::collections::VecDeque<(DateTime<Utc>, u64)>,
     peak_distinct: u64,
     peak_rate: f64,
     bans: u64,
@@ -192,6 +194,7 @@ impl Engine {
             limit_until: None,
             spoof_proof: None,
             syn_flood_seen: None,
+            dropped: std::collections::VecDeque::new(),
             peak_distinct: 0,
             peak_rate: 0.0,
             bans: 0,
@@ -287,11 +290,18 @@ impl Engine {
         let t = self.t.clone();
         let p = self.ports.get_mut(&port).expect("port state exists");
         let f = p.traffic.figures(now);
+        // What the limit dropped never reached conntrack: it counts toward the port's rate.
+        let horizon = now - chrono(t.window);
+        while p.dropped.front().is_some_and(|(at, _)| *at < horizon) {
+            p.dropped.pop_front();
+        }
+        let dropped_rate = p.dropped.iter().map(|(_, n)| *n).sum::<u64>() as f64 / t.window.as_secs_f64().max(1.0);
+        let rate = f.rate_per_s + dropped_rate;
         p.peak_distinct = p.peak_distinct.max(f.distinct);
-        p.peak_rate = p.peak_rate.max(f.rate_per_s);
+        p.peak_rate = p.peak_rate.max(rate);
         let kernel_flood = p.syn_flood_seen.is_some_and(|s| now - s < chrono(t.window));
         let many = f.distinct >= t.ddos_distinct;
-        let fast = f.rate_per_s >= t.port_rate || kernel_flood;
+        let fast = rate >= t.port_rate || kernel_flood;
         // Diffuse: the rate is high though no source is fast: per-source limits would catch nothing.
         let diffuse = fast && f.max_per_source_rate < t.dos_source_rate && f.top_share < t.concentrated_share;
         let concentrated = fast && f.top_share >= t.concentrated_share;
@@ -306,7 +316,7 @@ impl Engine {
         } else {
             Mode::Normal
         };
-        let calm = f.distinct < t.ddos_distinct / 2 && f.rate_per_s < t.port_rate / 2.0 && !kernel_flood;
+        let calm = f.distinct < t.ddos_distinct / 2 && rate < t.port_rate / 2.0 && !kernel_flood;
         let figures = Self::figures_json(&f, p);
         match (p.mode, want) {
             (Mode::Normal, Mode::Normal) => {}
@@ -405,6 +415,13 @@ impl Policy for Engine {
                     self.port(port).bans += 1;
                 }
             }
+        }
+        // The limit rules' drops (read from their counters by the daemon).
+        if ev.kind == Kind::KernelCounter && ev.rule.starts_with("nft.limit_") {
+            if let Some(port) = ev.port {
+                self.port(port).dropped.push_back((ev.time, u64::from(ev.count)));
+            }
+            return;
         }
         // 6. The kernel's SYN-flood line names the listener's port.
         if ev.kind == Kind::SynFlood {
