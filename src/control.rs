@@ -164,7 +164,13 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
             };
             let decisions: Vec<Decision> = targets
                 .iter()
-                .map(|&cidr| Decision::Ban { cidr, until, reason: reason.clone(), origin: "manual".into() })
+                .map(|&cidr| Decision::Ban {
+                    cidr,
+                    until,
+                    reason: reason.clone(),
+                    origin: "manual".into(),
+                    figures: None,
+                })
                 .collect();
             let report = enforcer.decide(store, &decisions, now)?;
             let how_long =
@@ -308,7 +314,14 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
                 .flat_map(|&port| {
                     modes.iter().map(move |&m| match mode.as_str() {
                         "off" => Decision::Lift { port, mode: m, reason: reason.clone(), origin: "manual".into() },
-                        _ => Decision::Limit { port, mode: m, until, reason: reason.clone(), origin: "manual".into() },
+                        _ => Decision::Limit {
+                            port,
+                            mode: m,
+                            until,
+                            reason: reason.clone(),
+                            origin: "manual".into(),
+                            figures: None,
+                        },
                     })
                 })
                 .collect();

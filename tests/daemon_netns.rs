@@ -212,6 +212,7 @@ fn a_failure_line_appended_becomes_a_kernel_ban_and_the_cli_goes_through_the_soc
     wait_for("the repaired rules", Duration::from_secs(5), || !env.pair.connects("203.0.113.7", 143));
     let listed = env.fg(&["list", "--json"]);
     assert!(listed.contains("\"origin\":\"jail:imap\""), "the daemon's own ban, through the socket: {listed}");
+    assert!(listed.contains("\"failures\":3"), "with the figures that led to it: {listed}");
     env.fg(&["block", "203.0.113.8", "--for", "1m"]);
     assert!(env.banned("203.0.113.8"));
     let s = env.status();

@@ -204,7 +204,7 @@ impl Pipeline {
         match self.enforcer.decide(&mut self.store, &decisions, now) {
             Ok(_) => {
                 for d in &decisions {
-                    if let Decision::Ban { cidr, until, reason, origin } = d {
+                    if let Decision::Ban { cidr, until, reason, origin, .. } = d {
                         self.bans_made += 1;
                         let until = until.map_or("forever".to_string(), |u| crate::event::format_time(&u));
                         tracing::warn!(%cidr, %until, %reason, %origin, "banned");

@@ -50,6 +50,9 @@ pub struct Listed {
     pub in_kernel: bool,
     /// In the store; false for a stray the next reconcile removes.
     pub in_store: bool,
+    /// What led to the decision, when the policy recorded it (counts, rates, evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figures: Option<serde_json::Value>,
 }
 
 /// What floodgate last wrote to each set: element -> when the kernel drops it (None: never).
@@ -440,6 +443,7 @@ impl Enforcer {
                     since: Some(b.since),
                     in_kernel: false,
                     in_store: true,
+                    figures: b.figures.as_deref().and_then(|f| serde_json::from_str(f).ok()),
                 });
             }
         }
@@ -456,6 +460,7 @@ impl Enforcer {
                     since: row.map(|r| r.since),
                     in_kernel: true,
                     in_store: row.is_some(),
+                    figures: None,
                 });
             }
         }
@@ -482,5 +487,6 @@ fn listed_ban(e: &Element, piece: Cidr, owner: Option<&crate::store::Ban>) -> Li
         since: owner.map(|b| b.since),
         in_kernel: true,
         in_store: owner.is_some(),
+        figures: owner.and_then(|b| b.figures.as_deref()).and_then(|f| serde_json::from_str(f).ok()),
     }
 }

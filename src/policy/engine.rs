@@ -206,8 +206,7 @@ impl Engine {
         &mut self,
         addr: IpAddr,
         base: Duration,
-        reason: String,
-        origin: String,
+        (reason, origin, figures): (String, String, Option<String>),
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
@@ -224,7 +223,7 @@ impl Engine {
         let until = now + chrono(d);
         let reason = if factor > 1 { format!("{reason}; offence {} (ban x{factor})", *n) } else { reason };
         self.banned_until.insert(addr, until);
-        out.push(Decision::Ban { cidr: Cidr::host(addr), until: Some(until), reason, origin });
+        out.push(Decision::Ban { cidr: Cidr::host(addr), until: Some(until), reason, origin, figures });
         self.aggregate(addr, now, out);
     }
 
@@ -264,13 +263,21 @@ impl Engine {
                 humantime::format_duration(self.t.window * 10)
             ),
             origin: "policy:prefix".into(),
+            figures: Some(serde_json::json!({"banned_in_prefix": n, "prefix": prefix.to_string()}).to_string()),
         });
     }
 
-    fn limit(&mut self, port: u16, mode: LimitMode, reason: String, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+    fn limit(
+        &mut self,
+        port: u16,
+        mode: LimitMode,
+        (reason, figures): (String, Option<String>),
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
         let until = now + chrono(self.t.limit_for);
         self.port(port).limit_until = Some(until);
-        out.push(Decision::Limit { port, mode, until, reason, origin: "policy".into() });
+        out.push(Decision::Limit { port, mode, until, reason, origin: "policy".into(), figures });
     }
 
     fn figures_json(f: &Figures, p: &PortState) -> serde_json::Value {
@@ -349,8 +356,14 @@ impl Engine {
                     f.rate_per_s,
                     f.top_share * 100.0
                 );
-                self.alerts.push(Alert { kind, port: Some(port), time: now, summary: summary.clone(), figures });
-                self.limit(port, lm, summary, now, out);
+                self.alerts.push(Alert {
+                    kind,
+                    port: Some(port),
+                    time: now,
+                    summary: summary.clone(),
+                    figures: figures.clone(),
+                });
+                self.limit(port, lm, (summary, Some(figures.to_string())), now, out);
             }
             (mode, _) => {
                 let p = self.ports.get_mut(&port).expect("port state exists");
@@ -359,7 +372,13 @@ impl Engine {
                     // Kept on: refreshed at half its life, so it lapses by itself if floodgate stops.
                     if p.limit_until.is_some_and(|u| u - now < chrono(t.limit_for / 2)) {
                         let lm = if mode == Mode::Global { LimitMode::Global } else { LimitMode::Source };
-                        self.limit(port, lm, format!("port {port}: attack goes on"), now, out);
+                        self.limit(
+                            port,
+                            lm,
+                            (format!("port {port}: attack goes on"), Some(figures.to_string())),
+                            now,
+                            out,
+                        );
                     }
                     return;
                 }
@@ -368,7 +387,7 @@ impl Engine {
                     // Calm, but not for long enough yet; the limit is still refreshed until convergence.
                     if p.limit_until.is_some_and(|u| u - now < chrono(t.limit_for / 2)) {
                         let lm = if mode == Mode::Global { LimitMode::Global } else { LimitMode::Source };
-                        self.limit(port, lm, format!("port {port}: converging"), now, out);
+                        self.limit(port, lm, (format!("port {port}: converging"), Some(figures.to_string())), now, out);
                     }
                     return;
                 }
@@ -408,9 +427,9 @@ impl Policy for Engine {
         let mut jailed = Vec::new();
         self.jail.observe(ev, now, &mut jailed);
         for d in jailed {
-            if let Decision::Ban { cidr, until, reason, origin } = d {
+            if let Decision::Ban { cidr, until, reason, origin, figures } = d {
                 let base = until.map_or(self.t.bantime, |u| (u - now).to_std().unwrap_or(self.t.bantime));
-                self.ban(cidr.addr(), base, reason, origin, now, out);
+                self.ban(cidr.addr(), base, (reason, origin, figures), now, out);
                 if let Some(port) = ev.port {
                     self.port(port).bans += 1;
                 }
@@ -467,7 +486,12 @@ impl Policy for Engine {
             }
             let reason = format!("DoS: {rate:.0} new connections/s over all ports (proven real)");
             let before = out.len();
-            self.ban(*addr, self.t.bantime, reason, "policy:dos".into(), now, out);
+            let figures = serde_json::json!({
+                "rate_per_s": (rate * 10.0).round() / 10.0,
+                "connections_in_window": n,
+                "evidence": "proven real (completed handshake or application event)",
+            });
+            self.ban(*addr, self.t.bantime, (reason, "policy:dos".into(), Some(figures.to_string())), now, out);
             if out.len() > before {
                 self.alerts.push(Alert {
                     kind: "dos_detected",

@@ -105,6 +105,17 @@ impl Policy for Jail {
                 ev.rule
             ),
             origin: format!("jail:{service}"),
+            figures: Some(
+                serde_json::json!({
+                    "failures": n,
+                    "service": service.as_ref(),
+                    "findtime_s": rule.findtime.as_secs(),
+                    "maxretry": rule.maxretry,
+                    "last_rule": ev.rule.as_ref(),
+                    "evidence": "application log (a completed handshake)",
+                })
+                .to_string(),
+            ),
         });
     }
 

@@ -42,6 +42,8 @@ pub struct Ban {
     pub until: Option<DateTime<Utc>>,
     pub reason: String,
     pub origin: String,
+    /// What led to it (JSON), when the policy recorded figures.
+    pub figures: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,12 +66,14 @@ pub struct Allowed {
 /// One change of what is enforced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Bans (or re-bans, replacing the earlier end and reason) an address or prefix.
+    /// Bans (or re-bans, replacing the earlier end and reason) an address or prefix. `figures`: what led to it
+    /// (JSON: counts, distinct sources, concentration, evidence), kept with the decision.
     Ban {
         cidr: Cidr,
         until: Option<DateTime<Utc>>,
         reason: String,
         origin: String,
+        figures: Option<String>,
     },
     Unban {
         cidr: Cidr,
@@ -83,6 +87,7 @@ pub enum Decision {
         until: DateTime<Utc>,
         reason: String,
         origin: String,
+        figures: Option<String>,
     },
     Lift {
         port: u16,
@@ -146,22 +151,31 @@ fn read(tx: &rusqlite::Connection, path: &str, now: DateTime<Utc>) -> Result<Enf
     let mut bans = Vec::new();
     let mut st = tx
         .prepare_cached(
-            "SELECT cidr, since_us, until_us, reason, origin FROM bans WHERE until_us IS NULL OR until_us > ?1",
+            "SELECT b.cidr, b.since_us, b.until_us, b.reason, b.origin, d.figures FROM bans b
+             LEFT JOIN decisions d ON d.id = b.decision_id WHERE b.until_us IS NULL OR b.until_us > ?1",
         )
         .map_err(q)?;
     let rows = st
         .query_map([now_us], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
         })
         .map_err(q)?;
     for row in rows {
-        let (cidr, since, until, reason, origin) = row.map_err(q)?;
+        let (cidr, since, until, reason, origin, figures) = row.map_err(q)?;
         bans.push(Ban {
             cidr: parse_cidr(path, &cidr)?,
             since: from_us(since),
             until: until.map(from_us),
             reason,
             origin,
+            figures,
         });
     }
     let limits = read_limits(tx, path, now)?;
@@ -179,11 +193,11 @@ fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Resu
     let q = |e| sql(path, "recording a decision", e);
     let now_us = ts_us(&now);
     let (action, target, until, reason, origin): (String, String, Option<i64>, &str, &str) = match d {
-        Decision::Ban { cidr, until, reason, origin } => {
+        Decision::Ban { cidr, until, reason, origin, .. } => {
             ("ban".into(), cidr.to_string(), until.map(|u| ts_us(&u)), reason, origin)
         }
         Decision::Unban { cidr, reason, origin } => ("unban".into(), cidr.to_string(), None, reason, origin),
-        Decision::Limit { port, mode, until, reason, origin } => {
+        Decision::Limit { port, mode, until, reason, origin, .. } => {
             (format!("limit_{}", mode.as_str()), port.to_string(), Some(ts_us(until)), reason, origin)
         }
         Decision::Lift { port, mode, reason, origin } => {
@@ -194,10 +208,15 @@ fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Resu
         }
         Decision::Disallow { cidr, origin } => ("disallow".into(), cidr.to_string(), None, "", origin),
     };
+    let figures = match d {
+        Decision::Ban { figures, .. } | Decision::Limit { figures, .. } => figures.as_deref(),
+        _ => None,
+    };
     tx.prepare_cached(
-        "INSERT INTO decisions (ts_us, action, target, until_us, reason, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO decisions (ts_us, action, target, until_us, reason, origin, figures)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
-    .and_then(|mut st| st.execute(params![now_us, action, target, until, reason, origin]))
+    .and_then(|mut st| st.execute(params![now_us, action, target, until, reason, origin, figures]))
     .map_err(q)?;
     let id = tx.last_insert_rowid();
     match d {
@@ -360,7 +379,13 @@ mod tests {
     }
 
     fn ban(c: &str, until: Option<i64>) -> Decision {
-        Decision::Ban { cidr: c.parse().unwrap(), until: until.map(t), reason: "test".into(), origin: "manual".into() }
+        Decision::Ban {
+            cidr: c.parse().unwrap(),
+            until: until.map(t),
+            reason: "test".into(),
+            origin: "manual".into(),
+            figures: Some("{\"failures\":5}".into()),
+        }
     }
 
     #[test]
@@ -378,6 +403,7 @@ mod tests {
             .unwrap();
         let e = s.enforced(t(30)).unwrap();
         assert_eq!(e.bans.len(), 2);
+        assert_eq!(e.bans[0].figures.as_deref(), Some("{\"failures\":5}"), "the figures ride with the decision");
         // Ended bans are no longer in force, and expire() removes them.
         let e = s.enforced(t(61)).unwrap();
         assert_eq!(e.bans.iter().map(|b| b.cidr.to_string()).collect::<Vec<_>>(), ["203.0.113.0/24"]);
@@ -397,6 +423,7 @@ mod tests {
             until: t(30),
             reason: "flood".into(),
             origin: "manual".into(),
+            figures: None,
         };
         s.decide(&[lim], t(10), ok).unwrap();
         assert_eq!(s.enforced(t(20)).unwrap().limits[0].mode, LimitMode::Global);
