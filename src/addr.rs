@@ -71,6 +71,11 @@ impl Cidr {
         ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.len) == self.addr
     }
 
+    /// Whether every address of `other` is in this prefix.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.len <= other.len && self.contains(other.addr)
+    }
+
     /// First and last address, as big-endian bytes (4 or 16), for range queries.
     pub fn range_bytes(&self) -> (Vec<u8>, Vec<u8>) {
         match self.addr {
@@ -170,6 +175,16 @@ fn mask(ip: IpAddr, len: u8) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covers_means_every_address_of_the_other() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        assert!(c("198.51.100.0/24").covers(&c("198.51.100.128/25")));
+        assert!(c("198.51.100.0/24").covers(&c("198.51.100.0/24")));
+        assert!(!c("198.51.100.128/25").covers(&c("198.51.100.0/24")), "wider, not covered");
+        assert!(!c("198.51.100.0/24").covers(&c("203.0.113.7")));
+        assert!(!c("2001:db8::/32").covers(&c("198.51.100.7")));
+    }
 
     #[test]
     fn mapped_ipv6_becomes_ipv4() {

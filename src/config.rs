@@ -77,19 +77,20 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> PolicyConfig {
-        let t = crate::policy::engine::Thresholds::default();
         PolicyConfig {
-            window: t.window,
-            ddos_distinct: t.ddos_distinct,
-            port_rate: t.port_rate,
-            concentrated_share: t.concentrated_share,
-            dos_source_rate: t.dos_source_rate,
-            converge_after: t.converge_after,
-            limit_for: t.limit_for,
-            global_exempt: t.global_exempt,
-            repeat_multiplier: t.repeat_multiplier,
-            max_bantime: t.max_bantime,
-            prefix_after: t.prefix_after,
+            window: Duration::from_secs(60),
+            // The field report: ~600 addresses at detection, 1,500-2,000 at peak.
+            ddos_distinct: 300,
+            port_rate: 50.0,
+            concentrated_share: 0.5,
+            // The field report's first DoS: one ISP's hosts at ~20 connections a second.
+            dos_source_rate: 10.0,
+            converge_after: Duration::from_secs(300),
+            limit_for: Duration::from_secs(120),
+            global_exempt: vec![25],
+            repeat_multiplier: 4,
+            max_bantime: Duration::from_secs(7 * 86400),
+            prefix_after: 5,
         }
     }
 }
@@ -504,7 +505,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 90s, 10m, 1h30m, 30d"))
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
 }

@@ -195,7 +195,7 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
                     if state.bans.iter().any(|b| b.cidr == *t) {
                         continue;
                     }
-                    match state.bans.iter().find(|b| b.cidr.contains(t.addr()) && b.cidr.prefix_len() <= t.prefix_len()) {
+                    match state.bans.iter().find(|b| b.cidr.covers(t)) {
                         Some(outer) => bad.push(format!(
                             "{t} is not banned itself but is inside the ban on {}: unblock that, or `floodgate allow add {t}`",
                             outer.cidr

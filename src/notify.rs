@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// How long sendmail or the hook may run before it is killed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,7 +103,7 @@ pub struct NotifyConfig {
     /// A program run for every message with the notice as JSON on stdin (a chat webhook, a pager).
     pub exec: Option<PathBuf>,
     /// At most one message of each kind per this interval; what comes in between is merged into the next.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::config::de_duration")]
     pub min_interval: Duration,
     /// At most this many messages an hour, all kinds together.
     pub max_per_hour: u32,
@@ -135,11 +135,6 @@ fn default_mail_from() -> String {
     } else {
         "root".to_string()
     }
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    crate::config::parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 impl NotifyConfig {

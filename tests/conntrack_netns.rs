@@ -5,7 +5,6 @@
 
 mod netns;
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,7 +55,7 @@ impl Env {
         let stop = Stop::new();
         let source = {
             let stop = stop.clone();
-            spawn_in(&pair.server, move || ConntrackSource::new().run(sink, stop))
+            pair.server.spawn(move || ConntrackSource::new().run(sink, stop))
         };
         let mut env = Env { pair, stop, stats, source: Some(source), rx, seen: Vec::new() };
         env.wait_until_subscribed();
@@ -140,18 +139,6 @@ impl Drop for Env {
     }
 }
 
-/// Runs `f` on a new thread that stays in `ns` for its whole life (namespaces are per thread; Netns::enter joins
-/// its thread before returning, which a long-running source cannot wait for).
-fn spawn_in(ns: &Netns, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
-
 fn is(e: &Event, kind: Kind, addr: &str, port: u16) -> bool {
     e.kind == kind && e.addr == addr.parse().ok() && e.port == Some(port)
 }
@@ -214,7 +201,7 @@ fn without_cap_net_admin_the_source_waits_and_returns() {
     let sink = Sink::new(tx, stats.clone());
     let started = Instant::now();
     // Capabilities are per thread: dropping CAP_NET_ADMIN here leaves the rest of the test process root.
-    spawn_in(&ns, move || {
+    ns.spawn(move || {
         drop_cap_net_admin();
         ConntrackSource::new().run(sink, Stop::new())
     })

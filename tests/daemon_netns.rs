@@ -5,65 +5,16 @@ mod netns;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use netns::Pair;
+use netns::{wait_for, Daemon, Pair};
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
-
-struct Daemon {
-    child: Option<Child>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Daemon {
-    fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    /// Sends SIGTERM and returns the exit code.
-    fn stop(mut self) -> Option<i32> {
-        self.signal(libc::SIGTERM);
-        let mut c = self.child.take()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "the daemon did not stop within 10 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-}
 
 struct Env {
     pair: Pair,
     dir: tempfile::TempDir,
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 impl Env {
@@ -101,26 +52,9 @@ impl Env {
     }
 
     fn start(&self) -> Daemon {
-        let cfg = self.path("floodgate.toml");
-        let db = self.path("f.db");
-        let log = std::fs::File::create(self.path("daemon.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.pair.server.name, BIN, "-v", "--config"])
-            .arg(&cfg)
-            .arg("--db")
-            .arg(&db)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut d = Daemon { child: Some(child) };
-        let sock = self.path("fg.sock");
-        wait_for("the control socket", Duration::from_secs(10), || {
-            assert!(d.alive(), "the daemon exited: {}", self.daemon_log());
-            sock.exists()
-        });
-        d
+        let (cfg, db, sock, log) =
+            (self.path("floodgate.toml"), self.path("f.db"), self.path("fg.sock"), self.path("daemon.log"));
+        Daemon::start(&self.pair.server, BIN, &cfg, &db, &sock, &log)
     }
 
     fn daemon_log(&self) -> String {

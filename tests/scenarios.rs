@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use floodgate::addr::Cidr;
 use floodgate::config::Config;
 use floodgate::event::{Event, Kind};
-use floodgate::policy::engine::{replay, Engine, Mode, Replay, Thresholds};
+use floodgate::policy::engine::{replay, Engine, Mode, Replay};
 use floodgate::policy::jail::Jail;
 use floodgate::store::{Decision, LimitMode};
 
@@ -31,7 +31,7 @@ fn ip(s: &str) -> IpAddr {
 
 fn engine() -> Engine {
     let cfg = Config { allowlist: vec![ADMIN.parse().unwrap()], ..Default::default() };
-    Engine::new(Thresholds::default(), Jail::from_config(&cfg), cfg.allowlist.clone())
+    Engine::new(floodgate::config::PolicyConfig::default(), Jail::from_config(&cfg), cfg.allowlist.clone())
 }
 
 fn syn(ms: i64, addr: IpAddr, port: u16) -> Event {

@@ -9,11 +9,10 @@ mod netns;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use netns::{Netns, Pair};
+use netns::{Daemon, Pair};
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -27,26 +26,6 @@ const FLOOD_SOURCES: u32 = 1_000;
 /// What the flood may never exceed, whatever the plan above says.
 const MAX_PACKETS: usize = 5_000;
 const FLOOD_FOR: Duration = Duration::from_millis(3_500);
-
-/// The daemon, killed on drop.
-struct Daemon {
-    child: Option<Child>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Daemon {
-    fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-}
 
 struct Env {
     pair: Pair,
@@ -117,24 +96,9 @@ impl Env {
     }
 
     fn start(&self) -> Daemon {
-        let log = std::fs::File::create(self.path("daemon.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.pair.server.name, BIN, "-v", "--config"])
-            .arg(self.path("floodgate.toml"))
-            .arg("--db")
-            .arg(self.path("f.db"))
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut d = Daemon { child: Some(child) };
-        let sock = self.path("fg.sock");
-        wait_for("the control socket", Duration::from_secs(10), || {
-            assert!(d.alive(), "the daemon exited: {}", self.daemon_log());
-            sock.exists()
-        });
-        d
+        let (cfg, db, sock, log) =
+            (self.path("floodgate.toml"), self.path("f.db"), self.path("fg.sock"), self.path("daemon.log"));
+        Daemon::start(&self.pair.server, BIN, &cfg, &db, &sock, &log)
     }
 
     fn daemon_log(&self) -> String {
@@ -213,15 +177,6 @@ impl Env {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// Polls `ok` every 200 ms for up to `timeout`; whether it held.
 fn within(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -240,16 +195,6 @@ fn spoofed(a: Ipv4Addr) -> bool {
 }
 
 /// A thread that has entered `ns` and keeps running there (Netns::enter joins at once).
-fn spawn_in<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
-
 /// The Internet checksum: the ones' complement of the ones' complement sum of 16-bit words.
 fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
@@ -388,7 +333,7 @@ fn a_spoofed_syn_flood_turns_on_the_global_limit_and_bans_no_spoofed_source() {
     let plan = flood_plan();
     let planned = plan.len();
     let flood_started = Instant::now();
-    let flooding = spawn_in(&env.pair.attacker, move || flood(plan));
+    let flooding = env.pair.attacker.spawn(move || flood(plan));
 
     let on = within(Duration::from_secs(10), || env.port_mode() == "global limit");
     assert!(on, "port {PORT} not under the global limit within 10 s of the flood's start\n{}", env.diagnosis());

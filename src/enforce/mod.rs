@@ -149,9 +149,7 @@ impl Enforcer {
             let key = if cidr.addr().is_ipv4() { "widest_prefix_v4" } else { "widest_prefix_v6" };
             return Some(format!("{cidr} is wider than /{widest} (enforce.{key} in the config)"));
         }
-        let covering = |list: &[Cidr]| {
-            list.iter().find(|a| a.contains(cidr.addr()) && a.prefix_len() <= cidr.prefix_len()).copied()
-        };
+        let covering = |list: &[Cidr]| list.iter().find(|a| a.covers(cidr)).copied();
         if let Some(a) = covering(&self.config_allow) {
             return Some(format!("{cidr} is on the allowlist ({a}, from the config)"));
         }
@@ -426,8 +424,7 @@ impl Enforcer {
                 // Nested inside a longer ban, it is enforced by that one; otherwise the kernel lost it.
                 let inside = state.bans.iter().any(|o| {
                     o.cidr != b.cidr
-                        && o.cidr.contains(b.cidr.addr())
-                        && o.cidr.prefix_len() <= b.cidr.prefix_len()
+                        && o.cidr.covers(&b.cidr)
                         && o.until.map_or(i64::MAX, |u| u.timestamp_micros())
                             >= b.until.map_or(i64::MAX, |u| u.timestamp_micros())
                 });

@@ -98,10 +98,6 @@ impl Batch {
         self.next_seq
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.msgs.is_empty()
-    }
-
     /// Closes the batch (BATCH_END).
     pub fn finish(&mut self) {
         self.raw(|buf, seq| unsafe { sys::nftnl_batch_end(buf, seq) });
@@ -287,43 +283,36 @@ impl Batch {
     }
 }
 
-/// A dump request for the elements of one set.
-pub fn get_elements_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
+/// A get or dump request, built into a buffer of its own (requests are small: a table and a name or two).
+fn request(kind: i32, flags: i32, seq: u32, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
     let mut buf = vec![0u8; 4096];
-    let (t, n) = (cstr(table), cstr(set));
     let len = unsafe {
-        let flags = (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
-        let nlh = sys::nftnl_nlmsg_build_hdr(
-            buf.as_mut_ptr().cast(),
-            libc::NFT_MSG_GETSETELEM as u16,
-            NFPROTO_INET,
-            flags,
-            seq,
-        );
-        let s = set_named(&t, &n);
-        sys::nftnl_set_elems_nlmsg_build_payload(nlh, s);
-        sys::nftnl_set_free(s);
+        let nlh = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), kind as u16, NFPROTO_INET, flags as u16, seq);
+        payload(nlh);
         (*nlh).nlmsg_len as usize
     };
     buf.truncate(len);
     buf
 }
 
+/// A dump request for the elements of one set.
+pub fn get_elements_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
+    let (t, n) = (cstr(table), cstr(set));
+    request(libc::NFT_MSG_GETSETELEM, libc::NLM_F_DUMP | libc::NLM_F_ACK, seq, |nlh| unsafe {
+        let s = set_named(&t, &n);
+        sys::nftnl_set_elems_nlmsg_build_payload(nlh, s);
+        sys::nftnl_set_free(s);
+    })
+}
+
 /// A request for one set's definition.
 pub fn get_set_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
-    let mut buf = vec![0u8; 4096];
     let (t, n) = (cstr(table), cstr(set));
-    let len = unsafe {
-        let flags = libc::NLM_F_ACK as u16;
-        let nlh =
-            sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), libc::NFT_MSG_GETSET as u16, NFPROTO_INET, flags, seq);
+    request(libc::NFT_MSG_GETSET, libc::NLM_F_ACK, seq, |nlh| unsafe {
         let s = set_named(&t, &n);
         sys::nftnl_set_nlmsg_build_payload(nlh, s);
         sys::nftnl_set_free(s);
-        (*nlh).nlmsg_len as usize
-    };
-    buf.truncate(len);
-    buf
+    })
 }
 
 /// The flags (NFT_SET_*) of a NEWSET message.
@@ -340,21 +329,14 @@ pub fn parse_set_flags(msg: &[u8]) -> Option<u32> {
 
 /// A dump request for the rules of one chain.
 pub fn get_rules_request(table: &str, chain: &str, seq: u32) -> Vec<u8> {
-    let mut buf = vec![0u8; 4096];
     let (t, c) = (cstr(table), cstr(chain));
-    let len = unsafe {
-        let flags = (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
-        let nlh =
-            sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), libc::NFT_MSG_GETRULE as u16, NFPROTO_INET, flags, seq);
+    request(libc::NFT_MSG_GETRULE, libc::NLM_F_DUMP | libc::NLM_F_ACK, seq, |nlh| unsafe {
         let r = sys::nftnl_rule_alloc();
         sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
         sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, c.as_ptr());
         sys::nftnl_rule_nlmsg_build_payload(nlh, r);
         sys::nftnl_rule_free(r);
-        (*nlh).nlmsg_len as usize
-    };
-    buf.truncate(len);
-    buf
+    })
 }
 
 /// What a rule of a limit chain counted: the port its `tcp dport` compares with, and its counter's packets.

@@ -226,55 +226,52 @@ impl Kernel {
         Err(NftError::Rejected { what, errno: bad.errno, cause })
     }
 
-    /// Packets each port's limit rules have dropped so far, per chain (`limit_source`, `limit_global`). These
-    /// drops happen before conntrack, so they are the only measure of an attack the limit is holding back.
-    pub fn limit_drops(&mut self, table: &str, chain: &str) -> Result<HashMap<u16, u64>, NftError> {
+    /// Sends a get or dump request (built for the next sequence number) and hands each reply to `each`.
+    /// Ok(false) when the kernel answered ENOENT: the table, set or chain is not there.
+    fn query(&mut self, build: impl FnOnce(u32) -> Vec<u8>, each: impl FnMut(&[u8])) -> Result<bool, NftError> {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
-        let req = batch::get_rules_request(table, chain, seq);
-        let mut out: HashMap<u16, u64> = HashMap::new();
-        let r = self.sock.dump(&req, seq, |msg| {
-            if let Some((port, packets)) = batch::parse_rule_port_counter(msg) {
-                *out.entry(port).or_default() += packets;
-            }
-        });
-        match r {
-            Ok(()) => Ok(out),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(out),
+        match self.sock.dump(&build(seq), seq, each) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(NftError::Permission),
             Err(e) => Err(NftError::Io(e)),
         }
+    }
+
+    /// Packets each port's limit rules have dropped so far, per chain (`limit_source`, `limit_global`). These
+    /// drops happen before conntrack, so they are the only measure of an attack the limit is holding back.
+    pub fn limit_drops(&mut self, table: &str, chain: &str) -> Result<HashMap<u16, u64>, NftError> {
+        let mut out: HashMap<u16, u64> = HashMap::new();
+        self.query(
+            |seq| batch::get_rules_request(table, chain, seq),
+            |msg| {
+                if let Some((port, packets)) = batch::parse_rule_port_counter(msg) {
+                    *out.entry(port).or_default() += packets;
+                }
+            },
+        )?;
+        Ok(out)
     }
 
     /// A set's flags (NFT_SET_INTERVAL, NFT_SET_TIMEOUT, ...).
     pub fn set_flags(&mut self, table: &str, set: &str) -> Result<u32, NftError> {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        let req = batch::get_set_request(table, set, seq);
         let mut flags = None;
-        match self.sock.dump(&req, seq, |msg| flags = flags.or(batch::parse_set_flags(msg))) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                return Err(NftError::Missing { table: table.into(), set: set.into() })
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return Err(NftError::Permission),
-            Err(e) => return Err(NftError::Io(e)),
+        let found = self.query(
+            |seq| batch::get_set_request(table, set, seq),
+            |msg| flags = flags.or(batch::parse_set_flags(msg)),
+        )?;
+        if !found {
+            return Err(NftError::Missing { table: table.into(), set: set.into() });
         }
         Ok(flags.unwrap_or(0))
     }
 
-    /// How many rules a chain holds (a dump filtered by table and chain).
+    /// How many rules a chain holds (a dump filtered by table and chain); 0 for a missing chain.
     pub fn rule_count(&mut self, table: &str, chain: &str) -> Result<usize, NftError> {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        let req = batch::get_rules_request(table, chain, seq);
         let mut n = 0;
-        match self.sock.dump(&req, seq, |_| n += 1) {
-            Ok(()) => Ok(n),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(NftError::Permission),
-            Err(e) => Err(NftError::Io(e)),
-        }
+        self.query(|seq| batch::get_rules_request(table, chain, seq), |_| n += 1)?;
+        Ok(n)
     }
 
     /// Reads a set's elements. Interval sets come back as prefixes, their start and end elements paired up.
@@ -297,19 +294,14 @@ impl Kernel {
     }
 
     fn dump_elements(&mut self, table: &str, set: &str, interval: bool) -> Result<Vec<Element>, NftError> {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        let req = batch::get_elements_request(table, set, seq);
         let mut raw = Vec::new();
         let mut bad_parse = false;
-        let r = self.sock.dump(&req, seq, |msg| bad_parse |= !batch::parse_elements(msg, &mut raw));
-        match r {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                return Err(NftError::Missing { table: table.into(), set: set.into() })
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return Err(NftError::Permission),
-            Err(e) => return Err(NftError::Io(e)),
+        let found = self.query(
+            |seq| batch::get_elements_request(table, set, seq),
+            |msg| bad_parse |= !batch::parse_elements(msg, &mut raw),
+        )?;
+        if !found {
+            return Err(NftError::Missing { table: table.into(), set: set.into() });
         }
         if bad_parse {
             return Err(NftError::Io(io::Error::new(io::ErrorKind::InvalidData, "unparsable set element dump")));

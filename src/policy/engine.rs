@@ -19,60 +19,11 @@ use serde::Serialize;
 use super::evidence::{impossible, Evidence};
 use super::jail::Jail;
 use super::sketch::{Figures, PortTraffic};
-use super::Policy;
+use super::{span, Policy};
 use crate::addr::Cidr;
-use crate::config::Config;
+use crate::config::{Config, PolicyConfig};
 use crate::event::{Event, Kind};
 use crate::store::{Decision, LimitMode};
-
-/// The engine's thresholds (config `[policy]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Thresholds {
-    /// The sliding window the per-port figures are measured over.
-    pub window: Duration,
-    /// Distinct sources on one port within the window above which they cannot be narrowed down.
-    pub ddos_distinct: u64,
-    /// New connections per second on one port above which the port is under attack.
-    pub port_rate: f64,
-    /// Share of the traffic from the top 10 sources above which an attack counts as concentrated.
-    pub concentrated_share: f64,
-    /// New connections per second from one real source (all ports) that make it a DoS source to ban.
-    pub dos_source_rate: f64,
-    /// How long a trigger must stay below half its threshold before the port returns to normal.
-    pub converge_after: Duration,
-    /// A limit's timeout; refreshed while the attack lasts, so it lapses by itself if floodgate stops.
-    pub limit_for: Duration,
-    /// Ports exempt from the global limit (SMTP must keep receiving mail from the world).
-    pub global_exempt: Vec<u16>,
-    /// Bans of a source that offends again are multiplied by this, up to `max_bantime`.
-    pub repeat_multiplier: u32,
-    pub max_bantime: Duration,
-    pub bantime: Duration,
-    /// Banned addresses within one /24 (IPv4) or /64 (IPv6) inside `window` x 10 after which the prefix is
-    /// banned instead (0: never).
-    pub prefix_after: u32,
-}
-
-impl Default for Thresholds {
-    fn default() -> Thresholds {
-        Thresholds {
-            window: Duration::from_secs(60),
-            // The field report: ~600 addresses at detection, 1,500-2,000 at peak.
-            ddos_distinct: 300,
-            port_rate: 50.0,
-            concentrated_share: 0.5,
-            // The field report's first DoS: one ISP's hosts at ~20 connections a second.
-            dos_source_rate: 10.0,
-            converge_after: Duration::from_secs(300),
-            limit_for: Duration::from_secs(120),
-            global_exempt: vec![25],
-            repeat_multiplier: 4,
-            max_bantime: Duration::from_secs(7 * 86400),
-            bantime: Duration::from_secs(3600),
-            prefix_after: 5,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,7 +60,9 @@ struct PortState {
 }
 
 pub struct Engine {
-    t: Thresholds,
+    t: PolicyConfig,
+    /// Bans the policy makes itself (DoS sources, prefixes) last the jail's default bantime.
+    bantime: Duration,
     jail: Jail,
     evidence: Evidence,
     allowlist: Vec<Cidr>,
@@ -129,14 +82,11 @@ pub struct Engine {
 
 const MAX_OFFENDERS: usize = 100_000;
 
-fn chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
 impl Engine {
-    pub fn new(t: Thresholds, jail: Jail, allowlist: Vec<Cidr>) -> Engine {
+    pub fn new(t: PolicyConfig, jail: Jail, allowlist: Vec<Cidr>) -> Engine {
         let window = t.window;
         Engine {
+            bantime: jail.bantime(),
             evidence: Evidence::new(Duration::from_secs(6 * 3600)),
             jail,
             allowlist,
@@ -153,22 +103,7 @@ impl Engine {
     }
 
     pub fn from_config(cfg: &Config) -> Engine {
-        let p = &cfg.policy;
-        let t = Thresholds {
-            window: p.window,
-            ddos_distinct: p.ddos_distinct,
-            port_rate: p.port_rate,
-            concentrated_share: p.concentrated_share,
-            dos_source_rate: p.dos_source_rate,
-            converge_after: p.converge_after,
-            limit_for: p.limit_for,
-            global_exempt: p.global_exempt.clone(),
-            repeat_multiplier: p.repeat_multiplier,
-            max_bantime: p.max_bantime,
-            bantime: cfg.jail.bantime,
-            prefix_after: p.prefix_after,
-        };
-        Engine::new(t, Jail::from_config(cfg), cfg.allowlist.clone())
+        Engine::new(cfg.policy.clone(), Jail::from_config(cfg), cfg.allowlist.clone())
     }
 
     /// Alerts produced since the last call.
@@ -220,7 +155,7 @@ impl Engine {
         let factor = self.t.repeat_multiplier.max(1).saturating_pow(*n);
         *n += 1;
         let d = base.saturating_mul(factor).min(self.t.max_bantime);
-        let until = now + chrono(d);
+        let until = now + span(d);
         let reason = if factor > 1 { format!("{reason}; offence {} (ban x{factor})", *n) } else { reason };
         self.banned_until.insert(addr, until);
         out.push(Decision::Ban { cidr: Cidr::host(addr), until: Some(until), reason, origin, figures });
@@ -237,7 +172,7 @@ impl Engine {
         if self.prefixes_banned.get(&prefix).is_some_and(|u| *u > now) {
             return;
         }
-        let horizon = now - chrono(self.t.window * 10);
+        let horizon = now - span(self.t.window * 10);
         if self.by_prefix.len() >= MAX_OFFENDERS && !self.by_prefix.contains_key(&prefix) {
             // Once per tick at most (see tick): a full table costs nothing per ban.
             return;
@@ -253,7 +188,7 @@ impl Engine {
         if self.allowlist.iter().any(|a| a.contains(prefix.addr()) || prefix.contains(a.addr())) {
             return;
         }
-        let until = now + chrono(self.t.bantime);
+        let until = now + span(self.bantime);
         self.prefixes_banned.insert(prefix, until);
         out.push(Decision::Ban {
             cidr: prefix,
@@ -275,7 +210,7 @@ impl Engine {
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
-        let until = now + chrono(self.t.limit_for);
+        let until = now + span(self.t.limit_for);
         self.port(port).limit_until = Some(until);
         out.push(Decision::Limit { port, mode, until, reason, origin: "policy".into(), figures });
     }
@@ -298,7 +233,7 @@ impl Engine {
         let p = self.ports.get_mut(&port).expect("port state exists");
         let f = p.traffic.figures(now);
         // What the limit dropped never reached conntrack: it counts toward the port's rate.
-        let horizon = now - chrono(t.window);
+        let horizon = now - span(t.window);
         while p.dropped.front().is_some_and(|(at, _)| *at < horizon) {
             p.dropped.pop_front();
         }
@@ -306,7 +241,7 @@ impl Engine {
         let rate = f.rate_per_s + dropped_rate;
         p.peak_distinct = p.peak_distinct.max(f.distinct);
         p.peak_rate = p.peak_rate.max(rate);
-        let kernel_flood = p.syn_flood_seen.is_some_and(|s| now - s < chrono(t.window));
+        let kernel_flood = p.syn_flood_seen.is_some_and(|s| now - s < span(t.window));
         let many = f.distinct >= t.ddos_distinct;
         let fast = rate >= t.port_rate || kernel_flood;
         // Diffuse: the rate is high though no source is fast: per-source limits would catch nothing.
@@ -370,7 +305,7 @@ impl Engine {
                 if !calm {
                     p.calm_since = None;
                     // Kept on: refreshed at half its life, so it lapses by itself if floodgate stops.
-                    if p.limit_until.is_some_and(|u| u - now < chrono(t.limit_for / 2)) {
+                    if p.limit_until.is_some_and(|u| u - now < span(t.limit_for / 2)) {
                         let lm = if mode == Mode::Global { LimitMode::Global } else { LimitMode::Source };
                         self.limit(
                             port,
@@ -383,9 +318,9 @@ impl Engine {
                     return;
                 }
                 let calm_since = *p.calm_since.get_or_insert(now);
-                if now - calm_since < chrono(t.converge_after) {
+                if now - calm_since < span(t.converge_after) {
                     // Calm, but not for long enough yet; the limit is still refreshed until convergence.
-                    if p.limit_until.is_some_and(|u| u - now < chrono(t.limit_for / 2)) {
+                    if p.limit_until.is_some_and(|u| u - now < span(t.limit_for / 2)) {
                         let lm = if mode == Mode::Global { LimitMode::Global } else { LimitMode::Source };
                         self.limit(port, lm, (format!("port {port}: converging"), Some(figures.to_string())), now, out);
                     }
@@ -428,7 +363,7 @@ impl Policy for Engine {
         self.jail.observe(ev, now, &mut jailed);
         for d in jailed {
             if let Decision::Ban { cidr, until, reason, origin, figures } = d {
-                let base = until.map_or(self.t.bantime, |u| (u - now).to_std().unwrap_or(self.t.bantime));
+                let base = until.map_or(self.bantime, |u| (u - now).to_std().unwrap_or(self.bantime));
                 self.ban(cidr.addr(), base, (reason, origin, figures), now, out);
                 if let Some(port) = ev.port {
                     self.port(port).bans += 1;
@@ -454,13 +389,11 @@ impl Policy for Engine {
         if !matches!(ev.kind, Kind::ConnNew | Kind::Connect) || self.allowed(addr) {
             return;
         }
-        let ours = self.ours.clone();
+        let why = impossible(addr, &self.ours);
         let p = self.port(port);
         p.traffic.observe(addr, now);
         if p.spoof_proof.is_none() {
-            if let Some(why) = impossible(addr, &ours) {
-                p.spoof_proof = Some((addr, why));
-            }
+            p.spoof_proof = why.map(|why| (addr, why));
         }
         self.sources.observe(addr, now);
     }
@@ -470,7 +403,7 @@ impl Policy for Engine {
         self.evidence.tick(now);
         self.banned_until.retain(|_, u| *u > now);
         self.prefixes_banned.retain(|_, u| *u > now);
-        let horizon = now - chrono(self.t.window * 10);
+        let horizon = now - span(self.t.window * 10);
         self.by_prefix.retain(|_, v| v.last().is_some_and(|t| *t >= horizon));
         // 2. DoS from one or a few sources: fast sources across all ports, banned only if proven real.
         let f = self.sources.figures(now);
@@ -491,7 +424,7 @@ impl Policy for Engine {
                 "connections_in_window": n,
                 "evidence": "proven real (completed handshake or application event)",
             });
-            self.ban(*addr, self.t.bantime, (reason, "policy:dos".into(), Some(figures.to_string())), now, out);
+            self.ban(*addr, self.bantime, (reason, "policy:dos".into(), Some(figures.to_string())), now, out);
             if out.len() > before {
                 self.alerts.push(Alert {
                     kind: "dos_detected",
@@ -524,7 +457,7 @@ pub struct Replay {
 pub fn replay(engine: &mut Engine, events: &[Event], tick: Duration, until: DateTime<Utc>) -> Replay {
     let mut r = Replay::default();
     let Some(first) = events.first().map(|e| e.time) else { return r };
-    let mut next_tick = first + chrono(tick);
+    let mut next_tick = first + span(tick);
     let mut out = Vec::new();
     let flush = |t: DateTime<Utc>, out: &mut Vec<Decision>, r: &mut Replay| {
         r.decisions.extend(out.drain(..).map(|d| (t, d)));
@@ -533,7 +466,7 @@ pub fn replay(engine: &mut Engine, events: &[Event], tick: Duration, until: Date
         while next_tick <= ev.time {
             engine.tick(next_tick, &mut out);
             flush(next_tick, &mut out, &mut r);
-            next_tick += chrono(tick);
+            next_tick += span(tick);
         }
         engine.observe(ev, ev.time, &mut out);
         flush(ev.time, &mut out, &mut r);
@@ -541,7 +474,7 @@ pub fn replay(engine: &mut Engine, events: &[Event], tick: Duration, until: Date
     while next_tick <= until {
         engine.tick(next_tick, &mut out);
         flush(next_tick, &mut out, &mut r);
-        next_tick += chrono(tick);
+        next_tick += span(tick);
     }
     r.alerts = engine.take_alerts();
     r

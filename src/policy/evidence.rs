@@ -55,7 +55,7 @@ impl Evidence {
                 return;
             }
             self.last_prune = Some(ev.time);
-            self.forget_before(ev.time - chrono::Duration::from_std(self.keep).unwrap_or(chrono::Duration::MAX));
+            self.forget_before(ev.time - super::span(self.keep));
             if self.real.len() >= MAX_REAL {
                 return;
             }
@@ -72,7 +72,7 @@ impl Evidence {
     }
 
     pub fn tick(&mut self, now: DateTime<Utc>) {
-        self.forget_before(now - chrono::Duration::from_std(self.keep).unwrap_or(chrono::Duration::MAX));
+        self.forget_before(now - super::span(self.keep));
     }
 
     pub fn len(&self) -> usize {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::Policy;
+use super::{span, Policy};
 use crate::addr::Cidr;
 use crate::config::Config;
 use crate::event::Event;
@@ -32,10 +32,6 @@ pub struct Jail {
     failures: HashMap<(IpAddr, Arc<str>), VecDeque<DateTime<Utc>>>,
     /// Pairs not tracked because the table was full.
     pub untracked: u64,
-}
-
-fn chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 impl Jail {
@@ -61,6 +57,11 @@ impl Jail {
         Jail::new(default, per_service)
     }
 
+    /// The default rule's ban duration.
+    pub fn bantime(&self) -> Duration {
+        self.default.bantime
+    }
+
     fn rule(&self, service: Option<&Arc<str>>) -> Rule {
         service.and_then(|s| self.per_service.get(s)).copied().unwrap_or(self.default)
     }
@@ -81,7 +82,7 @@ impl Policy for Jail {
         for _ in 0..ev.count.clamp(1, 1000) {
             times.push_back(ev.time);
         }
-        let window_start = ev.time - chrono(rule.findtime);
+        let window_start = ev.time - span(rule.findtime);
         while times.front().is_some_and(|t| *t < window_start) {
             times.pop_front();
         }
@@ -92,7 +93,7 @@ impl Policy for Jail {
         self.failures.remove(&key);
         // Counted on the events' own times (a backlog read after a restart keeps its pace); a ban whose time
         // would already be over is not made.
-        let until = ev.time + chrono(rule.bantime);
+        let until = ev.time + span(rule.bantime);
         if until <= now {
             return;
         }
@@ -121,7 +122,7 @@ impl Policy for Jail {
 
     fn tick(&mut self, now: DateTime<Utc>, _out: &mut Vec<Decision>) {
         let longest = self.per_service.values().map(|r| r.findtime).chain([self.default.findtime]).max();
-        let horizon = now - chrono(longest.unwrap_or_default());
+        let horizon = now - span(longest.unwrap_or_default());
         self.failures.retain(|_, times| times.back().is_some_and(|t| *t >= horizon));
     }
 

@@ -6,6 +6,8 @@ pub mod evidence;
 pub mod jail;
 pub mod sketch;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
 use crate::event::Event;
@@ -18,4 +20,9 @@ pub trait Policy: Send {
     fn tick(&mut self, now: DateTime<Utc>, out: &mut Vec<Decision>);
     /// How many sources the policy is tracking (memory it holds), for `status`.
     fn tracked(&self) -> usize;
+}
+
+/// A std duration as a chrono one, saturating (config durations are bounded; "forever" never overflows).
+pub(crate) fn span(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }

@@ -3,7 +3,7 @@
 //! that commits only if the kernel accepted the matching batch.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Transaction};
 
 use super::{from_us, sql, ts_us, Store, StoreError};
 use crate::addr::Cidr;
@@ -179,14 +179,20 @@ fn read(tx: &rusqlite::Connection, path: &str, now: DateTime<Utc>) -> Result<Enf
         });
     }
     let limits = read_limits(tx, path, now)?;
-    let mut allowlist = Vec::new();
+    let allowlist = read_allowlist(tx, path)?;
+    Ok(Enforced { bans, limits, allowlist })
+}
+
+fn read_allowlist(tx: &rusqlite::Connection, path: &str) -> Result<Vec<Allowed>, StoreError> {
+    let q = |e| sql(path, "reading the allowlist", e);
     let mut st = tx.prepare_cached("SELECT cidr, added_us, comment FROM allowlist").map_err(q)?;
     let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))).map_err(q)?;
+    let mut out = Vec::new();
     for row in rows {
         let (cidr, added, comment) = row.map_err(q)?;
-        allowlist.push(Allowed { cidr: parse_cidr(path, &cidr)?, added: from_us(added), comment });
+        out.push(Allowed { cidr: parse_cidr(path, &cidr)?, added: from_us(added), comment });
     }
-    Ok(Enforced { bans, limits, allowlist })
+    Ok(out)
 }
 
 fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -324,15 +330,7 @@ impl Store {
 
     /// The stored allowlist alone (cheap: no bans read).
     pub fn allowlist(&self) -> Result<Vec<Allowed>, StoreError> {
-        let q = |e| sql(&self.path, "reading the allowlist", e);
-        let mut st = self.conn.prepare_cached("SELECT cidr, added_us, comment FROM allowlist").map_err(q)?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))).map_err(q)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (cidr, added, comment) = row.map_err(q)?;
-            out.push(Allowed { cidr: parse_cidr(&self.path, &cidr)?, added: from_us(added), comment });
-        }
-        Ok(out)
+        read_allowlist(&self.conn, &self.path)
     }
 
     /// How many bans are in force at `now`, and the limits (cheap: bans are counted, not read).
@@ -354,18 +352,6 @@ impl Store {
             self.conn.execute("DELETE FROM bans WHERE until_us IS NOT NULL AND until_us <= ?1", [now_us]).map_err(q)?;
         let b = self.conn.execute("DELETE FROM limits WHERE until_us <= ?1", [now_us]).map_err(q)?;
         Ok(a + b)
-    }
-
-    /// The latest decision about `target` (an address, prefix or port as text), for `list`'s joins.
-    pub fn last_decision(&self, target: &str) -> Result<Option<(DateTime<Utc>, String, String)>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT ts_us, action, origin FROM decisions WHERE target = ?1 ORDER BY ts_us DESC, id DESC LIMIT 1",
-                [target],
-                |r| Ok((from_us(r.get(0)?), r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| sql(&self.path, "reading decisions", e))
     }
 }
 
@@ -434,7 +420,14 @@ mod tests {
         };
         s.decide(&[un], t(20), ok).unwrap();
         assert!(s.enforced(t(20)).unwrap().bans.is_empty());
-        let (_, action, _) = s.last_decision("198.51.100.7").unwrap().unwrap();
+        let action: String = s
+            .conn
+            .query_row(
+                "SELECT action FROM decisions WHERE target = ?1 ORDER BY id DESC LIMIT 1",
+                ["198.51.100.7"],
+                |r| r.get(0),
+            )
+            .unwrap();
         assert_eq!(action, "unban");
         let n: i64 = s.conn.query_row("SELECT count(*) FROM decisions", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 4);

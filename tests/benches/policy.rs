@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use floodgate::config::Config;
 use floodgate::event::{Event, Kind};
-use floodgate::policy::engine::{Engine, Mode, Thresholds};
+use floodgate::policy::engine::{Engine, Mode};
 use floodgate::policy::evidence::MAX_REAL;
 use floodgate::policy::jail::Jail;
 use floodgate::policy::Policy;
@@ -85,7 +85,7 @@ fn engine() -> Engine {
         allowlist: vec!["203.0.113.10".parse().unwrap(), "192.0.2.0/28".parse().unwrap()],
         ..Default::default()
     };
-    Engine::new(Thresholds::default(), Jail::from_config(&cfg), cfg.allowlist.clone())
+    Engine::new(floodgate::config::PolicyConfig::default(), Jail::from_config(&cfg), cfg.allowlist.clone())
 }
 
 /// VmRSS and VmHWM of this process, in KiB.

@@ -4,9 +4,12 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// True when the test can use namespaces. Without root it skips with a message, except under CI, where a
 /// skipped kernel test would be a silent hole: there it fails.
@@ -75,8 +78,8 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs `f` on a thread that has entered this namespace (namespaces are per thread).
-    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+    /// Runs `f` on a new thread that stays in this namespace for its whole life (namespaces are per thread).
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -84,8 +87,11 @@ impl Netns {
             assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
             f()
         })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// Runs `f` inside this namespace and waits for its result.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 }
 
@@ -147,11 +153,8 @@ impl Pair {
     /// Starts a TCP listener in the server namespace on `port` (v4 and v6) that accepts and closes, for as long
     /// as the process lives.
     pub fn listen(&self, port: u16) {
-        let path = format!("/run/netns/{}", self.server.name);
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        self.server.spawn(move || {
             let l = TcpListener::bind(("::", port)).expect("bind");
             tx.send(()).unwrap();
             for s in l.incoming() {
@@ -179,5 +182,84 @@ fn connect_from(from: IpAddr, to: SocketAddr, timeout: Duration) -> bool {
             true
         }
         Err(_) => false,
+    }
+}
+
+/// Waits until `ok`, failing the test after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `floodgate run` in a namespace, killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Daemon {
+    /// Starts `BIN -v --config CONFIG --db DB run` in `ns` (stderr to `log`) and returns once `socket` exists,
+    /// which the daemon creates only when its sources have taken their positions.
+    pub fn start(ns: &Netns, bin: &str, config: &Path, db: &Path, socket: &Path, log: &Path) -> Daemon {
+        let err = std::fs::File::create(log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, bin, "-v", "--config"])
+            .arg(config)
+            .arg("--db")
+            .arg(db)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let mut d = Daemon { child: Some(child), log: log.to_path_buf() };
+        wait_for("the control socket", Duration::from_secs(10), || {
+            assert!(d.alive(), "the daemon exited: {}", d.log());
+            socket.exists()
+        });
+        d
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's pid (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "the daemon did not stop within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 }
