@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
 use memchr::memmem;
-use regex::{CaptureLocations, Regex};
+use regex::bytes::{CaptureLocations, Regex};
 
 use crate::event::Kind;
 use crate::rules::Family;
@@ -198,10 +198,9 @@ impl Matcher {
     /// Runs the candidates' regexes over `message` in rule order; the first match wins.
     pub fn first_match<'s>(&self, message: &str, scratch: &'s mut Scratch) -> Option<(u32, &'s CaptureLocations)> {
         let Scratch { candidates, locs, .. } = scratch;
-        let hit = candidates
-            .iter()
-            .copied()
-            .find(|&ri| self.rules[ri as usize].regex.captures_read(&mut locs[ri as usize], message).is_some())?;
+        let hit = candidates.iter().copied().find(|&ri| {
+            self.rules[ri as usize].regex.captures_read(&mut locs[ri as usize], message.as_bytes()).is_some()
+        })?;
         Some((hit, &locs[hit as usize]))
     }
 }
@@ -252,5 +251,6 @@ fn overlap_skip(p: &str, patterns: &[String]) -> usize {
 /// The text of group `g` in `message`, if the group took part in the match.
 pub fn group<'m>(locs: &CaptureLocations, g: Option<usize>, message: &'m str) -> Option<&'m str> {
     let (s, e) = locs.get(g?)?;
-    Some(&message[s..e])
+    // ASCII-only classes match single bytes, so a group could in theory cut a multi-byte character: dropped.
+    message.get(s..e)
 }

@@ -83,7 +83,7 @@ pub struct CheckedRule {
     pub full_id: String,
     pub kind: Kind,
     pub failure: bool,
-    pub regex: regex::Regex,
+    pub regex: regex::bytes::Regex,
     pub literals: Vec<String>,
     pub service: Option<String>,
 }
@@ -179,7 +179,7 @@ pub fn check_file(name: &str, origin: &str, text: &str) -> Result<Family, RulesE
             return Err(err("duplicate id in this file".into()));
         }
         let kind: Kind = spec.kind.parse().map_err(&err)?;
-        let regex = regex::Regex::new(&spec.regex).map_err(|e| err(format!("bad regex: {e}")))?;
+        let regex = compile(&spec.regex).map_err(|e| err(format!("bad regex: {e}")))?;
         let names: Vec<&str> = regex.capture_names().flatten().collect();
         if let Some(bad) = names.iter().find(|n| !CAPTURES.contains(n)) {
             return Err(err(format!("unknown capture name `{bad}` (known: {})", CAPTURES.join(", "))));
@@ -199,6 +199,13 @@ pub fn check_file(name: &str, origin: &str, text: &str) -> Result<Family, RulesE
         rules.push(CheckedRule { full_id, kind, failure, regex, literals: spec.literals, service: spec.service });
     }
     Ok(Family { name: family_name, origin: origin.to_string(), spec: file.family, rules })
+}
+
+/// A rule's regex, matched against the line's bytes with ASCII classes (`\w`, `\d`, `\s` and `.` match single
+/// bytes). Log lines are ASCII where it matters, and the Unicode tables of `\w` and `\d` would cost about 25 MB
+/// of automata over the built-in rules against 3 MB this way (measured with a counting allocator).
+pub fn compile(pattern: &str) -> Result<regex::bytes::Regex, regex::Error> {
+    regex::bytes::RegexBuilder::new(pattern).unicode(false).build()
 }
 
 fn valid_id(s: &str) -> bool {

@@ -67,6 +67,7 @@ fn main() {
     let seconds = env("BENCH_SECONDS", 10);
     let rate = env("BENCH_RATE", 10_000);
     let peak_lines = env("BENCH_LINES", 1_000_000);
+    let distinct_lines = env("BENCH_DISTINCT", 1_000_000);
     let sustained_lines = rate * seconds;
     let attackers = probes as u64 + (sustained_lines + peak_lines) / FAILURE_EVERY;
     assert!(
@@ -74,7 +75,7 @@ fn main() {
         "{attackers} attacker addresses needed, 198.18.0.0/15 holds {ATTACKERS}: lower BENCH_LINES or BENCH_SECONDS"
     );
 
-    let mut d = Daemon::start();
+    let mut d = Daemon::start("");
     let mut log = Log::open(&d.path("mail.log"));
     let mut k = Kernel::open().expect("netlink socket");
 
@@ -89,6 +90,14 @@ fn main() {
     }
     let status_idle = median(&d.status_calls);
     let exit = d.stop();
+    // A fresh daemon, so that its peak memory (VmHWM) is this phase's alone.
+    let distinct = (distinct_lines > 0).then(|| {
+        let mut d = Daemon::start("[services.smtp]\nports = [25]\n");
+        let mut log = Log::open(&d.path("mail.log"));
+        let r = distinct_sources(&mut d, &mut log, distinct_lines);
+        d.stop();
+        r
+    });
 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
@@ -148,6 +157,14 @@ fn main() {
         "status: bans made / active / apply errors",
         format!("{} / {} / {}", n("bans_made"), n("bans_active"), n("apply_errors")),
     );
+    if let Some(p) = &distinct {
+        row(
+            &format!("distinct: {} sources, one connect each, all parsed in", p.lines),
+            format!("{:.3} s = {:.0} lines/s", p.parsed.as_secs_f64(), p.lines as f64 / p.parsed.as_secs_f64()),
+        );
+        row("distinct: fresh daemon VmRSS / VmHWM (peak) at the end", format!("{:.1} / {:.1} MiB", p.rss.0, p.rss.1));
+        row("distinct: policy's view of port 25", p.port25.clone());
+    }
     match exit {
         Some(0) => row("SIGTERM -> exit", "0".into()),
         other => {
@@ -176,13 +193,14 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn start() -> Daemon {
+    /// `extra`: more config, appended.
+    fn start(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |n: &str| dir.path().join(n).display().to_string();
         let config = format!(
             "[sources]\nfiles = [\"{}\"]\nfrom_start = true\nkmsg = false\nnetstat = false\n\
              [daemon]\nsocket = \"{}\"\n\
-             [services.imap]\nports = [143]\nmaxretry = 1\nbantime = \"1h\"\n",
+             [services.imap]\nports = [143]\nmaxretry = 1\nbantime = \"1h\"\n{extra}",
             p("mail.log"),
             p("fg.sock")
         );
@@ -646,6 +664,8 @@ struct Peak {
     parsed: Duration,
     cpu_pct: f64,
     rss: (f64, f64),
+    /// The distinct phase only: the status's figures for port 25.
+    port25: String,
 }
 
 fn peak(d: &mut Daemon, log: &mut Log, lines: u64) -> Peak {
@@ -672,6 +692,53 @@ fn peak(d: &mut Daemon, log: &mut Log, lines: u64) -> Peak {
         parsed,
         cpu_pct: (d.cpu() - cpu0) / parsed.as_secs_f64() * 100.0,
         rss: d.memory(),
+        port25: String::new(),
+    }
+}
+
+/// One million distinct sources in the policy's window: Postfix `connect from` lines (port 25), each from an
+/// address of its own (one /64 each of 2001:db8::/32, so neither an address nor a /64 repeats), written as fast
+/// as possible. What the daemon keeps per source is what this measures.
+fn distinct_sources(d: &mut Daemon, log: &mut Log, lines: u64) -> Peak {
+    let ts = now();
+    let mut buf = Vec::with_capacity(lines as usize * 90);
+    for i in 0..lines {
+        let _ = writeln!(
+            buf,
+            "{ts} mx postfix/smtpd[{}]: connect from unknown[2001:db8:{:x}:{:x}::1]",
+            20000 + i % 5000,
+            (i >> 16) & 0xffff,
+            i & 0xffff
+        );
+    }
+    let cpu0 = d.cpu();
+    let start = Instant::now();
+    for chunk in buf.chunks(WRITE_CHUNK) {
+        log.file.write_all(chunk).expect("append to mail.log");
+    }
+    log.file.flush().expect("flush mail.log");
+    log.lines += lines;
+    let write = start.elapsed();
+    d.status_calls.clear();
+    let done = d.wait_parsed(log.lines, Duration::from_secs(180)).unwrap_or_else(Instant::now);
+    let parsed = done - start;
+    // Let a tick or two pass, so the figures include the policy's decision on the port.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = d.status();
+    let tracked = status["tracked_sources"].as_u64().unwrap_or(0);
+    let port25 = status["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["port"] == 25))
+        .map_or_else(|| "not reported".into(), |p| format!("mode {}, {tracked} sources tracked", p["mode"]));
+    Peak {
+        polls: (d.status_calls.len(), median(&d.status_calls)),
+        lines,
+        bytes: buf.len(),
+        write,
+        parsed,
+        cpu_pct: (d.cpu() - cpu0) / parsed.as_secs_f64() * 100.0,
+        rss: d.memory(),
+        port25,
     }
 }
 
