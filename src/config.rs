@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::addr::Cidr;
+use crate::nft::ruleset::GeoRule;
 use crate::nft::{Limit, Per, PortLimits, Ruleset};
 use crate::parser::ServicePorts;
 use crate::prefix::Zone;
@@ -41,6 +42,45 @@ pub struct Config {
     pub daemon: Daemon,
     pub policy: PolicyConfig,
     pub notify: crate::notify::NotifyConfig,
+    pub geo: GeoConfig,
+}
+
+/// Where the country ranges come from (`floodgate geo update`) and where their last good copies are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoConfig {
+    /// The last good copy of each source, which is what the sets are built from.
+    pub dir: PathBuf,
+    /// A download's time limit, connection and body together.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// The largest download accepted, in MiB (the RIRs' files are 5-40 MiB).
+    pub max_mib: u64,
+    /// The range files. Default: the five RIRs' delegated-extended statistics.
+    pub sources: Vec<crate::geo::fetch::Source>,
+}
+
+impl Default for GeoConfig {
+    fn default() -> GeoConfig {
+        let rir = |url: &str| crate::geo::fetch::Source {
+            url: url.into(),
+            format: crate::geo::fetch::Format::Rir,
+            country: None,
+            name: None,
+        };
+        GeoConfig {
+            dir: PathBuf::from("/var/lib/floodgate/geo"),
+            timeout: Duration::from_secs(120),
+            max_mib: 128,
+            sources: vec![
+                rir("https://ftp.afrinic.net/stats/afrinic/delegated-afrinic-extended-latest"),
+                rir("https://ftp.apnic.net/stats/apnic/delegated-apnic-extended-latest"),
+                rir("https://ftp.arin.net/pub/stats/arin/delegated-arin-extended-latest"),
+                rir("https://ftp.lacnic.net/pub/stats/lacnic/delegated-lacnic-extended-latest"),
+                rir("https://ftp.ripe.net/pub/stats/ripencc/delegated-ripencc-extended-latest"),
+            ],
+        }
+    }
 }
 
 /// The policy engine's thresholds: when sources are few and real, per-source responses; when they cannot be
@@ -267,6 +307,12 @@ pub struct Service {
     #[serde(default, deserialize_with = "de_opt_rate")]
     pub global_rate: Option<Rate>,
     pub global_burst: Option<u32>,
+    /// Only these countries may open connections to the service's ports (the allowlist always may).
+    #[serde(default)]
+    pub countries: Vec<crate::geo::Country>,
+    /// These countries may not.
+    #[serde(default)]
+    pub deny_countries: Vec<crate::geo::Country>,
 }
 
 impl Default for Config {
@@ -280,6 +326,8 @@ impl Default for Config {
             source_burst: None,
             global_rate: None,
             global_burst: None,
+            countries: Vec::new(),
+            deny_countries: Vec::new(),
         };
         // The field report's mail server: SMTP must accept the world, so it tolerates more before a ban;
         // the authenticated services are stricter.
@@ -307,6 +355,7 @@ impl Default for Config {
             daemon: Daemon::default(),
             policy: PolicyConfig::default(),
             notify: crate::notify::NotifyConfig::default(),
+            geo: GeoConfig::default(),
         }
     }
 }
@@ -395,6 +444,19 @@ impl Config {
             if s.maxretry == Some(0) {
                 return Err(format!("services.{name}.maxretry: must be at least 1"));
             }
+            if !s.countries.is_empty() && !s.deny_countries.is_empty() {
+                return Err(format!(
+                    "services.{name}: countries (allow only these) and deny_countries exclude each other; use one"
+                ));
+            }
+            if (!s.countries.is_empty() || !s.deny_countries.is_empty())
+                && !(name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+            {
+                return Err(format!(
+                    "services.{name}: a country-restricted service needs a name of at most 32 letters, digits, _ or - \
+                     (it names the service's nftables sets)"
+                ));
+            }
             for (key, d) in [("findtime", s.findtime), ("bantime", s.bantime)] {
                 if d == Some(Duration::ZERO) {
                     return Err(format!("services.{name}.{key}: must be longer than zero"));
@@ -464,6 +526,24 @@ impl Config {
         if self.daemon.tick < Duration::from_millis(100) || self.sources.netstat_interval < Duration::from_millis(100) {
             return Err("daemon.tick / sources.netstat_interval: at least 100ms".into());
         }
+        if self.services.values().any(|s| !s.countries.is_empty() || !s.deny_countries.is_empty()) {
+            if self.geo.sources.is_empty() {
+                return Err("geo.sources: country-restricted services need at least one range source".into());
+            }
+            if self.geo.max_mib == 0 || self.geo.timeout.is_zero() {
+                return Err("geo.max_mib / geo.timeout: above zero".into());
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, src) in self.geo.sources.iter().enumerate() {
+            src.validate().map_err(|e| format!("geo.sources[{i}]: {e}"))?;
+            if !names.insert(src.cache_name()) {
+                return Err(format!(
+                    "geo.sources[{i}]: another source is also kept as `{}`: give one a `name`",
+                    src.cache_name()
+                ));
+            }
+        }
         if let Some(c) = self.allowlist.iter().find(|c| c.prefix_len() == 0) {
             return Err(format!("allowlist: `{c}` would exempt every address"));
         }
@@ -491,7 +571,13 @@ impl Config {
     }
 
     pub fn ruleset(&self) -> Ruleset {
-        Ruleset { table: self.enforce.table.clone(), ports: self.port_limits() }
+        let geo = self
+            .services
+            .iter()
+            .filter(|(_, s)| !s.countries.is_empty() || !s.deny_countries.is_empty())
+            .map(|(name, s)| GeoRule { service: name.clone(), ports: s.ports.clone(), deny: s.countries.is_empty() })
+            .collect();
+        Ruleset { table: self.enforce.table.clone(), ports: self.port_limits(), geo }
     }
 
     pub fn service_ports(&self) -> ServicePorts {
@@ -627,6 +713,7 @@ mod example_tests {
         assert_eq!(c.policy, d.policy);
         assert_eq!(c.notify, d.notify);
         assert_eq!(c.daemon, d.daemon);
+        assert_eq!(c.geo, d.geo);
         assert_eq!(c.enforce.widest_prefix_v4, d.enforce.widest_prefix_v4);
         assert_eq!(c.enforce.widest_prefix_v6, d.enforce.widest_prefix_v6);
     }

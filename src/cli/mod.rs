@@ -3,6 +3,7 @@
 pub mod allow;
 pub mod block;
 pub mod events;
+pub mod geo;
 pub mod limit;
 pub mod list;
 pub mod parse;
@@ -58,6 +59,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Ask the running daemon to reload its configuration and rules (as SIGHUP does).
     Reload(ReloadArgs),
+    /// Country ranges for country-restricted ports: update (download and load), load, lookup.
+    Geo(geo::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,5 +173,6 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Reload(_) => ctx.execute(Request::Reload).map(|_| ()),
+        Command::Geo(args) => geo::run(&ctx, args),
     }
 }

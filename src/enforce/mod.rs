@@ -2,6 +2,7 @@
 //! (store transaction around one netlink batch: both or neither), and `reconcile` makes the kernel's sets match
 //! the store again after a reboot, a `nft flush ruleset` or a crash.
 
+pub mod geo;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -22,6 +23,8 @@ pub enum EnforceError {
     Kernel(#[from] NftError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Geo(#[from] crate::geo::GeoError),
 }
 
 /// What one enforcement step changed in the kernel.
@@ -30,6 +33,8 @@ pub struct Report {
     /// The table's shape was (re)installed.
     pub installed: bool,
     pub changes: Changes,
+    /// Country sets loaded by this step, if any.
+    pub geo: Vec<geo::GeoLoaded>,
 }
 
 /// One line of `floodgate list`: an element the kernel enforces, joined with the store's reason for it.
@@ -69,6 +74,7 @@ pub struct Enforcer {
     limit_ports: Vec<u16>,
     widest_v4: u8,
     widest_v6: u8,
+    geo: geo::GeoPlan,
 }
 
 fn remaining(until: i64, now: DateTime<Utc>) -> Option<Duration> {
@@ -91,6 +97,7 @@ impl Enforcer {
             config_allow: config.allowlist.clone(),
             widest_v4: config.enforce.widest_prefix_v4,
             widest_v6: config.enforce.widest_prefix_v6,
+            geo: geo::GeoPlan::from_config(config),
         })
     }
 
@@ -126,6 +133,11 @@ impl Enforcer {
         self.mirror = None;
         if changed {
             self.install()?;
+        }
+        let geo = geo::GeoPlan::from_config(config);
+        if changed || !geo.same_config(&self.geo) {
+            self.geo = geo;
+            self.sync_geo_logged();
         }
         Ok(())
     }
@@ -257,6 +269,17 @@ impl Enforcer {
         Ok(report)
     }
 
+    /// The country sets loaded, or why not, logged: bans and limits must not wait on country data.
+    fn sync_geo_logged(&mut self) -> Vec<geo::GeoLoaded> {
+        match self.sync_geo() {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the country sets; restricted ports stay as they were");
+                Vec::new()
+            }
+        }
+    }
+
     /// Installs or repairs the table's shape; one whose sets were redefined by hand is rebuilt.
     fn install(&mut self) -> Result<(), EnforceError> {
         match self.kernel.install(&self.ruleset) {
@@ -279,6 +302,7 @@ impl Enforcer {
         let state = store.enforced(now)?;
         let mut report = self.sync(&state, now)?;
         report.installed = true;
+        report.geo = self.sync_geo_logged();
         Ok(report)
     }
 
@@ -295,6 +319,10 @@ impl Enforcer {
         let state = store.enforced(now)?;
         let mut report = self.sync(&state, now)?;
         report.installed = !damaged.is_empty();
+        match self.check_geo() {
+            Ok(loaded) => report.geo = loaded.unwrap_or_default(),
+            Err(e) => tracing::error!(error = %e, "cannot check the country sets"),
+        }
         Ok(report)
     }
 
@@ -405,7 +433,7 @@ impl Enforcer {
                 let piece = match e.key {
                     Key::Addr(a) => Cidr::host(a),
                     Key::Net(c) => c,
-                    Key::Port(_) => continue,
+                    Key::Port(_) | Key::Range(..) => continue,
                 };
                 // The ban this piece comes from: the same prefix, or the narrowest stored ban around it.
                 let bits = if piece.addr().is_ipv4() { 32 } else { 128 };

@@ -48,6 +48,8 @@ pub enum Expr {
     Equals(Vec<u8>),
     /// Register 1 is in the named set, else the rule stops.
     Lookup(String),
+    /// Register 1 is NOT in the named set, else the rule stops (`!= @set`).
+    LookupNot(String),
     /// `update @set { <register 1> limit rate over ... }`: continues only for a key over its own rate.
     Meter {
         set: String,
@@ -102,11 +104,14 @@ pub unsafe fn build(e: &Expr, push: &mut dyn FnMut(*mut sys::nftnl_expr)) {
                 push(x);
             }
             Expr::Equals(v) => push(cmp_eq(v)),
-            Expr::Lookup(set) => {
+            Expr::Lookup(set) | Expr::LookupNot(set) => {
                 let x = alloc("lookup");
                 let name = cstr(set);
                 sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_LOOKUP_SREG as u16, REG1);
                 sys::nftnl_expr_set_str(x, sys::NFTNL_EXPR_LOOKUP_SET as u16, name.as_ptr());
+                if matches!(e, Expr::LookupNot(_)) {
+                    sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, libc::NFT_LOOKUP_F_INV as u32);
+                }
                 push(x);
             }
             Expr::Meter { set, limit } => {

@@ -21,13 +21,14 @@ pub use ruleset::{PortLimits, Ruleset};
 use crate::addr::Cidr;
 use batch::{Batch, RawElem, What};
 
-/// A set element: an address (in the hash sets), a prefix (in the interval sets), or a port (in the limit
-/// switch sets).
+/// A set element: an address (in the hash sets), a prefix (in the interval sets), a port (in the switch sets),
+/// or an address range, first to last (in the country sets: a range is one interval however it aligns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
     Addr(IpAddr),
     Net(Cidr),
     Port(u16),
+    Range(IpAddr, IpAddr),
 }
 
 impl fmt::Display for Key {
@@ -36,6 +37,7 @@ impl fmt::Display for Key {
             Key::Addr(a) => a.fmt(f),
             Key::Net(c) => c.fmt(f),
             Key::Port(p) => write!(f, "port {p}"),
+            Key::Range(lo, hi) => write!(f, "{lo}-{hi}"),
         }
     }
 }
@@ -360,8 +362,12 @@ fn write_ops(b: &mut Batch, table: &str, ops: &[SetOp]) {
                 k[..bytes.len()].copy_from_slice(&bytes);
                 run.push((RawElem { key: k, key_len: bytes.len(), interval_end: false, timeout_ms }, item as u32));
             }
-            Key::Net(c) => {
-                let (start, end, len) = interval_keys(c);
+            Key::Net(_) | Key::Range(..) => {
+                let (start, end, len) = match key {
+                    Key::Range(lo, hi) => range_keys(*lo, *hi),
+                    Key::Net(c) => interval_keys(c),
+                    _ => unreachable!("matched above"),
+                };
                 run.push((RawElem { key: start, key_len: len, interval_end: false, timeout_ms }, item as u32));
                 if let Some(end) = end {
                     run.push((RawElem { key: end, key_len: len, interval_end: true, timeout_ms: None }, item as u32));
@@ -375,11 +381,21 @@ fn write_ops(b: &mut Batch, table: &str, ops: &[SetOp]) {
 /// The start key and (exclusive) end key of a prefix, and the key length.
 fn interval_keys(c: &Cidr) -> ([u8; 16], Option<[u8; 16]>, usize) {
     let (lo, hi) = c.range_bytes();
+    end_keys(&lo, &hi)
+}
+
+/// The same for a range of addresses, first to last (both of one family).
+fn range_keys(lo: IpAddr, hi: IpAddr) -> ([u8; 16], Option<[u8; 16]>, usize) {
+    let (lo, hi) = (crate::addr::normalise(lo), crate::addr::normalise(hi));
+    end_keys(&crate::addr::ip_bytes(lo), &crate::addr::ip_bytes(hi))
+}
+
+fn end_keys(lo: &[u8], hi: &[u8]) -> ([u8; 16], Option<[u8; 16]>, usize) {
     let len = lo.len();
     let mut start = [0u8; 16];
-    start[..len].copy_from_slice(&lo);
+    start[..len].copy_from_slice(lo);
     let mut end = [0u8; 16];
-    end[..len].copy_from_slice(&hi);
+    end[..len].copy_from_slice(hi);
     // hi + 1, big-endian; overflow means the prefix reaches the last address.
     for i in (0..len).rev() {
         let (v, carry) = end[i].overflowing_add(1);

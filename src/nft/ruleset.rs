@@ -51,10 +51,50 @@ pub struct PortLimits {
     pub global: Limit,
 }
 
+/// A service whose ports take new connections only from some countries (`deny: false`), or from all but some
+/// (`deny: true`). Its address ranges live in two interval sets; its ports go into its switch set only once
+/// those sets are loaded, so a service without range data is never cut off by an empty set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeoRule {
+    pub service: String,
+    pub ports: Vec<u16>,
+    pub deny: bool,
+}
+
+impl GeoRule {
+    pub fn set4(&self) -> &'static str {
+        intern(format!("geo4_{}", self.service))
+    }
+
+    pub fn set6(&self) -> &'static str {
+        intern(format!("geo6_{}", self.service))
+    }
+
+    /// The switch: the service's ports while its country sets are loaded.
+    pub fn switch(&self) -> &'static str {
+        intern(format!("geo_{}_ports", self.service))
+    }
+}
+
+/// Set names built from the config (one per geo-restricted service) as `&'static str`, like the fixed ones, so
+/// set operations stay cheap to copy. Each distinct name is leaked once; there are as many as services.
+fn intern(name: String) -> &'static str {
+    static NAMES: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.get(name.as_str()) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub table: String,
     pub ports: Vec<PortLimits>,
+    pub geo: Vec<GeoRule>,
 }
 
 fn saddr4() -> Expr {
@@ -110,6 +150,11 @@ impl Ruleset {
         for (name, key_type, key_len, flags) in sets {
             b.add_set(t, &SetDef { name, key_type, key_len, flags, timeout_ms: None, size: None });
         }
+        for g in &self.geo {
+            b.add_set(t, &SetDef { name: g.set4(), key_type: TYPE_IPV4, key_len: 4, flags: interval, timeout_ms: None, size: None });
+            b.add_set(t, &SetDef { name: g.set6(), key_type: TYPE_IPV6, key_len: 16, flags: interval, timeout_ms: None, size: None });
+            b.add_set(t, &SetDef { name: g.switch(), key_type: TYPE_SERVICE, key_len: 2, flags: 0, timeout_ms: None, size: None });
+        }
         for p in &self.ports {
             for (family, key_type, key_len) in [(4u8, TYPE_IPV4, 4), (6, TYPE_IPV6, 16)] {
                 let name = Self::meter_name(family, p.port);
@@ -150,7 +195,7 @@ impl Ruleset {
         [(BASE_CHAIN, self.rules_base().len()), (SOURCE_CHAIN, 2 * self.ports.len()), (GLOBAL_CHAIN, self.ports.len())]
     }
 
-    /// Allowlist first, then bans, then the switches into the limit chains.
+    /// Allowlist first, then bans, then the country restrictions, then the switches into the limit chains.
     fn rules_base(&self) -> Vec<(String, Vec<Expr>)> {
         let v4 = |set: &str, verdict: Vec<Expr>| {
             let mut e = vec![Expr::Nfproto(NFPROTO_IPV4), saddr4(), Expr::Lookup(set.into())];
@@ -167,16 +212,32 @@ impl Ruleset {
             e.extend([dport(), Expr::Lookup(set.into()), Expr::Jump(chain.into())]);
             (format!("tcp dport @{set} jump {chain}"), e)
         };
-        vec![
+        // A new connection to a restricted port from outside the allowed countries (or from a denied one).
+        let geo = |g: &GeoRule, v6: bool| {
+            let (proto, saddr, set, ip) =
+                if v6 { (NFPROTO_IPV6, saddr6(), g.set6(), "ip6") } else { (NFPROTO_IPV4, saddr4(), g.set4(), "ip") };
+            let mut e = tcp_syn();
+            e.extend([dport(), Expr::Lookup(g.switch().into()), Expr::Nfproto(proto), saddr]);
+            e.push(if g.deny { Expr::Lookup(set.into()) } else { Expr::LookupNot(set.into()) });
+            e.extend([Expr::Counter, Expr::Drop]);
+            let op = if g.deny { "" } else { "!= " };
+            (format!("tcp dport @{} {ip} saddr {op}@{set} drop", g.switch()), e)
+        };
+        let mut rules = vec![
             v4(ALLOW4, vec![Expr::Accept]),
             v6(ALLOW6, vec![Expr::Accept]),
             v4(BAN4, vec![Expr::Counter, Expr::Drop]),
             v6(BAN6, vec![Expr::Counter, Expr::Drop]),
             v4(BAN4_NET, vec![Expr::Counter, Expr::Drop]),
             v6(BAN6_NET, vec![Expr::Counter, Expr::Drop]),
-            switch(SOURCE_PORTS, SOURCE_CHAIN),
-            switch(GLOBAL_PORTS, GLOBAL_CHAIN),
-        ]
+        ];
+        for g in &self.geo {
+            rules.push(geo(g, false));
+            rules.push(geo(g, true));
+        }
+        rules.push(switch(SOURCE_PORTS, SOURCE_CHAIN));
+        rules.push(switch(GLOBAL_PORTS, GLOBAL_CHAIN));
+        rules
     }
 
     /// One rule per family: IPv4 sources are metered per address, IPv6 sources per /64 (one host commonly owns a
