@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod event;
+pub mod geo;
 pub mod matcher;
 pub mod nft;
 pub mod notify;
