@@ -343,7 +343,14 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
                 c.refreshed,
                 c.removed
             ));
-            Ok(Response::ok(lines.join("\n")))
+            for g in &r.geo {
+                let state = if g.active { "enforced" } else { "NOT enforced: no ranges for its countries, ports open" };
+                lines.push(format!(
+                    "country sets of {} (ports {:?}): {} IPv4 and {} IPv6 ranges; {state}",
+                    g.service, g.ports, g.ranges_v4, g.ranges_v6
+                ));
+            }
+            Ok(Response::data(lines.join("\n"), serde_json::to_value(&r.geo)?))
         }
         Request::Status | Request::Reload => bail!("floodgate is not running (start it with `floodgate run`)"),
     }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 
-use crate::enforce::Enforcer;
+use crate::enforce::geo::GeoLoaded;
 use crate::geo::fetch::{Limits, Outcome};
 use crate::geo::GeoDb;
 
@@ -56,7 +56,10 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
                 load(ctx)?;
             }
             if failed > 0 {
-                anyhow::bail!("{failed} of {} sources failed to update (their last good copies are in use)", g.sources.len());
+                anyhow::bail!(
+                    "{failed} of {} sources failed to update (their last good copies are in use)",
+                    g.sources.len()
+                );
             }
             Ok(())
         }
@@ -65,22 +68,25 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
     }
 }
 
+/// A reconcile (through the daemon when it runs): the table installed or repaired, bans and allowlist in
+/// place, and the country sets built from the last good copies, all before any restriction takes effect.
 fn load(ctx: &super::Setup) -> Result<()> {
-    if !ctx.config.ruleset().geo.is_empty() {
-        let mut enforcer = Enforcer::open(&ctx.config)?;
-        for l in enforcer.sync_geo().context("loading the country sets")? {
-            let ports: Vec<String> = l.ports.iter().map(u16::to_string).collect();
-            let state = if l.active { "enforced" } else { "NOT enforced: no ranges for its countries (ports open)" };
-            println!(
-                "{}: ports {}: {} IPv4 and {} IPv6 ranges loaded; {state}",
-                l.service,
-                ports.join(", "),
-                l.ranges_v4,
-                l.ranges_v6
-            );
-        }
-    } else {
+    if ctx.config.ruleset().geo.is_empty() {
         println!("no service has `countries` or `deny_countries`: nothing to load");
+        return Ok(());
+    }
+    let r = ctx.execute(crate::control::Request::Reconcile).context("loading the country sets")?;
+    let loaded: Vec<GeoLoaded> = serde_json::from_value(r.data).unwrap_or_default();
+    for l in loaded {
+        let ports: Vec<String> = l.ports.iter().map(u16::to_string).collect();
+        let state = if l.active { "enforced" } else { "NOT enforced: no ranges for its countries (ports open)" };
+        println!(
+            "{}: ports {}: {} IPv4 and {} IPv6 ranges loaded; {state}",
+            l.service,
+            ports.join(", "),
+            l.ranges_v4,
+            l.ranges_v6
+        );
     }
     Ok(())
 }
@@ -111,7 +117,10 @@ fn lookup(ctx: &super::Setup, addr: IpAddr, json: bool) -> Result<()> {
             let (admits, allowed) = if !s.countries.is_empty() {
                 (format!("only {}", list(&s.countries)), country.is_some_and(|c| s.countries.contains(&c)))
             } else if !s.deny_countries.is_empty() {
-                (format!("all but {}", list(&s.deny_countries)), !country.is_some_and(|c| s.deny_countries.contains(&c)))
+                (
+                    format!("all but {}", list(&s.deny_countries)),
+                    !country.is_some_and(|c| s.deny_countries.contains(&c)),
+                )
             } else {
                 ("all".to_string(), true)
             };

@@ -37,7 +37,9 @@ impl GeoPlan {
             .services
             .iter()
             .filter(|(_, s)| !s.countries.is_empty() || !s.deny_countries.is_empty())
-            .map(|(n, s)| (n.clone(), if s.countries.is_empty() { s.deny_countries.clone() } else { s.countries.clone() }))
+            .map(|(n, s)| {
+                (n.clone(), if s.countries.is_empty() { s.deny_countries.clone() } else { s.countries.clone() })
+            })
             .collect();
         GeoPlan { dir: c.geo.dir.clone(), sources: c.geo.sources.clone(), countries, ..GeoPlan::default() }
     }
@@ -68,7 +70,7 @@ pub struct GeoSets {
 }
 
 /// What a load did, per service.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GeoLoaded {
     pub service: String,
     pub ports: Vec<u16>,
@@ -87,8 +89,13 @@ impl Enforcer {
         let mut out = Vec::new();
         for s in sets {
             let r = &s.rule;
-            ops.extend([SetOp::Flush { set: r.set4() }, SetOp::Flush { set: r.set6() }, SetOp::Flush { set: r.switch() }]);
-            let range4 = |&(lo, hi): &(u32, u32)| Key::Range(IpAddr::from(lo.to_be_bytes()), IpAddr::from(hi.to_be_bytes()));
+            ops.extend([
+                SetOp::Flush { set: r.set4() },
+                SetOp::Flush { set: r.set6() },
+                SetOp::Flush { set: r.switch() },
+            ]);
+            let range4 =
+                |&(lo, hi): &(u32, u32)| Key::Range(IpAddr::from(lo.to_be_bytes()), IpAddr::from(hi.to_be_bytes()));
             let range6 =
                 |&(lo, hi): &(u128, u128)| Key::Range(IpAddr::from(lo.to_be_bytes()), IpAddr::from(hi.to_be_bytes()));
             ops.extend(s.v4.iter().map(|r4| SetOp::Add { set: r.set4(), key: range4(r4), timeout: None }));
@@ -109,7 +116,14 @@ impl Enforcer {
             });
         }
         let table = self.ruleset.table.clone();
-        self.kernel.apply(&table, &ops)?;
+        match self.kernel.apply(&table, &ops) {
+            // No table yet, or one from a config without these services: install the shape, then load.
+            Err(e) if e.errno() == Some(libc::ENOENT) => {
+                self.install()?;
+                self.kernel.apply(&table, &ops)?;
+            }
+            r => r?,
+        }
         Ok(out)
     }
 

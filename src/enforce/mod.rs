@@ -281,7 +281,7 @@ impl Enforcer {
     }
 
     /// Installs or repairs the table's shape; one whose sets were redefined by hand is rebuilt.
-    fn install(&mut self) -> Result<(), EnforceError> {
+    pub(crate) fn install(&mut self) -> Result<(), EnforceError> {
         match self.kernel.install(&self.ruleset) {
             Ok(()) => Ok(()),
             Err(NftError::Rejected { what, errno, .. }) => {
