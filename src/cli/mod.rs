@@ -1,5 +1,6 @@
 //! The operator's command line: one module per command, all sharing the global options.
 
+pub mod advise;
 pub mod allow;
 pub mod block;
 pub mod events;
@@ -58,6 +59,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Ask the running daemon to reload its configuration and rules (as SIGHUP does).
     Reload(ReloadArgs),
+    /// Read this machine's TCP and conntrack settings, listeners and flood history, and explain what to change
+    /// (changes nothing).
+    Advise(advise::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,5 +174,6 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Reload(_) => ctx.execute(Request::Reload).map(|_| ()),
+        Command::Advise(args) => advise::run(&ctx, args),
     }
 }
