@@ -9,6 +9,7 @@ use crate::event::format_time;
 
 /// Floods on one port within the history's window from which standing defences pay off.
 const REPEATED_EPISODES: u32 = 2;
+const SMTP: u16 = 25;
 
 pub(super) fn check(m: &Machine, history: Result<&History, &str>, config: &Config, out: &mut Vec<Finding>) {
     counters(m, out);
@@ -108,14 +109,16 @@ fn past(h: &History, config: &Config, out: &mut Vec<Finding>) {
             ));
             continue;
         }
-        let exempt = config.policy.global_exempt.contains(&p.port);
+        // SMTP stays off the global limit even where the config forgot to exempt it (smtp_global_limit says so).
+        let exempt = config.policy.global_exempt.contains(&p.port) || p.port == SMTP;
         let (recommended, limit) = if exempt {
             (
                 format!("nft synproxy for port {}; keep it off the global limit (policy.global_exempt)", p.port),
                 format!(
-                    "Port {} is exempt from the global limit: it must keep receiving mail from the world, so \
-                     floodgate answers a flood there with the per-source limit.",
-                    p.port
+                    "Port {} stays off the global limit: {}, so floodgate answers a flood there with the \
+                     per-source limit.",
+                    p.port,
+                    if p.port == SMTP { "it must keep receiving mail from the world" } else { "the config exempts it" }
                 ),
             )
         } else {
@@ -312,6 +315,16 @@ mod tests {
         let snippet = r.snippet.as_deref().unwrap();
         assert!(!snippet.contains("[policy]"), "no global limit for SMTP: {snippet}");
         assert!(snippet.contains("table inet synproxy_25"));
+    }
+
+    #[test]
+    fn smtp_is_never_recommended_for_the_global_limit_even_if_the_config_allows_it() {
+        let c = Config::from_toml("allowlist = [\"203.0.113.10\"]\n[policy]\nglobal_exempt = []\n", "t").unwrap();
+        let h = history(&[syn_line(25, 0, SynAction::Cookies), syn_line(25, 5, SynAction::Cookies)]);
+        let f = run(&good(), &h, &c);
+        let r = find(&f, "repeated_syn_floods");
+        assert!(r.recommended.starts_with("nft synproxy for port 25"), "{}", r.recommended);
+        assert!(!r.snippet.as_deref().unwrap().contains("[policy]"));
     }
 
     #[test]

@@ -226,6 +226,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_proc_tree_without_conntrack_skips_the_conntrack_finding_and_reports_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        machine::tests::fixture(dir.path(), false);
+        let m = Machine::read_at(dir.path());
+        let h = empty_history();
+        let f = advise(&m, Ok(&h), &config());
+        assert!(!ids(&f).iter().any(|id| id.starts_with("conntrack")), "{:?}", ids(&f));
+        // The same tree with conntrack at 90%: critical.
+        machine::tests::fixture(dir.path(), true);
+        let f = advise(&Machine::read_at(dir.path()), Ok(&h), &config());
+        assert_eq!(find(&f, "conntrack_near_full").severity, Severity::Critical);
+        // What the fixture says otherwise: cookies off with drops, retries at 5, abort on overflow.
+        for id in ["syncookies_off", "syn_drops_without_cookies", "synack_retries_high", "abort_on_overflow"] {
+            assert!(find(&f, id).severity > Severity::Info, "{id}");
+        }
+        // Timestamps did not parse: unknown, so no finding about them.
+        assert!(!ids(&f).contains(&"timestamps_off_with_cookies"));
+    }
+
+    #[test]
     fn numbers_are_grouped_and_sizes_human() {
         assert_eq!(grouped(0), "0");
         assert_eq!(grouped(999), "999");

@@ -114,8 +114,8 @@ fn queues(m: &Machine, config: &Config, out: &mut Vec<Finding>) {
                     format!(
                         "listen(2) cuts every backlog to somaxconn when the service starts listening, and that \
                          backlog is also the SYN queue's limit: these listeners overflow into cookies (or drops, \
-                         with cookies off) after {max} half-open handshakes. Raise it, then restart the services \
-                         (the cap is applied at listen time) and check their own backlog: {}",
+                         with cookies off) after {max} half-open handshakes. Raise it, check the services' own \
+                         backlog, and restart them (the cap is applied at listen time): {}",
                         SERVICE_BACKLOGS
                     ),
                 )
@@ -147,8 +147,8 @@ fn queues(m: &Machine, config: &Config, out: &mut Vec<Finding>) {
             format!("{LISTEN_BACKLOG_RECOMMENDED} or more (the service's own setting)"),
             format!(
                 "A listener's backlog is also its SYN queue's limit: after {backlog} half-open handshakes the \
-                 kernel {then}. {backlog} is less than one burst of an ordinary client pool. The backlog is set \
-                 by the service (and capped by somaxconn): {SERVICE_BACKLOGS}"
+                 kernel {then}: a handful of simultaneous connection attempts is enough. The backlog is set by \
+                 the service (and capped by somaxconn): {SERVICE_BACKLOGS} Restart the service after changing it."
             ),
         ));
     }
@@ -157,7 +157,7 @@ fn queues(m: &Machine, config: &Config, out: &mut Vec<Finding>) {
 /// Where the common mail services take their listen() backlog from.
 const SERVICE_BACKLOGS: &str = "Postfix listens with the larger of the service's maxproc (master.cf) and \
     default_process_limit (100); Dovecot with process_limit x client_limit of the service \
-    (service imap-login { process_limit, client_limit }), at most 511. Restart the service after changing them.";
+    (service imap-login { process_limit, client_limit }), at most 511.";
 
 /// One entry per address and port (SO_REUSEPORT groups show every member).
 fn dedup(mut v: Vec<&Listener>) -> Vec<&Listener> {
