@@ -187,10 +187,16 @@ fn global_limit_snippet(port: u16, config: &Config) -> String {
     };
     let exempt: Vec<String> = config.policy.global_exempt.iter().filter(|&&p| p != port).map(u16::to_string).collect();
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    // The admin addresses already configured, or a documentation address to replace.
+    let allow = if config.allowlist.is_empty() {
+        "\"203.0.113.10\"".to_string()
+    } else {
+        config.allowlist.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
+    };
     format!(
         "# floodgate.toml: port {port} may go under the global limit when the policy sees a flood it cannot\n\
          # narrow down (or at once, by hand: floodgate limit global {port} --for 1h)\n\
-         allowlist = [\"203.0.113.10\"]     # your admin addresses: accepted before any limit\n\
+         allowlist = [{allow}]     # your admin addresses: accepted before any limit\n\
          [services.{name}]\n\
          ports = [{}]\n\
          global_rate = \"{rate}\"    # new connections a second the service can serve during a flood\n\
@@ -297,7 +303,7 @@ mod tests {
         assert!(!parsed.policy.global_exempt.contains(&587));
         assert!(parsed.policy.global_exempt.contains(&25));
         assert_eq!(parsed.services["submission"].ports, vec![587]);
-        assert!(!parsed.allowlist.is_empty());
+        assert_eq!(parsed.allowlist, c.allowlist, "the configured admin addresses are kept");
         // A port no service has gets one of its own.
         let snippet = global_limit_snippet(2525, &c);
         let parsed = Config::from_toml(&snippet, "snippet").unwrap_or_else(|e| panic!("{e}\n{snippet}"));

@@ -48,8 +48,11 @@ pub fn render(findings: &[Finding], notes: &[String], sysctl_conf: Option<&str>)
             if let Some(snippet) = &f.snippet {
                 for line in snippet.lines() {
                     out.push_str(INDENT);
-                    out.push_str("| ");
-                    out.push_str(line);
+                    out.push('|');
+                    if !line.is_empty() {
+                        out.push(' ');
+                        out.push_str(line);
+                    }
                     out.push('\n');
                 }
             }

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 
 use crate::advise::{self, sysctl_conf, History, Machine};
 use crate::store::Store;
@@ -33,7 +33,8 @@ struct Report<'a> {
 }
 
 pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
-    let now = Utc::now();
+    // Whole seconds: the time is shown to people (the history's start, the drop-in's header).
+    let now = Utc::now().trunc_subsecs(0);
     let machine = Machine::read_live();
     let history = read_history(ctx, now);
     let findings = advise::advise(&machine, history.as_ref().map_err(String::as_str), &ctx.config);
