@@ -40,6 +40,9 @@ pub enum Command {
     Parse(parse::Args),
     /// Query the events in the store.
     Events(events::Args),
+    /// Read this machine's TCP and conntrack settings, listeners and flood history, and explain what to change
+    /// (changes nothing).
+    Advise(advise::Args),
     /// Ban addresses or prefixes (one kernel batch for all of them).
     Block(block::BlockArgs),
     /// Lift bans.
@@ -59,9 +62,6 @@ pub enum Command {
     Status(StatusArgs),
     /// Ask the running daemon to reload its configuration and rules (as SIGHUP does).
     Reload(ReloadArgs),
-    /// Read this machine's TCP and conntrack settings, listeners and flood history, and explain what to change
-    /// (changes nothing).
-    Advise(advise::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,6 +152,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Parse(args) => parse::run(&ctx, args),
         Command::Events(args) => events::run(&ctx, args),
+        Command::Advise(args) => advise::run(&ctx, args),
         Command::Block(args) => block::run_block(&ctx, args),
         Command::Unblock(args) => block::run_unblock(&ctx, args),
         Command::List(args) => list::run(&ctx, args),
@@ -174,6 +175,5 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Reload(_) => ctx.execute(Request::Reload).map(|_| ()),
-        Command::Advise(args) => advise::run(&ctx, args),
     }
 }
