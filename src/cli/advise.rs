@@ -60,8 +60,10 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
             notes: &notes,
             sysctl_conf: written,
         };
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
+        // Rendered first, so a closed pipe (`| head`) surfaces as the io error main.rs stays quiet about.
+        let mut text = serde_json::to_string_pretty(&report)?;
+        text.push('\n');
+        out.write_all(text.as_bytes())?;
     } else {
         // The history's absence is already a finding; the notes are about the machine.
         out.write_all(advise::report::render(&findings, &machine.notes, written.as_deref()).as_bytes())?;
