@@ -3,6 +3,7 @@
 //! Data flows one way: sources -> parse (rules -> [`event::Event`]) -> store + policy -> enforce / notify.
 
 pub mod addr;
+pub mod advise;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -1,5 +1,6 @@
 //! The operator's command line: one module per command, all sharing the global options.
 
+pub mod advise;
 pub mod allow;
 pub mod block;
 pub mod events;
@@ -40,6 +41,9 @@ pub enum Command {
     Parse(parse::Args),
     /// Query the events in the store.
     Events(events::Args),
+    /// Read this machine's TCP and conntrack settings, listeners and flood history, and explain what to change
+    /// (changes nothing).
+    Advise(advise::Args),
     /// Ban addresses or prefixes (one kernel batch for all of them).
     Block(block::BlockArgs),
     /// Lift bans.
@@ -151,6 +155,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Parse(args) => parse::run(&ctx, args),
         Command::Events(args) => events::run(&ctx, args),
+        Command::Advise(args) => advise::run(&ctx, args),
         Command::Block(args) => block::run_block(&ctx, args),
         Command::Unblock(args) => block::run_unblock(&ctx, args),
         Command::List(args) => list::run(&ctx, args),

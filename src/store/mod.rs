@@ -92,6 +92,23 @@ impl Store {
         Store::init(conn, shown)
     }
 
+    /// Opens an existing store read-only: nothing is created, migrated or written, so a reader (the advisor)
+    /// never alters a daemon's database. A schema newer than this floodgate is refused as by [`Store::open`];
+    /// an older one is read as it is (every schema has the events, labels and allowlist tables).
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| sql(&shown, "cannot open", source))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| sql(&shown, "busy timeout", e))?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| sql(&shown, "reading schema version", e))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path: shown, found, known: SCHEMA_VERSION });
+        }
+        Ok(Store { conn, path: shown, labels: HashMap::new() })
+    }
+
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let conn = Connection::open_in_memory().map_err(|source| sql(":memory:", "cannot open", source))?;
         Store::init(conn, ":memory:".into())
@@ -471,6 +488,24 @@ mod tests {
         let e = Store::open(&path).err().unwrap().to_string();
         assert!(e.contains("schema version 99") && e.contains(&format!("knows up to {SCHEMA_VERSION}")), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn a_read_only_store_reads_and_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let mut s = Store::open(&path).unwrap();
+        s.insert_events(&[(origin(1), ev(Kind::AuthFailure, "198.51.100.7", 0))]).unwrap();
+        s.checkpoint().unwrap();
+        drop(s);
+        let before = std::fs::read(&path).unwrap();
+        let mut r = Store::open_read_only(&path).unwrap();
+        assert_eq!(r.query_events(&EventFilter::default()).unwrap().len(), 1);
+        assert!(r.insert_events(&[(origin(2), ev(Kind::AuthFailure, "198.51.100.8", 1))]).is_err());
+        drop(r);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert!(Store::open_read_only(&dir.path().join("absent.db")).is_err());
+        assert!(!dir.path().join("absent.db").exists(), "nothing created");
     }
 
     #[test]
