@@ -449,9 +449,10 @@ impl Config {
                     "services.{name}: countries (allow only these) and deny_countries exclude each other; use one"
                 ));
             }
-            if (!s.countries.is_empty() || !s.deny_countries.is_empty())
-                && !(name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-            {
+            let restricted = !s.countries.is_empty() || !s.deny_countries.is_empty();
+            let set_name_ok =
+                name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if restricted && !set_name_ok {
                 return Err(format!(
                     "services.{name}: a country-restricted service needs a name of at most 32 letters, digits, _ or - \
                      (it names the service's nftables sets)"
@@ -625,6 +626,33 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::from_toml(text, "f.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn country_restrictions_are_checked_and_become_geo_rules() {
+        let c = Config::from_toml(
+            "[services.smtp]\nports = [25]\n[services.imap]\nports = [143, 993]\ncountries = [\"jp\"]\n\
+             [services.pop3]\nports = [110]\ndeny_countries = [\"CN\", \"RU\"]\n",
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(c.services["imap"].countries, vec!["JP".parse().unwrap()]);
+        let geo = c.ruleset().geo;
+        assert_eq!(geo.len(), 2);
+        assert_eq!((geo[0].service.as_str(), geo[0].deny, &geo[0].ports[..]), ("imap", false, &[143u16, 993][..]));
+        assert_eq!((geo[1].service.as_str(), geo[1].deny), ("pop3", true));
+        assert_eq!(c.geo.sources.len(), 5, "the five RIRs by default");
+
+        let both = "[services.imap]\nports = [993]\ncountries = [\"JP\"]\ndeny_countries = [\"CN\"]\n";
+        assert!(err(both).contains("exclude each other"), "{}", err(both));
+        let code = "[services.imap]\nports = [993]\ncountries = [\"JPN\"]\n";
+        assert!(err(code).contains("`JPN` is not a two-letter country code"), "{}", err(code));
+        let name = "[services.\"i m a p\"]\nports = [993]\ncountries = [\"JP\"]\n";
+        assert!(err(name).contains("nftables sets"), "{}", err(name));
+        let none = "[services.imap]\nports = [993]\ncountries = [\"JP\"]\n[geo]\nsources = []\n";
+        assert!(err(none).contains("at least one range source"), "{}", err(none));
+        let cidr = "[geo]\nsources = [{ url = \"https://example.net/jp.zone\", format = \"cidr\" }]\n";
+        assert!(err(cidr).contains("geo.sources[0]") && err(cidr).contains("country"), "{}", err(cidr));
     }
 
     #[test]
