@@ -149,7 +149,7 @@ fn a_good_file_is_stored_and_loaded() {
     assert_eq!(update_one(&dir, s.clone(), &limits()), Outcome::Unchanged);
     assert!(fetch::checked_at(&dir, &s).is_some());
 
-    let (db, warnings) = GeoDb::load_dir(&dir, &[s]).unwrap();
+    let (db, warnings) = GeoDb::load_dir(&dir, std::slice::from_ref(&s)).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(db.lookup("198.51.100.9".parse().unwrap()), Some(cc("JP")));
     assert_eq!(db.lookup("198.18.2.255".parse().unwrap()), Some(cc("JP")));
@@ -157,6 +157,11 @@ fn a_good_file_is_stored_and_loaded() {
     assert_eq!(db.lookup("2001:db8:1::1".parse().unwrap()), Some(cc("AU")));
     assert_eq!(db.lookup("203.0.113.1".parse().unwrap()), None, "available space");
     assert_eq!(db.ranges(&[cc("JP")]).0.len(), 2);
+
+    // A kept copy altered behind floodgate's back is an error naming it, not a silently smaller set.
+    std::fs::write(dir.join("apnic"), "garbage\n").unwrap();
+    let e = GeoDb::load_dir(&dir, &[s]).unwrap_err();
+    assert!(e.to_string().contains("apnic:1: field `version`"), "{e}");
 }
 
 #[test]

@@ -239,18 +239,20 @@ fn download_and_replace(
         OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(part).map_err(io_err(part))?;
     // Also kept in memory, to compare and parse without reading the file back.
     let bytes = download(agent, url, &mut file, limits)?;
-    if fs::read(kept).is_ok_and(|old| old == bytes) {
-        fs::remove_file(part).map_err(io_err(part))?;
-        // The modification time says when the copy was last confirmed, for whoever schedules updates.
-        let _ = File::options().write(true).open(kept).and_then(|f| f.set_modified(SystemTime::now()));
-        return Ok(Outcome::Unchanged);
-    }
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
         GeoError::Parse { origin: url.clone(), line, field: "text", reason: "not UTF-8 text".to_string() }
     })?;
+    // Parsed even when unchanged: the kept copy must still be valid for this source's format and this
+    // floodgate's parser, or "unchanged" would hide a copy that the database can no longer load.
     let parsed = source.parse(&text, url)?;
+    if fs::read(kept).is_ok_and(|old| old == text.as_bytes()) {
+        fs::remove_file(part).map_err(io_err(part))?;
+        // The modification time says when the copy was last confirmed, for whoever schedules updates.
+        let _ = File::options().write(true).open(kept).and_then(|f| f.set_modified(SystemTime::now()));
+        return Ok(Outcome::Unchanged);
+    }
     // Durable before it becomes the kept copy, so a crash cannot leave an empty or partial file under `kept`.
     file.sync_all().map_err(io_err(part))?;
     drop(file);
