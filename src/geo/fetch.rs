@@ -10,7 +10,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -180,11 +180,7 @@ pub fn checked_at(dir: &Path, source: &Source) -> Option<SystemTime> {
 /// Downloads every source into `dir` (created 0755 if missing), replacing a kept copy only with a complete
 /// valid one. One source failing does not stop the others. Blocking: run it off the async runtime.
 pub fn update(dir: &Path, sources: &[Source], limits: &Limits) -> Vec<(String, Outcome)> {
-    let ready = fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .map_err(|e| format!("{}: cannot create the directory: {e}", dir.display()));
+    let ready = create_dir(dir).map_err(|e| format!("{}: cannot create the directory: {e}", dir.display()));
     let agent = ureq::AgentBuilder::new()
         .timeout(limits.timeout)
         .user_agent(concat!("floodgate/", env!("CARGO_PKG_VERSION")))
@@ -200,6 +196,16 @@ pub fn update(dir: &Path, sources: &[Source], limits: &Limits) -> Vec<(String, O
             (name, outcome)
         })
         .collect()
+}
+
+/// Creates `dir` (and its parents) if missing, `dir` itself 0755 whatever the umask: the copies are public
+/// data, and the CLI reads them as well as the daemon.
+fn create_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
 }
 
 fn update_one(agent: &ureq::Agent, dir: &Path, source: &Source, name: &str, limits: &Limits) -> Outcome {
@@ -233,18 +239,20 @@ fn download_and_replace(
         OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(part).map_err(io_err(part))?;
     // Also kept in memory, to compare and parse without reading the file back.
     let bytes = download(agent, url, &mut file, limits)?;
-    if fs::read(kept).is_ok_and(|old| old == bytes) {
-        fs::remove_file(part).map_err(io_err(part))?;
-        // The modification time says when the copy was last confirmed, for whoever schedules updates.
-        let _ = File::options().write(true).open(kept).and_then(|f| f.set_modified(SystemTime::now()));
-        return Ok(Outcome::Unchanged);
-    }
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
         GeoError::Parse { origin: url.clone(), line, field: "text", reason: "not UTF-8 text".to_string() }
     })?;
+    // Parsed even when unchanged: the kept copy must still be valid for this source's format and this
+    // floodgate's parser, or "unchanged" would hide a copy that the database can no longer load.
     let parsed = source.parse(&text, url)?;
+    if fs::read(kept).is_ok_and(|old| old == text.as_bytes()) {
+        fs::remove_file(part).map_err(io_err(part))?;
+        // The modification time says when the copy was last confirmed, for whoever schedules updates.
+        let _ = File::options().write(true).open(kept).and_then(|f| f.set_modified(SystemTime::now()));
+        return Ok(Outcome::Unchanged);
+    }
     // Durable before it becomes the kept copy, so a crash cannot leave an empty or partial file under `kept`.
     file.sync_all().map_err(io_err(part))?;
     drop(file);
@@ -268,7 +276,7 @@ fn download(agent: &ureq::Agent, url: &str, file: &mut File, limits: &Limits) ->
         let response = match agent.get(url).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => return Err(fail(format!("HTTP {code} {}", r.status_text()))),
-            Err(ureq::Error::Transport(t)) => return Err(fail(transport_reason(&t))),
+            Err(ureq::Error::Transport(t)) => return Err(fail(transport_reason(&t, limits.timeout))),
         };
         if response.status() != 200 {
             return Err(fail(format!("HTTP {} {}, not 200 OK", response.status(), response.status_text())));
@@ -307,7 +315,7 @@ fn download(agent: &ureq::Agent, url: &str, file: &mut File, limits: &Limits) ->
         Ok(()) => Ok(out),
         Err(_) if received.over => Err(too_large()),
         Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
-            Err(fail(format!("no complete download within {:?}", limits.timeout)))
+            Err(fail(format!("no complete answer within {:?}", limits.timeout)))
         }
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             Err(fail(format!("the download ended early ({e}); a truncated file is never used")))
@@ -342,14 +350,24 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
-fn transport_reason(t: &ureq::Transport) -> String {
-    let mut reason = t.kind().to_string();
-    if let Some(m) = t.message() {
-        reason.push_str(": ");
-        reason.push_str(m);
+fn transport_reason(t: &ureq::Transport, timeout: Duration) -> String {
+    let mut cause = std::error::Error::source(t);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if matches!(io.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
+                return format!("no complete answer within {timeout:?}");
+            }
+        }
+        cause = e.source();
     }
-    if let Some(cause) = std::error::Error::source(t) {
-        reason.push_str(&format!(": {cause}"));
+    // ureq's message and its cause often repeat each other; say each part once.
+    let mut reason = t.kind().to_string();
+    let parts = t.message().map(str::to_string).into_iter().chain(std::error::Error::source(t).map(|e| e.to_string()));
+    for part in parts {
+        if !reason.contains(&part) {
+            reason.push_str(": ");
+            reason.push_str(&part);
+        }
     }
     reason
 }
