@@ -94,6 +94,8 @@ install: build
 	install -D -m 0644 examples/floodgate.toml $(DESTDIR)/etc/floodgate/floodgate.toml.example
 	install -d $(DESTDIR)/lib/systemd/system
 	sed "s|/usr/local|$(PREFIX)|g" examples/floodgate.service > $(DESTDIR)/lib/systemd/system/floodgate.service
+	sed "s|/usr/local|$(PREFIX)|g" examples/floodgate-geo-update.service > $(DESTDIR)/lib/systemd/system/floodgate-geo-update.service
+	install -m 0644 examples/floodgate-geo-update.timer $(DESTDIR)/lib/systemd/system/floodgate-geo-update.timer
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/floodgate/README.md
 	@echo "installed; enable with: systemctl daemon-reload && systemctl enable --now floodgate"
 
