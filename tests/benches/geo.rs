@@ -138,11 +138,13 @@ fn main() {
         assert!(l.active, "the service is enforced");
         println!(
             "geo: {name}: {} IPv4 + {} IPv6 ranges: files -> kernel (read, parse, merge, one batch) median {:.3} s, \
-             peak +{:.1} MiB",
+             process peak RSS {:.1} MiB (+{:.1} over the {:.1} MiB resident before)",
             l.ranges_v4,
             l.ranges_v6,
             times[1].as_secs_f64(),
-            memory().1 - before
+            memory().1,
+            memory().1 - before,
+            before
         );
         // The batch alone: the same sets again, without reading the files.
         let (r4, r6) = db.ranges(&if restriction.starts_with("countries") {
