@@ -221,6 +221,17 @@ impl Scenario {
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
+    /// The servers logged no error of their own: whatever failed in a step was the clients' doing, not a
+    /// broken lab (a missing socket, a permission, a config key).
+    fn assert_lab_clean(&self) {
+        let bad = |text: &str, words: &[&str]| -> Vec<String> {
+            text.lines().filter(|l| words.iter().any(|w| l.contains(w))).map(str::to_string).collect()
+        };
+        let postfix = bad(&self.lab.postfix_log_text(), &["fatal:", "panic:", "error:"]);
+        let dovecot = bad(&self.lab.dovecot_log_text(), &["Error:", "Fatal:", "Panic:"]);
+        assert!(postfix.is_empty() && dovecot.is_empty(), "the lab logged errors: {postfix:#?} {dovecot:#?}");
+    }
+
     /// The packets the kernel dropped for single-address IPv4 bans (the counter on `ip saddr @ban4 drop`).
     fn ban4_drops(&self) -> u64 {
         let chain = self.net.server.nft(&["list", "chain", "inet", "floodgate", "prerouting"]);
@@ -339,6 +350,9 @@ fn the_mail_server_scenario() {
     let s = Scenario::start("e2e");
     eprintln!("lab and daemon up in {:.1?}", started.elapsed());
     step1_password_guesser(&s);
+    s.assert_lab_clean();
+    // Shown with --nocapture (cargo keeps a passing test's output to itself): what an operator would see.
+    eprintln!("{}\n--- floodgate list\n{}", s.diagnosis(), s.fg(&["list"]));
     eprintln!("{test}: {:.1?} in all", started.elapsed());
 }
 
