@@ -221,6 +221,24 @@ impl Scenario {
         serde_json::from_str(&self.fg(&["status", "--json"])).unwrap()
     }
 
+    /// Tells the story of a step as an operator would follow it: `floodgate status`, `list` and the newest
+    /// `events`. Printed to stderr, which cargo shows for a failing test (the story up to the failure) and with
+    /// --nocapture (the demo: `make demo-mail`).
+    fn narrate(&self, heading: &str, events_since: chrono::DateTime<chrono::Utc>) {
+        let since = events_since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let db = self.path("f.db");
+        let events = Command::new(BIN)
+            .args(["--db", db.to_str().unwrap(), "events", "--since", &since, "--limit", "12"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("floodgate events: {e}"));
+        eprintln!(
+            "\n== {heading}\n-- floodgate status\n{}-- floodgate list\n{}-- floodgate events --since {since} --limit 12\n{events}",
+            self.fg(&["status"]),
+            self.fg(&["list"])
+        );
+    }
+
     /// The store's events, read directly (WAL lets a reader in while the daemon writes).
     fn events(&self, args: &[&str]) -> Vec<serde_json::Value> {
         let db = self.path("f.db");
@@ -288,6 +306,7 @@ fn submission_auth(ns: &Netns, from: Ipv4Addr, password: &str) -> std::io::Resul
 /// admin still gets in.
 fn step1_password_guesser(s: &Scenario) {
     let started = Instant::now();
+    let since = chrono::Utc::now();
     for n in 1..=MAXRETRY {
         let reply = submission_auth(&s.net.attacker, GUESSER, &format!("guess{n}"))
             .unwrap_or_else(|e| panic!("guess {n} from {GUESSER}: {e}\n{}", s.diagnosis()));
@@ -357,6 +376,10 @@ fn step1_password_guesser(s: &Scenario) {
         .enter(move || client::imap_login(ADMIN.into(), to, maillab::USER, maillab::PASSWORD, CONNECT_TIMEOUT))
         .unwrap_or_else(|e| panic!("the admin's IMAP login: {e}\n{}", s.diagnosis()));
     assert!(imap.starts_with("a1 OK"), "the admin's IMAP login: {imap}\n{}", s.diagnosis());
+    s.narrate(
+        &format!("step 1: {MAXRETRY} wrong passwords for {} on submission from {GUESSER}: banned", maillab::USER),
+        since,
+    );
     eprintln!("step 1: {MAXRETRY} guesses from {GUESSER} on {SUBMISSION}; banned {banned_after:.1?} after the first");
 }
 
@@ -405,6 +428,7 @@ fn dos(from: Ipv4Addr) -> DosRun {
 /// Step 2: one source hitting every port (a DoS with completed handshakes): banned as a proven-real DoS source,
 /// the admin notified; the admin still reaches every service.
 fn step2_dos_on_every_port(s: &Scenario) {
+    let since = chrono::Utc::now();
     let attacker = s.net.attacker.spawn(move || dos(DOS));
     let dos_addr = DOS.to_string();
     wait(s, "the DoS source's ban in `floodgate list`", DOS_MAX_TIME + Duration::from_secs(5), || {
@@ -447,6 +471,7 @@ fn step2_dos_on_every_port(s: &Scenario) {
         .unwrap_or_else(|e| panic!("the admin's POP3 login: {e}\n{}", s.diagnosis()));
     assert!(pop3.starts_with("+OK"), "the admin's POP3 login: {pop3}\n{}", s.diagnosis());
     assert_eq!(s.status()["bans_active"], 2);
+    s.narrate(&format!("step 2: {DOS} opens connections to every port: banned as a DoS source, admin notified"), since);
     eprintln!(
         "step 2: {} connections served from {DOS} in {:.1?} before the ban ({rate}/s measured), {} dropped; \
          {} alert(s)",
