@@ -6,7 +6,9 @@ PREFIX   ?= /usr/local
 DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux conntrack
 DEMO_DIR := $(or $(TMPDIR),/tmp)/floodgate-demo
 
-.PHONY: all build deps test lint bench demo demo-enforce install clean
+MAIL_PKGS := postfix dovecot-core dovecot-imapd dovecot-pop3d
+
+.PHONY: all build deps mail-deps test lint bench demo demo-enforce demo-mail install clean
 
 all: build
 
@@ -22,6 +24,25 @@ deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs), then run make again"; exit 1; }
+
+# Postfix and Dovecot for the mail scenario, installed without ever running them on this machine: the scenario
+# starts private instances inside network namespaces. A policy-rc.d that exits 101 keeps apt from starting them
+# (removed afterwards unless it was already there), debconf answers Postfix's questions (a local-only mailer),
+# and the units the packages enabled are disabled again, so they do not start at the next boot either.
+mail-deps:
+	@missing=""; for p in $(MAIL_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing (not starting):$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); own_policy=; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null && $$SUDO chmod 0755 /usr/sbin/policy-rc.d && own_policy=1; \
+		fi; \
+		printf 'postfix postfix/main_mailer_type select Local only\npostfix postfix/mailname string mx.example.test\n' | $$SUDO debconf-set-selections; \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; rc=$$?; \
+		[ -z "$$own_policy" ] || $$SUDO rm -f /usr/sbin/policy-rc.d; \
+		if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --quiet postfix dovecot 2>/dev/null || true; fi; \
+		exit $$rc; \
+	fi
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -88,6 +109,13 @@ demo-enforce:
 	kill -TERM $$pid; wait $$pid; \
 	echo "== the daemon stopped (SIGTERM); its ban stays in the kernel with its timeout"; \
 	grep -h "banned" $(DEMO_DIR)/daemon.log | cut -c1-200
+
+# The mail scenario (issue 8) as a demo: real Postfix and Dovecot in a server namespace, an attacker and an admin
+# namespace, floodgate run on the real logs; each step narrated with floodgate status, list and events. It is the
+# very test `make test` runs (tests/e2e_mail.rs), shown as it goes. Root only; everything is torn down at the end.
+demo-mail: deps mail-deps
+	@[ "$$(id -u)" = 0 ] || { echo "demo-mail needs root: it creates network namespaces and runs Postfix and Dovecot in them"; exit 1; }
+	$(CARGO) test --test e2e_mail -- --exact the_mail_server_scenario --nocapture
 
 install: build
 	install -D -m 0755 target/release/floodgate $(DESTDIR)$(PREFIX)/bin/floodgate
