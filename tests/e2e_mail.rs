@@ -6,6 +6,8 @@
 //!
 //! Step 1: a password guesser on submission (587) is banned after maxretry failed AUTH PLAIN attempts; its
 //! next connect dies in the kernel while the admin still connects and logs in.
+//! Step 2: one real source opening connections to every port (~25/s) is banned as a DoS source and the admin is
+//! notified (the daemon's notify.exec hook), while the admin still reaches every service.
 //!
 //! Addresses: the server is 198.51.100.1 (towards the attacker) and 203.0.113.1 (towards the admin); the
 //! attacker's sources are in 198.51.100.0/24 (spoofed ones, later, only in 198.18.0.0/15); the admin is
@@ -110,8 +112,8 @@ impl Net {
     }
 }
 
-/// Whether a plain TCP connect from `from` (in `ns`) to the server's `port` is answered. A connect refused or
-/// reset also counts as answered (the packet got through); only silence is a drop.
+/// A plain TCP connect from `from` (in `ns`) to the server's `port`, closed at once. An error of kind TimedOut
+/// is silence, a dropped SYN; any other error (refused, reset) means the packet got through but was not served.
 fn connects(ns: &Netns, from: Ipv4Addr, port: u16) -> Result<(), std::io::Error> {
     let to = SocketAddr::new(SERVER.into(), port);
     ns.enter(move || client::connect(from.into(), to, DROPPED_AFTER).map(drop))
