@@ -102,8 +102,7 @@ fn main() {
         })
         .copied()
         .expect("countries");
-    let all_but_one: Vec<String> =
-        countries.iter().filter(|c| **c != biggest).map(|c| format!("\"{c}\"")).collect();
+    let all_but_one: Vec<String> = countries.iter().filter(|c| **c != biggest).map(|c| format!("\"{c}\"")).collect();
     let geo_dir = dir.path().join("cache");
     std::fs::create_dir_all(&geo_dir).unwrap();
     std::fs::copy(&path, geo_dir.join(source.cache_name())).unwrap();
