@@ -108,7 +108,15 @@ demo-enforce:
 	ip netns exec $(DEMO_NS) nft list set inet floodgate ban4; \
 	kill -TERM $$pid; wait $$pid; \
 	echo "== the daemon stopped (SIGTERM); its ban stays in the kernel with its timeout"; \
-	grep -h "banned" $(DEMO_DIR)/daemon.log | cut -c1-200
+	grep -h "banned" $(DEMO_DIR)/daemon.log | cut -c1-200; \
+	echo "== country-restricted ports: IMAP only from JP (a two-record RIR file stands in for the registries' files)"; \
+	printf '2.3|demo|20261121|2|19830101|20261120|+0000\ndemo|*|ipv4|*|2|summary\napnic|JP|ipv4|203.0.113.0|256|20100101|allocated\nripencc|DE|ipv4|198.18.0.0|131072|20100101|allocated\n' > $(DEMO_DIR)/delegated-demo; \
+	printf 'allowlist = ["203.0.113.10"]\n[services.smtp]\nports = [25]\n[services.imap]\nports = [143, 993]\ncountries = ["JP"]\n[geo]\ndir = "$(DEMO_DIR)/geo"\nsources = [{ url = "file://$(DEMO_DIR)/delegated-demo" }]\n' > $(DEMO_DIR)/geo.toml; \
+	$(FG) --config $(DEMO_DIR)/geo.toml geo update; \
+	$(FG) --config $(DEMO_DIR)/geo.toml geo lookup 198.18.7.7; \
+	ip netns exec $(DEMO_NS) nft list chain inet floodgate prerouting | grep geo; \
+	echo "== floodgate advise: what this (fresh) network namespace should tune against SYN floods"; \
+	$(FG) advise | head -n 30
 
 # The mail scenario (issue 8) as a demo: real Postfix and Dovecot in a server namespace, an attacker and an admin
 # namespace, floodgate run on the real logs; each step narrated with floodgate status, list and events. It is the

@@ -155,6 +155,7 @@ fn a_failure_line_appended_becomes_a_kernel_ban_and_the_cli_goes_through_the_soc
     let file =
         s["sources"].as_array().unwrap().iter().find(|x| x["name"].as_str().unwrap().ends_with("mail.log")).unwrap();
     assert_eq!(file["lines"], 8, "{s}");
+    assert_eq!(file["events"], 8, "every failure line is an event, counted for its file: {s}");
     assert_eq!(d.stop(), Some(0), "SIGTERM is a clean exit: {}", env.daemon_log());
     assert!(env.banned("203.0.113.7"), "bans stay in the kernel after the daemon stops");
     // Without the daemon, the CLI acts directly (here on a store of its own).

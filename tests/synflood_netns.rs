@@ -5,9 +5,10 @@
 //! flood has stopped. Everything stays inside the namespaces; the flood is bounded in packets and time.
 
 mod netns;
+#[path = "netns/syn.rs"]
+mod syn;
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -18,13 +19,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const PORT: u16 = 587;
 const ALLOWED: &str = "203.0.113.10";
-/// The spoofed range: 198.18.0.0/15 (RFC 2544 benchmarking), 131,072 addresses.
-const SPOOFED_BASE: u32 = u32::from_be_bytes([198, 18, 0, 0]);
-const SPOOFED_MASK: u32 = 0xfffe_0000;
 /// Distinct spoofed sources; source i sends 1 + i % 3 SYNs, so about 2,000 packets in all.
 const FLOOD_SOURCES: u32 = 1_000;
-/// What the flood may never exceed, whatever the plan above says.
-const MAX_PACKETS: usize = 5_000;
 const FLOOD_FOR: Duration = Duration::from_millis(3_500);
 
 struct Env {
@@ -140,7 +136,7 @@ impl Env {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .filter(|l| l["action"] == "ban")
             .filter_map(|l| l["target"].as_str().map(str::to_string))
-            .filter(|t| t.split('/').next().and_then(|a| a.parse::<Ipv4Addr>().ok()).is_some_and(spoofed))
+            .filter(|t| t.split('/').next().and_then(|a| a.parse::<Ipv4Addr>().ok()).is_some_and(syn::spoofed))
             .collect()
     }
 
@@ -190,113 +186,16 @@ fn within(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn spoofed(a: Ipv4Addr) -> bool {
-    u32::from(a) & SPOOFED_MASK == SPOOFED_BASE
-}
-
-/// A thread that has entered `ns` and keeps running there (Netns::enter joins at once).
-/// The Internet checksum: the ones' complement of the ones' complement sum of 16-bit words.
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for part in parts {
-        let mut chunks = part.chunks_exact(2);
-        for w in &mut chunks {
-            sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-        }
-        if let [last] = chunks.remainder() {
-            sum += u32::from(*last) << 8;
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// A bare SYN (20-byte IPv4 header, 20-byte TCP header, no options) with both checksums.
-fn syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32, id: u16) -> [u8; 40] {
-    let mut p = [0u8; 40];
-    let (ip, tcp) = p.split_at_mut(20);
-    ip[0] = 0x45; // version 4, 5 words
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[4..6].copy_from_slice(&id.to_be_bytes());
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF
-    ip[8] = 64; // TTL
-    ip[9] = libc::IPPROTO_TCP as u8;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let ip_sum = checksum(&[ip]);
-    ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-    tcp[12] = 5 << 4; // data offset: 5 words
-    tcp[13] = 0x02; // SYN
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let mut pseudo = [0u8; 12];
-    pseudo[0..4].copy_from_slice(&src.octets());
-    pseudo[4..8].copy_from_slice(&dst.octets());
-    pseudo[9] = libc::IPPROTO_TCP as u8;
-    pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
-    let tcp_sum = checksum(&[&pseudo, tcp]);
-    tcp[16..18].copy_from_slice(&tcp_sum.to_be_bytes());
-    p
-}
-
 /// The flood's plan: (source, SYN number) in send order, rounds over the sources so that distinct sources
 /// rise from the first packet on. Source i is 198.18.0.0 + 131 i + 7, spread over both /16s of the range.
 fn flood_plan() -> Vec<Ipv4Addr> {
-    let source = |i: u32| Ipv4Addr::from(SPOOFED_BASE + i * 131 + 7);
+    let source = |i: u32| Ipv4Addr::from(syn::SPOOFED_BASE + i * 131 + 7);
     let mut plan = Vec::new();
     for round in 0..3 {
         plan.extend((0..FLOOD_SOURCES).filter(|i| i % 3 >= round).map(source));
     }
-    assert!(plan.len() <= MAX_PACKETS && plan.iter().all(|a| spoofed(*a)));
+    assert!(plan.len() <= syn::MAX_PACKETS && plan.iter().all(|a| syn::spoofed(*a)));
     plan
-}
-
-/// Sends the plan's SYNs to the server through a raw socket (IPPROTO_RAW: the header is ours), paced evenly
-/// over `FLOOD_FOR`. Returns the packets sent.
-fn flood(plan: Vec<Ipv4Addr>) -> std::io::Result<usize> {
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let to = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(SERVER).to_be() },
-        sin_zero: [0; 8],
-    };
-    let start = Instant::now();
-    let step = FLOOD_FOR / plan.len() as u32;
-    // A fixed LCG: distinct source ports and sequence numbers, the same on every run.
-    let mut x: u32 = 0x2545_f491;
-    for (k, src) in plan.iter().enumerate() {
-        let due = start + step * k as u32;
-        let now = Instant::now();
-        if due > now + Duration::from_millis(2) {
-            std::thread::sleep(due - now);
-        }
-        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        let sport = 1024 + (x >> 16) as u16 % 60_000;
-        let pkt = syn(*src, sport, SERVER, PORT, x, k as u16);
-        let r = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&to as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if r != pkt.len() as isize {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(plan.len())
 }
 
 #[test]
@@ -306,16 +205,16 @@ fn checksums_match_a_known_header() {
         0x45u8, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
         0x00, 0xc7,
     ];
-    assert_eq!(checksum(&[&h]), 0xb861);
+    assert_eq!(syn::checksum(&[&h]), 0xb861);
     // A packet with its checksums in place sums to zero.
-    let p = syn(Ipv4Addr::new(198, 18, 3, 4), 40000, SERVER, PORT, 7, 1);
-    assert_eq!(checksum(&[&p[..20]]), 0);
+    let p = syn::syn(Ipv4Addr::new(198, 18, 3, 4), 40000, SERVER, PORT, 7, 1);
+    assert_eq!(syn::checksum(&[&p[..20]]), 0);
     let mut pseudo = [0u8; 12];
     pseudo[0..4].copy_from_slice(&p[12..16]);
     pseudo[4..8].copy_from_slice(&p[16..20]);
     pseudo[9] = 6;
     pseudo[11] = 20;
-    assert_eq!(checksum(&[&pseudo, &p[20..]]), 0);
+    assert_eq!(syn::checksum(&[&pseudo, &p[20..]]), 0);
 }
 
 #[test]
@@ -333,7 +232,7 @@ fn a_spoofed_syn_flood_turns_on_the_global_limit_and_bans_no_spoofed_source() {
     let plan = flood_plan();
     let planned = plan.len();
     let flood_started = Instant::now();
-    let flooding = env.pair.attacker.spawn(move || flood(plan));
+    let flooding = env.pair.attacker.spawn(move || syn::flood(&plan, SERVER, PORT, FLOOD_FOR));
 
     let on = within(Duration::from_secs(10), || env.port_mode() == "global limit");
     assert!(on, "port {PORT} not under the global limit within 10 s of the flood's start\n{}", env.diagnosis());

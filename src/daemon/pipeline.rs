@@ -110,11 +110,19 @@ impl Pipeline {
                     self.parser.start_input();
                     self.last_input = Some(input.clone());
                 }
+                let before = self.pending.len();
                 for (i, line) in lines.iter().enumerate() {
                     if let Outcome::Event(ev) = self.parser.parse_bytes(line) {
                         self.policy.observe(&ev, now, &mut self.decisions);
                         let origin = Origin { input: input.clone(), line: first_line.map(|f| f + i as u64) };
                         self.pending.push((origin, *ev));
+                    }
+                }
+                // Line sources cannot count their events (parsing happens here): counted for them, by name.
+                let parsed = (self.pending.len() - before) as u64;
+                if parsed > 0 {
+                    if let Some(s) = self.sources.iter().find(|s| *s.name == *input) {
+                        s.stats.events.fetch_add(parsed, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 if let Some(p) = position {
