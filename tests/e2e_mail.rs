@@ -8,6 +8,10 @@
 //! next connect dies in the kernel while the admin still connects and logs in.
 //! Step 2: one real source opening connections to every port (~25/s) is banned as a DoS source and the admin is
 //! notified (the daemon's notify.exec hook), while the admin still reaches every service.
+//! Step 3: a bounded spoofed SYN flood from thousands of 198.18.0.0/15 sources on 25 and 587 at once: 587 goes
+//! under the global limit, 25 (in policy.global_exempt) under the per-source limit, no spoofed address is
+//! banned, the admin still connects and authenticates, and the kernel's "Possible SYN flooding" lines and the
+//! TcpExt counters show in `floodgate events`.
 //!
 //! Addresses: the server is 198.51.100.1 (towards the attacker) and 203.0.113.1 (towards the admin); the
 //! attacker's sources are in 198.51.100.0/24 (spoofed ones, later, only in 198.18.0.0/15); the admin is
@@ -15,6 +19,8 @@
 
 mod maillab;
 mod netns;
+#[path = "netns/syn.rs"]
+mod syn;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -41,6 +47,7 @@ const DOS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
 const DOS_EVERY: Duration = Duration::from_millis(40);
 const DOS_MAX_CONNECTIONS: usize = 400;
 const DOS_MAX_TIME: Duration = Duration::from_secs(15);
+const SMTP: u16 = 25;
 const SUBMISSION: u16 = 587;
 /// The jail's maxretry for submission in the daemon's config.
 const MAXRETRY: usize = 3;
@@ -48,6 +55,19 @@ const MAXRETRY: usize = 3;
 const DROPPED_AFTER: Duration = Duration::from_millis(700);
 /// Any client that should get through waits this long for its connection at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Step 3's flood: distinct spoofed sources per port (two disjoint sets, one for 25, one for 587), SYNs per
+/// source, and how long each port's flood lasts: 4,000 SYNs per port (syn::flood sends 5,000 at most), 8,000
+/// in all, about 1,000 a second on each port.
+const FLOOD_SOURCES: u32 = 2_000;
+const FLOOD_ROUNDS: usize = 2;
+const FLOOD_FOR: Duration = Duration::from_secs(4);
+/// The server namespace's listen backlog cap (net.core.somaxconn, set before the lab listens): a SYN queue this
+/// small overflows within the flood's first milliseconds, which is when the kernel logs its line (once per
+/// listener) and starts answering with cookies.
+const SOMAXCONN: &str = "64";
+/// The policy's ddos_distinct (its default): more distinct sources than this on a port within the window
+/// cannot be narrowed down.
+const DDOS_DISTINCT: u64 = 300;
 
 static LINKS: AtomicU32 = AtomicU32::new(0);
 
@@ -85,6 +105,24 @@ impl Net {
         }
         net.attacker.ip(&["route", "add", "default", "via", &SERVER.to_string()]);
         net.admin.ip(&["route", "add", "default", "via", SERVER_ADMIN_SIDE]);
+        // Step 3's spoofed sources (198.18.0.0/15) are reached through the attacker's link address, not on-link:
+        // on-link, each of thousands of sources would cost the server an unanswered ARP entry. The SYN-ACKs
+        // they get go to the attacker, which blackholes them (as the unknowing owners of the addresses would
+        // ignore them). The reverse path is the link the flood came in on, so no rp_filter drops it either.
+        net.server.ip(&["route", "add", "198.18.0.0/15", "via", ATTACKER_LINK, "dev", &to_attacker]);
+        net.attacker.ip(&["route", "add", "blackhole", "198.18.0.0/15"]);
+        // The server's kernel, in its namespace only: cookies when a SYN queue overflows (1, the kernel's
+        // default, said explicitly: the flood line and the counters depend on it), and small listen backlogs so
+        // that a flood of a few thousand SYNs overflows them. Set before the lab starts: listen() reads
+        // somaxconn when the service starts listening.
+        for (key, value) in [
+            ("net.ipv4.tcp_syncookies", "1"),
+            ("net.ipv4.tcp_max_syn_backlog", "64"),
+            ("net.core.somaxconn", SOMAXCONN),
+        ] {
+            let out = net.server.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+            assert!(out.status.success(), "sysctl {key}={value} in the server namespace: {out:?}");
+        }
         net
     }
 
@@ -150,7 +188,10 @@ impl Scenario {
     }
 
     /// The daemon's config: the lab's two logs, the kernel's records and counters, conntrack; the admin on the
-    /// allowlist; the lab's four services with a strict jail on submission; alerts to a hook that keeps them.
+    /// allowlist; the lab's four services with a strict jail on submission, whose global limit is tight enough
+    /// (20/s) to be seen dropping a flood; SMTP exempt from the global limit; the shortest windows the config
+    /// accepts (window 10s, limit_for 10s) and converge_after 5s, so that a flood's end converges within the
+    /// test; alerts to a hook that keeps them.
     fn write_config(&self) {
         let p = |n: &str| self.path(n).display().to_string();
         let hook = self.path("alert-hook.sh");
@@ -170,10 +211,12 @@ impl Scenario {
                 "allowlist = [\"{ADMIN}\"]\n\
                  [sources]\nfiles = [\"{}\", \"{}\"]\nkmsg = true\nnetstat = true\nnetstat_interval = \"200ms\"\nconntrack = true\n\
                  [daemon]\nsocket = \"{}\"\ntick = \"200ms\"\nverify_every = \"1s\"\n\
-                 [policy]\nwindow = \"10s\"\nconverge_after = \"5s\"\nlimit_for = \"10s\"\n\
+                 [policy]\nwindow = \"10s\"\nddos_distinct = {DDOS_DISTINCT}\nconverge_after = \"5s\"\nlimit_for = \"10s\"\n\
+                 global_exempt = [{SMTP}]\n\
                  [notify]\nexec = \"{}\"\nmin_interval = \"1s\"\n\
-                 [services.smtp]\nports = [25]\nmaxretry = 10\n\
+                 [services.smtp]\nports = [{SMTP}]\nmaxretry = 10\n\
                  [services.submission]\nports = [{SUBMISSION}]\nmaxretry = {MAXRETRY}\n\
+                 global_rate = \"20/second\"\nglobal_burst = 20\n\
                  [services.imap]\nports = [143]\n\
                  [services.pop3]\nports = [110]\n",
                 self.lab.postfix_log().display(),
@@ -280,6 +323,51 @@ impl Scenario {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("the hook got a notice that is not JSON ({e}): {l}"))
             })
             .collect()
+    }
+
+    /// A port's mode as `floodgate status` shows it: normal, per-source limit, global limit.
+    fn port_mode(&self, port: u16) -> String {
+        let status = self.status();
+        let ports = status["ports"].as_array().unwrap_or_else(|| panic!("no ports in the status: {status}"));
+        let p = ports.iter().find(|p| p["port"] == port).unwrap_or_else(|| panic!("no port {port}: {status}"));
+        p["mode"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The ports in one of the kernel's limit switch sets (`limit_global_ports`, `limit_source_ports`).
+    fn switched_on(&self, set: &str) -> Vec<u16> {
+        let listed = self.net.server.nft(&["list", "set", "inet", "floodgate", set]);
+        let Some(elements) = listed.split("elements = {").nth(1) else { return Vec::new() };
+        let elements = elements.split('}').next().unwrap_or_default();
+        elements.split(',').filter_map(|e| e.split_whitespace().next().and_then(|p| p.parse().ok())).collect()
+    }
+
+    /// Bans, in `floodgate list` and in the kernel's ban sets, of any address of 198.18.0.0/15.
+    fn spoofed_bans(&self) -> Vec<String> {
+        let listed = self
+            .list()
+            .into_iter()
+            .filter(|l| l["action"] == "ban")
+            .filter_map(|l| l["target"].as_str().map(str::to_string))
+            .filter(|t| t.split('/').next().and_then(|a| a.parse::<Ipv4Addr>().ok()).is_some_and(syn::spoofed));
+        let in_kernel = ["ban4", "ban4_net"].into_iter().flat_map(|set| {
+            let text = self.net.server.nft(&["list", "set", "inet", "floodgate", set]);
+            text.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '/'))
+                .filter(|w| w.starts_with("198.18.") || w.starts_with("198.19."))
+                .map(|w| format!("{w} (kernel set {set})"))
+                .collect::<Vec<_>>()
+        });
+        listed.chain(in_kernel).collect()
+    }
+
+    /// `floodgate events` as an operator types it (text), for the narration.
+    fn events_text(&self, args: &[&str]) -> String {
+        let db = self.path("f.db");
+        Command::new(BIN)
+            .args(["--db", db.to_str().unwrap(), "events"])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("floodgate events: {e}"))
     }
 
     fn in_ban4(&self, addr: Ipv4Addr) -> bool {
@@ -484,6 +572,144 @@ fn step2_dos_on_every_port(s: &Scenario) {
     );
 }
 
+/// Step 3's plan for one port: `FLOOD_SOURCES` spoofed sources from the `first`-th on, in `FLOOD_ROUNDS` rounds
+/// (so the distinct sources rise from the first packet on, and each source sends more than once).
+fn flood_plan(first: u32) -> Vec<Ipv4Addr> {
+    let sources = &syn::sources(first + FLOOD_SOURCES)[first as usize..];
+    let plan: Vec<Ipv4Addr> = (0..FLOOD_ROUNDS).flat_map(|_| sources.iter().copied()).collect();
+    assert!(plan.len() <= syn::MAX_PACKETS && plan.iter().all(|a| syn::spoofed(*a)), "a bounded, spoofed flood");
+    plan
+}
+
+/// The admin under the flood: a banner on 25 and AUTH on 587 (the global limit's allowlist comes first, and a
+/// full SYN queue answers with cookies). Panics with the logs if either fails.
+fn admin_gets_through(s: &Scenario, when: &str) {
+    let to = SocketAddr::new(SERVER.into(), SMTP);
+    let banner = s
+        .net
+        .admin
+        .enter(move || client::smtp_banner(ADMIN.into(), to, CONNECT_TIMEOUT))
+        .unwrap_or_else(|e| panic!("the admin on {SMTP} {when}: {e}\n{}", s.diagnosis()));
+    assert!(banner.text.contains(maillab::HOSTNAME), "the admin's banner on {SMTP} {when}: {banner:?}");
+    let reply = submission_auth(&s.net.admin, ADMIN, maillab::PASSWORD)
+        .unwrap_or_else(|e| panic!("the admin's AUTH on {SUBMISSION} {when}: {e}\n{}", s.diagnosis()));
+    assert_eq!(reply.code, 235, "the admin authenticates on {SUBMISSION} {when}: {reply:?}\n{}", s.diagnosis());
+}
+
+/// Step 3: a spoofed SYN flood from thousands of 198.18.0.0/15 sources on 25 and 587 at once. 587 goes under
+/// the global limit (the sources cannot be narrowed down), 25 under the per-source limit (SMTP is in
+/// policy.global_exempt: the world's MTAs must still deliver); nothing spoofed is banned (SYN-only evidence never
+/// bans); the admin still connects and authenticates; the kernel's flood lines and counters are in the store.
+/// Returns when the flood ended.
+fn step3_spoofed_syn_flood(s: &Scenario) -> Instant {
+    let since = chrono::Utc::now();
+    assert_eq!(s.port_mode(SMTP), "normal", "before the flood\n{}", s.diagnosis());
+    assert_eq!(s.port_mode(SUBMISSION), "normal", "before the flood\n{}", s.diagnosis());
+    let listening = s.net.server.exec(&["ss", "-Hltn"]);
+    let listening = String::from_utf8_lossy(&listening.stdout).into_owned();
+    let (smtp_plan, submission_plan) = (flood_plan(0), flood_plan(FLOOD_SOURCES));
+    let planned = smtp_plan.len() + submission_plan.len();
+    let started = Instant::now();
+    let floods = [(SMTP, smtp_plan), (SUBMISSION, submission_plan)]
+        .map(|(port, plan)| s.net.attacker.spawn(move || syn::flood(&plan, SERVER, port, FLOOD_FOR)));
+
+    // Both responses, as the operator sees them (the store's limits) and as the kernel has them (the switches).
+    wait(s, "587 under the global limit and 25 under the per-source limit", Duration::from_secs(10), || {
+        s.port_mode(SUBMISSION) == "global limit" && s.port_mode(SMTP) == "per-source limit"
+    });
+    let limited_after = started.elapsed();
+    assert_eq!(s.switched_on("limit_global_ports"), [SUBMISSION], "only 587 in the kernel's global switch");
+    assert_eq!(s.switched_on("limit_source_ports"), [SMTP], "only 25 in the kernel's per-source switch");
+    let listed = s.list();
+    let limit = |action: &str, port: u16| {
+        listed.iter().find(|l| l["action"] == action && l["target"] == port.to_string().as_str()).cloned()
+    };
+    let global = limit("limit_global", SUBMISSION).unwrap_or_else(|| panic!("no global limit on 587: {listed:?}"));
+    assert_eq!(global["origin"], "policy", "{global}");
+    let per_source = limit("limit_source", SMTP).unwrap_or_else(|| panic!("no per-source limit on 25: {listed:?}"));
+    assert_eq!(per_source["origin"], "policy", "{per_source}");
+    assert!(limit("limit_global", SMTP).is_none(), "SMTP is exempt from the global limit: {listed:?}");
+
+    // The admin, while the flood goes on.
+    admin_gets_through(s, "during the flood");
+    let admin_checked_after = started.elapsed();
+
+    let sent: usize = floods
+        .into_iter()
+        .map(|f| f.join().unwrap_or_else(|e| std::panic::resume_unwind(e)).expect("the raw-socket flood"))
+        .sum();
+    let ended = Instant::now();
+    let took = started.elapsed();
+    assert_eq!(sent, planned, "every planned SYN sent");
+    assert!(took < FLOOD_FOR + Duration::from_secs(2), "the flood is bounded in time: {took:?}");
+    // The pipeline drains what the flood left (conntrack events, counters) before bans are looked for.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(s.spoofed_bans(), Vec::<String>::new(), "SYN-only sources are never banned\n{}", s.diagnosis());
+    assert_eq!(s.status()["bans_active"], 2, "still the guesser's and the DoS source's bans, no more");
+    // No spoofed source ever completed a handshake: Postfix never saw one.
+    let postfix = s.lab.postfix_log_text();
+    assert!(
+        !postfix.lines().any(|l| l.contains("[198.18.") || l.contains("[198.19.")),
+        "a spoofed source reached Postfix\n{}",
+        s.diagnosis()
+    );
+
+    // The kernel's own account, in the store: its flood line per listener and its counters. A kmsg record's
+    // time is the boot time (whole seconds, /proc/stat's btime) plus the record's microseconds since boot, so it
+    // may read up to a second early: the query reaches back a little before the step began.
+    let since_arg = (since - chrono::Duration::seconds(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut flood_lines = Vec::new();
+    wait(s, "the kernel's SYN-flood lines for 25 and 587 in `floodgate events`", Duration::from_secs(5), || {
+        flood_lines = s.events(&["--since", &since_arg, "--kind", "syn_flood"]);
+        [SMTP, SUBMISSION].iter().all(|p| flood_lines.iter().any(|e| e["port"] == *p))
+    });
+    assert!(
+        flood_lines.iter().all(|e| e["syn_action"] == "cookies" && e["addr"].is_null()),
+        "cookies, and no attacker named (the line names the listener): {flood_lines:?}"
+    );
+    // Each counter's rises summed: the netstat source's TcpExt counters and the global limit's drop counter.
+    let mut rises: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for e in s.events(&["--since", &since_arg, "--kind", "kernel_counter"]) {
+        *rises.entry(e["rule"].as_str().unwrap_or_default().to_string()).or_default() +=
+            e["count"].as_u64().unwrap_or(0);
+    }
+    let rose = |rule: &str| rises.get(rule).copied().unwrap_or(0);
+    let (cookies_sent, queue_full, limit_drops) =
+        (rose("netstat.SyncookiesSent"), rose("netstat.TCPReqQFullDoCookies"), rose("nft.limit_global"));
+    assert!(cookies_sent > 0 && queue_full > 0, "the TcpExt counters rose: {rises:?}\n{}", s.diagnosis());
+    assert!(limit_drops > 0, "the global limit's drops, read from its counter: {rises:?}\n{}", s.diagnosis());
+
+    // The admin was told of the DDoS on 587.
+    wait(s, "the DDoS alert for 587 from the notify hook", Duration::from_secs(5), || {
+        s.alerts()
+            .iter()
+            .any(|a| a["kind"] == "DdosDetected" && a["subject"].as_str().is_some_and(|t| t.contains("port 587")))
+    });
+    admin_gets_through(s, "after the flood");
+
+    s.narrate(
+        &format!(
+            "step 3: {planned} spoofed SYNs from {} sources of 198.18.0.0/15 on 25 and 587: 587 under the global \
+             limit, 25 under the per-source limit, nothing spoofed banned",
+            2 * FLOOD_SOURCES
+        ),
+        since,
+    );
+    eprintln!(
+        "-- ss -ltn in the server namespace before the flood (Send-Q: the backlog)\n{listening}\
+         -- floodgate events --kind syn_flood\n{}-- floodgate events --kind kernel_counter --limit 8\n{}",
+        s.events_text(&["--since", &since_arg, "--kind", "syn_flood"]),
+        s.events_text(&["--since", &since_arg, "--kind", "kernel_counter", "--limit", "8"])
+    );
+    eprintln!(
+        "step 3: {sent} SYNs in {took:.1?}; both limits on {limited_after:.1?} after the first; the admin served \
+         under the flood at {admin_checked_after:.1?}; kernel: {} flood line(s), SyncookiesSent +{cookies_sent}, \
+         TCPReqQFullDoCookies +{queue_full}; the global limit dropped {limit_drops}",
+        flood_lines.len()
+    );
+    ended
+}
+
 #[test]
 fn the_mail_server_scenario() {
     let test = "the_mail_server_scenario";
@@ -495,6 +721,7 @@ fn the_mail_server_scenario() {
     eprintln!("lab and daemon up in {:.1?}", started.elapsed());
     step1_password_guesser(&s);
     step2_dos_on_every_port(&s);
+    let _flood_ended = step3_spoofed_syn_flood(&s);
     s.assert_lab_clean();
     // Shown with --nocapture (cargo keeps a passing test's output to itself): what an operator would see.
     eprintln!("{}\n--- floodgate list\n{}", s.diagnosis(), s.fg(&["list"]));

@@ -57,6 +57,17 @@ pub fn smtp_auth_plain(
     Ok(auth)
 }
 
+/// Connects, reads the banner (220) and says QUIT: a mail client reaching an MTA that still serves, without
+/// needing AUTH (the lab's smtpd on 25 offers none). Returns the banner.
+pub fn smtp_banner(from: IpAddr, to: SocketAddr, connect_timeout: Duration) -> io::Result<SmtpReply> {
+    let stream = connect(from, to, connect_timeout)?;
+    let mut smtp = Smtp { reader: BufReader::new(stream.try_clone()?), writer: stream, peer: to };
+    let banner = smtp.expect("banner", 220)?;
+    let _ = smtp.writer.set_read_timeout(Some(QUIT_TIMEOUT));
+    let _ = smtp.send("QUIT").and_then(|_| smtp.reply("QUIT"));
+    Ok(banner)
+}
+
 struct Smtp {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
