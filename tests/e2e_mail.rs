@@ -15,6 +15,8 @@
 //! Step 4: the flood is over: once the window has drained and converge_after has passed, both limits are lifted
 //! (gone from `floodgate list` and from the kernel's switch sets), everyone is served again, and the admin gets
 //! a `Converged` notice per port with the attack's summary (its length, peak distinct sources, peak rate).
+//! Step 5: `floodgate advise --json` in the server namespace, on the daemon's store: it exits 0, its history
+//! holds the flood on both ports, and its findings name them (and the small backlogs the lab runs with).
 //!
 //! Addresses: the server is 198.51.100.1 (towards the attacker) and 203.0.113.1 (towards the admin); the
 //! attacker's sources are in 198.51.100.0/24 (spoofed ones, later, only in 198.18.0.0/15); the admin is
@@ -784,6 +786,70 @@ fn step4_convergence(s: &Scenario, flood_ended: Instant) {
     );
 }
 
+/// Step 5: the advisor, as the operator would run it after the attack: in the server namespace, with the
+/// daemon's config and store (opened read-only, while the daemon still writes it).
+fn step5_advise(s: &Scenario) {
+    let (cfg, db) = (s.path("floodgate.toml"), s.path("f.db"));
+    let advise = |json: bool| {
+        let mut cmd = vec![BIN, "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap(), "advise"];
+        if json {
+            cmd.push("--json");
+        }
+        let started = Instant::now();
+        let out = s.net.server.exec(&cmd);
+        assert!(
+            out.status.success(),
+            "floodgate advise{} exits 0 ({}): {}\n{}",
+            if json { " --json" } else { "" },
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            s.diagnosis()
+        );
+        (String::from_utf8_lossy(&out.stdout).into_owned(), started.elapsed())
+    };
+    let (json, took) = advise(true);
+    let report: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("advise --json is one JSON document ({e}): {json}"));
+    let findings = report["findings"].as_array().unwrap_or_else(|| panic!("no findings: {report}"));
+    let finding = |id: &str, subject: &str| {
+        findings.iter().find(|f| f["id"] == id && f["subject"].as_str().is_some_and(|t| t.contains(subject)))
+    };
+
+    // The history: the kernel's line for each flooded port, and the SYN-queue overflows the daemon recorded.
+    let ports = report["history"]["ports"].as_array().unwrap_or_else(|| panic!("no history: {report}"));
+    for (port, service) in [(SMTP, "smtp"), (SUBMISSION, "submission")] {
+        let p = ports.iter().find(|p| p["port"] == port).unwrap_or_else(|| panic!("port {port} not in {ports:?}"));
+        assert!(p["lines"].as_u64().is_some_and(|n| n >= 1) && p["dropping"] == 0, "{p}");
+        let seen = finding("syn_flood_seen", &format!("port {port} ({service})"))
+            .unwrap_or_else(|| panic!("a history finding for port {port}: {findings:#?}"));
+        assert!(seen["current"].as_str().is_some_and(|c| c.starts_with("1 SYN flood on 1 day")), "{seen}");
+    }
+    let recorded = finding("recorded_floods", "SYN-queue overflows")
+        .unwrap_or_else(|| panic!("the counter rises the daemon recorded: {findings:#?}"));
+    assert!(recorded["current"].as_str().is_some_and(|c| c.contains("TCPReqQFullDoCookies +")), "{recorded}");
+    // What it read of this namespace: the lab's listeners capped by somaxconn, and cookies on.
+    assert!(
+        finding("somaxconn_caps_listener", "net.core.somaxconn").is_some(),
+        "somaxconn {SOMAXCONN} caps the lab's listeners: {findings:#?}"
+    );
+    assert!(findings.iter().all(|f| f["id"] != "syncookies_off"), "cookies are on in the server namespace");
+    assert!(findings.iter().all(|f| f["severity"] != "critical"), "nothing critical: {findings:#?}");
+
+    let (text, _) = advise(false);
+    eprintln!(
+        "\n== step 5: floodgate advise in the server namespace, on the daemon's store\n{}",
+        maillab::tail(&text, 400)
+    );
+    let count = |severity: &str| findings.iter().filter(|f| f["severity"] == severity).count();
+    eprintln!(
+        "step 5: advise --json in {took:.1?}: {} findings ({} warnings, {} informational); history: ports {:?}",
+        findings.len(),
+        count("warning"),
+        count("info"),
+        ports.iter().filter_map(|p| p["port"].as_u64()).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn the_mail_server_scenario() {
     let test = "the_mail_server_scenario";
@@ -797,6 +863,7 @@ fn the_mail_server_scenario() {
     step2_dos_on_every_port(&s);
     let flood_ended = step3_spoofed_syn_flood(&s);
     step4_convergence(&s, flood_ended);
+    step5_advise(&s);
     s.assert_lab_clean();
     // Shown with --nocapture (cargo keeps a passing test's output to itself): what an operator would see.
     eprintln!("{}\n--- floodgate list\n{}", s.diagnosis(), s.fg(&["list"]));
