@@ -54,7 +54,9 @@ test: lint
 bench:
 	$(CARGO) bench
 
-# The main job for now: parse the bundled real-format samples of every program, store them, and query the store.
+# Parse the bundled real-format samples of every program, store them and query the store; as root, enforcement in
+# a throwaway namespace (demo-enforce) and the mail scenario against real Postfix and Dovecot (demo-mail, after
+# mail-deps installs them without starting them on this machine).
 demo: deps build
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	@for f in tests/samples/*.txt; do grep -v -e '^=>' -e '^#' -e '^$$' $$f > $(DEMO_DIR)/$$(basename $$f .txt).log; done
@@ -70,6 +72,10 @@ demo: deps build
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory demo-enforce; \
 	else echo "== enforcement demo skipped: it needs root (it runs in a throwaway network namespace)"; fi
 	@rm -rf $(DEMO_DIR)
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "== mail scenario skipped: it needs root (network namespaces, Postfix and Dovecot run inside them)"; \
+	elif $(MAKE) --no-print-directory mail-deps; then $(MAKE) --no-print-directory demo-mail; \
+	else echo "== mail scenario skipped: Postfix and Dovecot are not installed and could not be (see above; make mail-deps)"; fi
 
 # Enforcement in a throwaway network namespace: the host's own ruleset is never touched.
 DEMO_NS := floodgate-demo-$$PPID
@@ -119,11 +125,14 @@ demo-enforce:
 	$(FG) advise | head -n 30
 
 # The mail scenario (issue 8) as a demo: real Postfix and Dovecot in a server namespace, an attacker and an admin
-# namespace, floodgate run on the real logs; each step narrated with floodgate status, list and events. It is the
-# very test `make test` runs (tests/e2e_mail.rs), shown as it goes. Root only; everything is torn down at the end.
+# namespace, floodgate run on the real logs; the five steps (a password guesser, a DoS source, a spoofed SYN flood
+# on 25 and 587, convergence, floodgate advise) narrated with floodgate status, list, events and advise. It is the
+# very test `make test` runs (tests/e2e_mail.rs), shown as it goes; built in release mode to reuse `make build`.
+# Root only; about 30 s once built; everything (namespaces, servers, files) is torn down at the end.
 demo-mail: deps mail-deps
 	@[ "$$(id -u)" = 0 ] || { echo "demo-mail needs root: it creates network namespaces and runs Postfix and Dovecot in them"; exit 1; }
-	$(CARGO) test --test e2e_mail -- --exact the_mail_server_scenario --nocapture
+	@echo "== the mail scenario: real Postfix and Dovecot, floodgate run, five attacks and what floodgate did (tests/e2e_mail.rs)"
+	$(CARGO) test --release --test e2e_mail -- --exact the_mail_server_scenario --nocapture
 
 install: build
 	install -D -m 0755 target/release/floodgate $(DESTDIR)$(PREFIX)/bin/floodgate
