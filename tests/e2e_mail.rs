@@ -646,6 +646,7 @@ fn step3_spoofed_syn_flood(s: &Scenario) -> Instant {
     let ended = Instant::now();
     let took = started.elapsed();
     assert_eq!(sent, planned, "every planned SYN sent");
+    assert!(admin_checked_after < took, "the admin was served while the flood went on: {admin_checked_after:?}");
     assert!(took < FLOOD_FOR + Duration::from_secs(2), "the flood is bounded in time: {took:?}");
     // The pipeline drains what the flood left (conntrack events, counters) before bans are looked for.
     std::thread::sleep(Duration::from_millis(600));
