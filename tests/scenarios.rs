@@ -116,6 +116,7 @@ scenarios!(
     admin_inside_flood,
     convergence,
     limit_holds_back_flood,
+    convergence_summary_counts_the_attack_only,
 );
 
 #[test]

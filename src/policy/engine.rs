@@ -267,7 +267,11 @@ impl Engine {
                 if to != Mode::Normal && (from == Mode::Normal || (from == Mode::PerSource && to == Mode::Global)) =>
             {
                 p.mode = to;
-                p.since.get_or_insert(now);
+                if p.since.is_none() {
+                    // The attack starts here: its summary counts only the bans made from now on.
+                    p.since = Some(now);
+                    p.bans = 0;
+                }
                 p.calm_since = None;
                 // Say which trigger fired: the admin reads this in the mail.
                 let why = if many {
@@ -329,7 +333,10 @@ impl Engine {
                 let started = p.since.unwrap_or(now);
                 let summary = format!(
                     "port {port}: attack over after {}; peak {} distinct sources, {:.0} new connections/s; {} bans",
-                    humantime::format_duration((now - started).to_std().unwrap_or_default()),
+                    // Whole seconds: the admin reads this in a mail.
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        (now - started).to_std().unwrap_or_default().as_secs()
+                    )),
                     p.peak_distinct,
                     p.peak_rate,
                     p.bans

@@ -95,7 +95,8 @@ enum Check {
     Mode(u16, Mode),
     /// `expect tracked < 1000`: per-source state the engine holds at the end.
     Tracked(Cmp, usize),
-    /// `expect summary converged has peak distinct`: words of the first such alert's summary.
+    /// `expect summary converged has peak distinct` (words) or `has "0 bans"` (a phrase): in the first such
+    /// alert's summary.
     Summary(String, Vec<String>),
 }
 
@@ -447,7 +448,13 @@ fn expectation(w: &[&str]) -> Result<Check, String> {
         ),
         ["tracked", c, n] => Check::Tracked(cmp(c)?, num(n)?),
         ["summary", kind, "has", words @ ..] if !words.is_empty() => {
-            Check::Summary(kind.to_string(), words.iter().map(|s| s.to_string()).collect())
+            // Words each, or one "quoted phrase".
+            let joined = words.join(" ");
+            let parts = match joined.strip_prefix('"').and_then(|j| j.strip_suffix('"')) {
+                Some(phrase) => vec![phrase.to_string()],
+                None => words.iter().map(|s| s.to_string()).collect(),
+            };
+            Check::Summary(kind.to_string(), parts)
         }
         _ => {
             return Err("unknown expectation (known: bans, bans_within, host_bans, limits, alerts, lift, mode, \
