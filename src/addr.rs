@@ -172,6 +172,91 @@ fn mask(ip: IpAddr, len: u8) -> IpAddr {
     }
 }
 
+/// An address as an unsigned integer of its family's width. Implemented for `u32` (IPv4) and `u128` (IPv6).
+pub trait RangeInt: Copy + Ord + std::fmt::Debug {
+    /// Bits in the family's addresses: 32 or 128.
+    const BITS: u32;
+    const MAX: Self;
+    fn checked_add_one(self) -> Option<Self>;
+    /// `self + 2^bits`, `None` past the end of the address space.
+    fn checked_add_pow2(self, bits: u32) -> Option<Self>;
+    fn wrapping_sub(self, other: Self) -> Self;
+    fn trailing_zeros(self) -> u32;
+    fn leading_zeros(self) -> u32;
+    fn to_ip(self) -> IpAddr;
+}
+
+impl RangeInt for u32 {
+    const BITS: u32 = 32;
+    const MAX: u32 = u32::MAX;
+    fn checked_add_one(self) -> Option<u32> {
+        self.checked_add(1)
+    }
+    fn checked_add_pow2(self, bits: u32) -> Option<u32> {
+        self.checked_add(1u32.checked_shl(bits)?)
+    }
+    fn wrapping_sub(self, other: u32) -> u32 {
+        u32::wrapping_sub(self, other)
+    }
+    fn trailing_zeros(self) -> u32 {
+        u32::trailing_zeros(self)
+    }
+    fn leading_zeros(self) -> u32 {
+        u32::leading_zeros(self)
+    }
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(self))
+    }
+}
+
+impl RangeInt for u128 {
+    const BITS: u32 = 128;
+    const MAX: u128 = u128::MAX;
+    fn checked_add_one(self) -> Option<u128> {
+        self.checked_add(1)
+    }
+    fn checked_add_pow2(self, bits: u32) -> Option<u128> {
+        self.checked_add(1u128.checked_shl(bits)?)
+    }
+    fn wrapping_sub(self, other: u128) -> u128 {
+        u128::wrapping_sub(self, other)
+    }
+    fn trailing_zeros(self) -> u32 {
+        u128::trailing_zeros(self)
+    }
+    fn leading_zeros(self) -> u32 {
+        u128::leading_zeros(self)
+    }
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(self))
+    }
+}
+
+/// The fewest prefixes that cover exactly `lo..=hi` (empty when `lo > hi`), in address order.
+pub fn range_to_cidrs<T: RangeInt>(lo: T, hi: T) -> Vec<Cidr> {
+    let mut out = Vec::new();
+    if lo > hi {
+        return out;
+    }
+    let mut start = lo;
+    loop {
+        // The largest block aligned at `start` (its trailing zero bits) that does not run past `hi`.
+        let span = hi.wrapping_sub(start); // addresses left, minus one: no overflow for the whole space
+        let fits = match span.checked_add_one() {
+            Some(count) => T::BITS - 1 - count.leading_zeros(),
+            None => T::BITS,
+        };
+        let bits = start.trailing_zeros().min(fits);
+        let len = (T::BITS - bits) as u8;
+        out.push(Cidr::new(start.to_ip(), len).expect("a prefix length within the family's width"));
+        match start.checked_add_pow2(bits) {
+            Some(next) if next <= hi => start = next,
+            _ => break,
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -315,6 +315,17 @@ pub struct Service {
     pub deny_countries: Vec<crate::geo::Country>,
 }
 
+impl Service {
+    /// The service's country restriction, if any: (deny, countries). `deny` false: only these countries.
+    pub fn country_rule(&self) -> Option<(bool, &[crate::geo::Country])> {
+        match (self.countries.is_empty(), self.deny_countries.is_empty()) {
+            (false, _) => Some((false, &self.countries)),
+            (true, false) => Some((true, &self.deny_countries)),
+            (true, true) => None,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         let svc = |ports: &[u16], maxretry: Option<u32>| Service {
@@ -449,7 +460,7 @@ impl Config {
                     "services.{name}: countries (allow only these) and deny_countries exclude each other; use one"
                 ));
             }
-            let restricted = !s.countries.is_empty() || !s.deny_countries.is_empty();
+            let restricted = s.country_rule().is_some();
             let set_name_ok =
                 name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if restricted && !set_name_ok {
@@ -527,7 +538,7 @@ impl Config {
         if self.daemon.tick < Duration::from_millis(100) || self.sources.netstat_interval < Duration::from_millis(100) {
             return Err("daemon.tick / sources.netstat_interval: at least 100ms".into());
         }
-        if self.services.values().any(|s| !s.countries.is_empty() || !s.deny_countries.is_empty()) {
+        if self.services.values().any(|s| s.country_rule().is_some()) {
             if self.geo.sources.is_empty() {
                 return Err("geo.sources: country-restricted services need at least one range source".into());
             }
@@ -535,16 +546,7 @@ impl Config {
                 return Err("geo.max_mib / geo.timeout: above zero".into());
             }
         }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, src) in self.geo.sources.iter().enumerate() {
-            src.validate().map_err(|e| format!("geo.sources[{i}]: {e}"))?;
-            if !names.insert(src.cache_name()) {
-                return Err(format!(
-                    "geo.sources[{i}]: another source is also kept as `{}`: give one a `name`",
-                    src.cache_name()
-                ));
-            }
-        }
+        crate::geo::fetch::validate_all(&self.geo.sources)?;
         if let Some(c) = self.allowlist.iter().find(|c| c.prefix_len() == 0) {
             return Err(format!("allowlist: `{c}` would exempt every address"));
         }
@@ -575,8 +577,10 @@ impl Config {
         let geo = self
             .services
             .iter()
-            .filter(|(_, s)| !s.countries.is_empty() || !s.deny_countries.is_empty())
-            .map(|(name, s)| GeoRule { service: name.clone(), ports: s.ports.clone(), deny: s.countries.is_empty() })
+            .filter_map(|(name, s)| {
+                let (deny, _) = s.country_rule()?;
+                Some(GeoRule { service: name.clone(), ports: s.ports.clone(), deny })
+            })
             .collect();
         Ruleset { table: self.enforce.table.clone(), ports: self.port_limits(), geo }
     }

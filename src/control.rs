@@ -81,6 +81,9 @@ impl Response {
     }
 }
 
+/// The answer to a request only the daemon can answer, when it does not run.
+pub const NOT_RUNNING: &str = "floodgate is not running (start it with `floodgate run`)";
+
 /// What a request is carried out with.
 pub struct Context<'a> {
     pub config: &'a Config,
@@ -156,7 +159,7 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
                 None => Some(config.jail.bantime),
             };
             let targets = parse_targets(targets)?;
-            let stored_allow: Vec<Cidr> = store.enforced(now)?.allowlist.iter().map(|a| a.cidr).collect();
+            let stored_allow: Vec<Cidr> = store.allowlist()?.iter().map(|a| a.cidr).collect();
             refuse(targets.iter().filter_map(|c| enforcer.refuse_ban(c, &stored_allow)).collect())?;
             let until = match duration {
                 Some(d) => Some(now + chrono::Duration::from_std(d).context("--for: too long")?),
@@ -256,12 +259,12 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
         }
         Request::AllowDel { targets } => {
             let targets = allow_targets(targets)?;
-            let state = store.enforced(now)?;
+            let stored = store.allowlist()?;
             for t in &targets {
                 if config.allowlist.contains(t) {
                     bail!("{t} is on the config's allowlist: remove it there; nothing was applied");
                 }
-                if !state.allowlist.iter().any(|a| a.cidr == *t) {
+                if !stored.iter().any(|a| a.cidr == *t) {
                     bail!("{t} is not on the allowlist; nothing was applied");
                 }
             }
@@ -271,12 +274,12 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
             Ok(Response::ok(format!("removed {} target(s) from the allowlist", targets.len())))
         }
         Request::AllowList => {
-            let state = store.enforced(now)?;
+            let stored = store.allowlist()?;
             let rows: Vec<serde_json::Value> = config
                 .allowlist
                 .iter()
                 .map(|c| serde_json::json!({"cidr": c.to_string(), "source": "config", "comment": ""}))
-                .chain(state.allowlist.iter().map(|a| {
+                .chain(stored.iter().map(|a| {
                     serde_json::json!({
                         "cidr": a.cidr.to_string(),
                         "source": format!("added {}", a.added.format("%Y-%m-%d %H:%M")),
@@ -343,16 +346,10 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
                 c.refreshed,
                 c.removed
             ));
-            for g in &r.geo {
-                let state = if g.active { "enforced" } else { "NOT enforced: no ranges for its countries, ports open" };
-                lines.push(format!(
-                    "country sets of {} (ports {:?}): {} IPv4 and {} IPv6 ranges; {state}",
-                    g.service, g.ports, g.ranges_v4, g.ranges_v6
-                ));
-            }
+            lines.extend(r.geo.iter().map(|g| g.to_string()));
             Ok(Response::data(lines.join("\n"), serde_json::to_value(&r.geo)?))
         }
-        Request::Status | Request::Reload => bail!("floodgate is not running (start it with `floodgate run`)"),
+        Request::Status | Request::Reload => bail!("{NOT_RUNNING}"),
     }
 }
 

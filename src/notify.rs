@@ -122,10 +122,15 @@ impl Default for NotifyConfig {
     }
 }
 
+/// This machine's name (empty if unreadable), for the notices' subjects and the sender address.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
+}
+
 /// `floodgate@<hostname>` so the admin can filter on it; plain `root` if the hostname is unusable in an address.
 fn default_mail_from() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host = host.trim();
+    let host = hostname();
+    let host = host.as_str();
     let usable = !host.is_empty()
         && host.len() <= 253
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')

@@ -2,6 +2,8 @@
 //! copy; every kind of failure (HTTP errors, cut-off and corrupt bodies, oversize, silence, empty) leaves
 //! the last good copy byte for byte. Then the database reads back what was stored.
 
+#[path = "benches/gen.rs"]
+mod gen;
 #[path = "benches/geo_gen.rs"]
 mod geo_gen;
 

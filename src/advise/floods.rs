@@ -61,11 +61,8 @@ fn counters(m: &Machine, out: &mut Vec<Finding>) {
              allows, and limit the sources with floodgate.",
         ));
     }
-    let shown: Vec<String> = super::machine::COUNTERS
-        .iter()
-        .filter(|c| m.counter(c) > 0)
-        .map(|c| format!("{c} {}", grouped(m.counter(c))))
-        .collect();
+    let shown: Vec<String> =
+        m.counters.iter().filter(|(_, v)| **v > 0).map(|(c, v)| format!("{c} {}", grouped(*v))).collect();
     if !shown.is_empty() {
         out.push(Finding::new(
             "snmp_flood_counters",

@@ -82,7 +82,7 @@ impl History {
                 // `netstat.TCPReqQFullDoCookies`: the counter is what follows the source's prefix.
                 (Kind::KernelCounter, _) => {
                     let name = e.rule.rsplit('.').next().unwrap_or(&e.rule);
-                    if super::machine::COUNTERS.contains(&name) {
+                    if crate::source::netstat::TRACKED.iter().any(|(n, _)| *n == name) {
                         rises.entry(name).or_default().push(e);
                     }
                 }

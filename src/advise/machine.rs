@@ -12,17 +12,6 @@ use serde::Serialize;
 
 use super::listeners::{self, Listener};
 
-/// The TcpExt counters the advisor reports (see notes/kernel.md): cookies, SYN-queue and listen-queue overflows.
-pub const COUNTERS: [&str; 7] = [
-    "SyncookiesSent",
-    "SyncookiesRecv",
-    "SyncookiesFailed",
-    "ListenOverflows",
-    "ListenDrops",
-    "TCPReqQFullDoCookies",
-    "TCPReqQFullDrop",
-];
-
 /// A snapshot of the machine as the advisor sees it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Machine {
@@ -51,7 +40,9 @@ impl Machine {
     /// Reads the live machine: /proc, and the listeners from the kernel's socket diagnostics (with their
     /// backlogs), falling back to /proc/net/tcp (without them).
     pub fn read_live() -> Machine {
-        let mut m = Machine::read_at(Path::new("/proc"));
+        let proc = Path::new("/proc");
+        // /proc/net/tcp lists every socket (megabytes on a flooded server): read only if sock_diag fails.
+        let mut m = Machine::read_values(proc);
         match listeners::read_sock_diag() {
             Ok(l) => m.listeners = Some(l),
             Err(e) => {
@@ -60,6 +51,7 @@ impl Machine {
                     "listener backlogs unknown: the socket diagnostics dump failed ({e}); listeners read from \
                      /proc/net/tcp, which does not show backlogs"
                 ));
+                m.listeners = proc_listeners(proc);
             }
         }
         m
@@ -68,6 +60,13 @@ impl Machine {
     /// Reads the files under `proc` (normally /proc). Listeners come from `net/tcp` and `net/tcp6`, without
     /// backlogs.
     pub fn read_at(proc: &Path) -> Machine {
+        let mut m = Machine::read_values(proc);
+        m.listeners = proc_listeners(proc);
+        m
+    }
+
+    /// Everything but the listeners.
+    fn read_values(proc: &Path) -> Machine {
         let p = |rel: &str| proc.join(rel);
         let mut m = Machine {
             syncookies: value(&p("sys/net/ipv4/tcp_syncookies")),
@@ -91,22 +90,12 @@ impl Machine {
                 for problem in problems {
                     tracing::debug!(%problem, "net/netstat: field skipped");
                 }
-                m.counters = COUNTERS
-                    .iter()
-                    .filter_map(|name| all.get(&format!("TcpExt.{name}")).map(|v| (name.to_string(), *v)))
-                    .collect();
+                // The counters the daemon's netstat source watches: cookies, SYN- and listen-queue overflows.
+                m.counters =
+                    crate::source::netstat::tracked(&all).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             }
             None => m.notes.push(format!("{}: not readable; SNMP counters unknown", p("net/netstat").display())),
         }
-        let mut any = false;
-        let mut found = Vec::new();
-        for file in ["net/tcp", "net/tcp6"] {
-            if let Some(text) = read(&p(file)) {
-                any = true;
-                found.extend(listeners::parse_proc_net_tcp(&text));
-            }
-        }
-        m.listeners = any.then_some(found);
         m
     }
 
@@ -119,6 +108,19 @@ impl Machine {
     pub fn cookies_on(&self) -> bool {
         matches!(self.syncookies, Some(1) | Some(2))
     }
+}
+
+/// The listeners of `net/tcp` and `net/tcp6` under `proc` (no backlogs); None if neither can be read.
+fn proc_listeners(proc: &Path) -> Option<Vec<Listener>> {
+    let mut any = false;
+    let mut found = Vec::new();
+    for file in ["net/tcp", "net/tcp6"] {
+        if let Some(text) = read(&proc.join(file)) {
+            any = true;
+            found.extend(listeners::parse_proc_net_tcp(&text));
+        }
+    }
+    any.then_some(found)
 }
 
 fn read(path: &Path) -> Option<String> {

@@ -161,7 +161,10 @@ pub(crate) mod tests {
             conntrack_count: Some(100),
             mem_total_kib: Some(4 << 20),
             mem_available_kib: Some(3 << 20),
-            counters: machine::COUNTERS.iter().map(|c| (c.to_string(), 0)).collect::<BTreeMap<_, _>>(),
+            counters: crate::source::netstat::TRACKED
+                .iter()
+                .map(|(c, _)| (c.to_string(), 0))
+                .collect::<BTreeMap<_, _>>(),
             listeners: Some(vec![
                 listener("0.0.0.0", 25, 4096),
                 listener("::", 587, 1024),

@@ -71,22 +71,14 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
 /// A reconcile (through the daemon when it runs): the table installed or repaired, bans and allowlist in
 /// place, and the country sets built from the last good copies, all before any restriction takes effect.
 fn load(ctx: &super::Setup) -> Result<()> {
-    if ctx.config.ruleset().geo.is_empty() {
+    if !ctx.config.services.values().any(|s| s.country_rule().is_some()) {
         println!("no service has `countries` or `deny_countries`: nothing to load");
         return Ok(());
     }
     let r = ctx.execute(crate::control::Request::Reconcile).context("loading the country sets")?;
     let loaded: Vec<GeoLoaded> = serde_json::from_value(r.data).unwrap_or_default();
     for l in loaded {
-        let ports: Vec<String> = l.ports.iter().map(u16::to_string).collect();
-        let state = if l.active { "enforced" } else { "NOT enforced: no ranges for its countries (ports open)" };
-        println!(
-            "{}: ports {}: {} IPv4 and {} IPv6 ranges loaded; {state}",
-            l.service,
-            ports.join(", "),
-            l.ranges_v4,
-            l.ranges_v6
-        );
+        println!("{l}");
     }
     Ok(())
 }
@@ -114,15 +106,10 @@ fn lookup(ctx: &super::Setup, addr: IpAddr, json: bool) -> Result<()> {
         .services
         .iter()
         .map(|(name, s)| {
-            let (admits, allowed) = if !s.countries.is_empty() {
-                (format!("only {}", list(&s.countries)), country.is_some_and(|c| s.countries.contains(&c)))
-            } else if !s.deny_countries.is_empty() {
-                (
-                    format!("all but {}", list(&s.deny_countries)),
-                    !country.is_some_and(|c| s.deny_countries.contains(&c)),
-                )
-            } else {
-                ("all".to_string(), true)
+            let (admits, allowed) = match s.country_rule() {
+                Some((false, only)) => (format!("only {}", list(only)), country.is_some_and(|c| only.contains(&c))),
+                Some((true, deny)) => (format!("all but {}", list(deny)), !country.is_some_and(|c| deny.contains(&c))),
+                None => ("all".to_string(), true),
             };
             Reach { service: name.clone(), ports: s.ports.clone(), admits, allowed: allowed || allowlisted }
         })

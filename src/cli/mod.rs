@@ -117,6 +117,8 @@ impl Setup {
     pub fn execute(&self, req: Request) -> Result<Response> {
         let response = match crate::daemon::client::send(&self.config.daemon.socket, &req)? {
             Some(r) => r,
+            // Said before anything is opened: no store created, no root needed, to learn the daemon is down.
+            None if matches!(req, Request::Status | Request::Reload) => anyhow::bail!("{}", control::NOT_RUNNING),
             None => {
                 let mut store = self.open_store()?;
                 let mut enforcer = Enforcer::open(&self.config)?;
@@ -162,10 +164,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Allow(args) => allow::run(&ctx, args),
         Command::Limit(args) => limit::run(&ctx, args),
         Command::Reconcile(args) => list::run_reconcile(&ctx, args),
+        // `--db` goes as the parameter; the config keeps the file's `db`, so a reload compares like with like.
         Command::Run(args) => {
-            let mut config = ctx.config.clone();
-            config.db = ctx.db.clone();
-            crate::daemon::run(config, ctx.config_path.clone(), ctx.db.clone(), args.dry_run)
+            crate::daemon::run(ctx.config.clone(), ctx.config_path.clone(), ctx.db.clone(), args.dry_run)
         }
         Command::Status(args) => {
             let r = ctx.execute(Request::Status)?;

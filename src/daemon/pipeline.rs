@@ -105,7 +105,7 @@ impl Pipeline {
     pub fn feed(&mut self, feed: Feed) {
         let now = Utc::now();
         match feed {
-            Feed::Lines { input, lines, first_line, position } => {
+            Feed::Lines { input, lines, first_line, position, stats } => {
                 if self.last_input.as_ref() != Some(&input) {
                     self.parser.start_input();
                     self.last_input = Some(input.clone());
@@ -118,13 +118,9 @@ impl Pipeline {
                         self.pending.push((origin, *ev));
                     }
                 }
-                // Line sources cannot count their events (parsing happens here): counted for them, by name.
+                // Line sources cannot count their events (parsing happens here): counted for them.
                 let parsed = (self.pending.len() - before) as u64;
-                if parsed > 0 {
-                    if let Some(s) = self.sources.iter().find(|s| *s.name == *input) {
-                        s.stats.events.fetch_add(parsed, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
+                stats.events.fetch_add(parsed, std::sync::atomic::Ordering::Relaxed);
                 if let Some(p) = position {
                     self.positions.insert(input, p);
                 }
@@ -291,25 +287,9 @@ impl Pipeline {
         if let Err(e) = self.store.expire(now) {
             tracing::error!(error = %e, "cannot expire decisions");
         }
-        if !self.dry_run && self.last_verify.elapsed() >= self.config.daemon.verify_every {
+        if self.last_verify.elapsed() >= self.config.daemon.verify_every {
             self.last_verify = Instant::now();
-            match self.enforcer.verify(&mut self.store, now) {
-                Ok(r) if r.installed || r.changes != Default::default() => {
-                    let c = &r.changes;
-                    tracing::warn!(
-                        repaired = r.installed,
-                        restored = c.added,
-                        refreshed = c.refreshed,
-                        strays = c.removed,
-                        "the kernel had drifted from the store; corrected"
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.apply_errors += 1;
-                    tracing::error!(error = %e, "cannot verify the kernel against the store");
-                }
-            }
+            self.periodic(now);
         }
         let secs = self.last_tick.elapsed().as_secs_f64().max(1e-3);
         self.last_tick = Instant::now();
@@ -317,6 +297,36 @@ impl Pipeline {
             let cur = (s.stats.lines.load(Ordering::Relaxed), s.stats.events.load(Ordering::Relaxed));
             s.rates = ((cur.0 - s.last.0.min(cur.0)) as f64 / secs, (cur.1 - s.last.1.min(cur.1)) as f64 / secs);
             s.last = cur;
+        }
+    }
+
+    /// Every `daemon.verify_every`: old events pruned, and (enforcing) the kernel checked against the store.
+    fn periodic(&mut self, now: DateTime<Utc>) {
+        // Events older than store.retention go; both tables are indexed by time.
+        match self.store.prune(now, self.config.store.retention) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned events older than store.retention"),
+            Err(e) => tracing::error!(error = %e, "cannot prune old events"),
+        }
+        if self.dry_run {
+            return;
+        }
+        match self.enforcer.verify(&mut self.store, now) {
+            Ok(r) if r.installed || r.changes != Default::default() => {
+                let c = &r.changes;
+                tracing::warn!(
+                    repaired = r.installed,
+                    restored = c.added,
+                    refreshed = c.refreshed,
+                    strays = c.removed,
+                    "the kernel had drifted from the store; corrected"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.apply_errors += 1;
+                tracing::error!(error = %e, "cannot verify the kernel against the store");
+            }
         }
     }
 
@@ -430,12 +440,7 @@ fn notice(a: &Alert) -> Notice {
         "converged" => NoticeKind::Converged,
         _ => NoticeKind::DosDetected,
     };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let subject = format!("floodgate on {}: {}", host.trim(), a.summary);
-    let body = format!(
-        "{}\n\nWhat floodgate measured:\n{}\n",
-        a.summary,
-        serde_json::to_string_pretty(&a.figures).unwrap_or_default()
-    );
-    Notice::new(kind, a.time, subject, body, a.figures.clone())
+    let subject = format!("floodgate on {}: {}", crate::notify::hostname(), a.summary);
+    // The figures travel beside the body: the mail prints them once, the hook gets them as JSON.
+    Notice::new(kind, a.time, subject, a.summary.clone(), a.figures.clone())
 }

@@ -436,8 +436,7 @@ impl Enforcer {
                     Key::Port(_) | Key::Range(..) => continue,
                 };
                 // The ban this piece comes from: the same prefix, or the narrowest stored ban around it.
-                let bits = if piece.addr().is_ipv4() { 32 } else { 128 };
-                let owner = (0..=piece.prefix_len().min(bits))
+                let owner = (0..=piece.prefix_len())
                     .rev()
                     .filter_map(|len| Cidr::new(piece.addr(), len))
                     .find_map(|c| by_cidr.get(&c).copied());
@@ -448,7 +447,7 @@ impl Enforcer {
             }
         }
         for b in &state.bans {
-            if !covered.contains(&b.cidr) && !out.iter().any(|l| l.in_store && l.target == b.cidr.to_string()) {
+            if !covered.contains(&b.cidr) {
                 // Nested inside a longer ban, it is enforced by that one; otherwise the kernel lost it.
                 let inside = state.bans.iter().any(|o| {
                     o.cidr != b.cidr

@@ -49,13 +49,6 @@ pub struct Limits {
     pub max_bytes: u64,
 }
 
-impl Default for Limits {
-    /// The registries' extended files are 1 to 15 MB today and arrive in seconds.
-    fn default() -> Limits {
-        Limits { timeout: Duration::from_secs(120), max_bytes: 64 << 20 }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// A new copy replaced the last one: its size as stored (decompressed) and the address records used.
@@ -156,14 +149,15 @@ impl Source {
     }
 }
 
-/// Validates every source and that no two of them would keep their copy under the same name.
+/// Validates every source and that no two of them would keep their copy under the same name. Errors name the
+/// source as the config does (`geo.sources[i]`).
 pub fn validate_all(sources: &[Source]) -> Result<(), String> {
     let mut seen = std::collections::BTreeMap::new();
-    for s in sources {
-        s.validate()?;
+    for (i, s) in sources.iter().enumerate() {
+        s.validate().map_err(|e| format!("geo.sources[{i}]: {e}"))?;
         if let Some(other) = seen.insert(s.cache_name(), &s.url) {
             return Err(format!(
-                "geo sources `{other}` and `{}` would both be kept as `{}`; give one a `name`",
+                "geo.sources[{i}]: geo sources `{other}` and `{}` would both be kept as `{}`; give one a `name`",
                 s.url,
                 s.cache_name()
             ));

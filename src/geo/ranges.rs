@@ -2,74 +2,16 @@
 //! cover. Ranges rather than prefixes are the working form because the registries count IPv4 addresses
 //! (a count need not be a power of two) and because nftables interval sets take ranges as they are.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use crate::addr::Cidr;
+/// The address arithmetic lives with the address types; re-exported for the geo code that works in ranges.
+pub use crate::addr::{range_to_cidrs, RangeInt};
 
 /// Sorted merged IPv4 ranges, as a country set holds them.
 pub type Ranges4 = Vec<(u32, u32)>;
 /// Sorted merged IPv6 ranges, as a country set holds them.
 pub type Ranges6 = Vec<(u128, u128)>;
-
-/// An address as an unsigned integer of its family's width. Implemented for `u32` (IPv4) and `u128` (IPv6).
-pub trait RangeInt: Copy + Ord + std::fmt::Debug {
-    /// Bits in the family's addresses: 32 or 128.
-    const BITS: u32;
-    const MAX: Self;
-    fn checked_add_one(self) -> Option<Self>;
-    /// `self + 2^bits`, `None` past the end of the address space.
-    fn checked_add_pow2(self, bits: u32) -> Option<Self>;
-    fn wrapping_sub(self, other: Self) -> Self;
-    fn trailing_zeros(self) -> u32;
-    fn leading_zeros(self) -> u32;
-    fn to_ip(self) -> IpAddr;
-}
-
-impl RangeInt for u32 {
-    const BITS: u32 = 32;
-    const MAX: u32 = u32::MAX;
-    fn checked_add_one(self) -> Option<u32> {
-        self.checked_add(1)
-    }
-    fn checked_add_pow2(self, bits: u32) -> Option<u32> {
-        self.checked_add(1u32.checked_shl(bits)?)
-    }
-    fn wrapping_sub(self, other: u32) -> u32 {
-        u32::wrapping_sub(self, other)
-    }
-    fn trailing_zeros(self) -> u32 {
-        u32::trailing_zeros(self)
-    }
-    fn leading_zeros(self) -> u32 {
-        u32::leading_zeros(self)
-    }
-    fn to_ip(self) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::from(self))
-    }
-}
-
-impl RangeInt for u128 {
-    const BITS: u32 = 128;
-    const MAX: u128 = u128::MAX;
-    fn checked_add_one(self) -> Option<u128> {
-        self.checked_add(1)
-    }
-    fn checked_add_pow2(self, bits: u32) -> Option<u128> {
-        self.checked_add(1u128.checked_shl(bits)?)
-    }
-    fn wrapping_sub(self, other: u128) -> u128 {
-        u128::wrapping_sub(self, other)
-    }
-    fn trailing_zeros(self) -> u32 {
-        u128::trailing_zeros(self)
-    }
-    fn leading_zeros(self) -> u32 {
-        u128::leading_zeros(self)
-    }
-    fn to_ip(self) -> IpAddr {
-        IpAddr::V6(Ipv6Addr::from(self))
-    }
-}
 
 /// Sorts the ranges and merges those that overlap or touch (`hi + 1 == next lo`), so that every address is
 /// in at most one range and no two ranges could be one: the kernel sets stay as small as the data allows.
@@ -99,42 +41,10 @@ pub fn merge<T: RangeInt>(v: &mut Vec<(T, T)>) {
 }
 
 /// Whether `x` is in one of the ranges, which must be sorted and merged (as [`merge`] leaves them).
+#[cfg(test)]
 pub fn contains<T: Ord + Copy>(sorted_merged: &[(T, T)], x: T) -> bool {
     let after = sorted_merged.partition_point(|&(lo, _)| lo <= x);
     after > 0 && sorted_merged[after - 1].1 >= x
-}
-
-/// The fewest prefixes that cover exactly `lo..=hi` (empty when `lo > hi`), in address order.
-pub fn range_to_cidrs<T: RangeInt>(lo: T, hi: T) -> Vec<Cidr> {
-    let mut out = Vec::new();
-    if lo > hi {
-        return out;
-    }
-    let mut start = lo;
-    loop {
-        // The largest block aligned at `start` (its trailing zero bits) that does not run past `hi`.
-        let span = hi.wrapping_sub(start); // addresses left, minus one: no overflow for the whole space
-        let fits = match span.checked_add_one() {
-            Some(count) => T::BITS - 1 - count.leading_zeros(),
-            None => T::BITS,
-        };
-        let bits = start.trailing_zeros().min(fits);
-        let len = (T::BITS - bits) as u8;
-        out.push(Cidr::new(start.to_ip(), len).expect("a prefix length within the family's width"));
-        match start.checked_add_pow2(bits) {
-            Some(next) if next <= hi => start = next,
-            _ => break,
-        }
-    }
-    out
-}
-
-pub fn range_to_cidrs4(lo: u32, hi: u32) -> Vec<Cidr> {
-    range_to_cidrs(lo, hi)
-}
-
-pub fn range_to_cidrs6(lo: u128, hi: u128) -> Vec<Cidr> {
-    range_to_cidrs(lo, hi)
 }
 
 /// The minimal CIDR cover of sorted merged ranges, in address order: ipdeny-style output, display.
@@ -170,6 +80,7 @@ pub fn cidr_range6(c: &Cidr) -> Option<(u128, u128)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn v4(s: &str) -> u32 {
         u32::from(s.parse::<Ipv4Addr>().unwrap())
@@ -247,19 +158,19 @@ mod tests {
     #[test]
     fn cidrs_of_a_count_that_is_not_a_power_of_two() {
         // 768 addresses from 198.18.0.0, as a registry writes them: a /23 and a /24.
-        let c = range_to_cidrs4(v4("198.18.0.0"), v4("198.18.0.0") + 767);
+        let c = range_to_cidrs::<u32>(v4("198.18.0.0"), v4("198.18.0.0") + 767);
         assert_eq!(strings(&c), ["198.18.0.0/23", "198.18.2.0/24"]);
-        let c = range_to_cidrs4(v4("198.51.100.1"), v4("198.51.100.254"));
+        let c = range_to_cidrs::<u32>(v4("198.51.100.1"), v4("198.51.100.254"));
         assert_eq!(c.len(), 14, "{:?}", strings(&c));
-        assert_eq!(strings(&range_to_cidrs4(v4("203.0.113.7"), v4("203.0.113.7"))), ["203.0.113.7"]);
-        assert!(range_to_cidrs4(2, 1).is_empty());
-        assert_eq!(strings(&range_to_cidrs4(0, u32::MAX)), ["0.0.0.0/0"]);
-        assert_eq!(strings(&range_to_cidrs4(u32::MAX, u32::MAX)), ["255.255.255.255"]);
-        assert_eq!(strings(&range_to_cidrs4(1, u32::MAX)).len(), 32);
-        let d = range_to_cidrs6(v6("2001:db8::"), v6("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"));
+        assert_eq!(strings(&range_to_cidrs::<u32>(v4("203.0.113.7"), v4("203.0.113.7"))), ["203.0.113.7"]);
+        assert!(range_to_cidrs::<u32>(2, 1).is_empty());
+        assert_eq!(strings(&range_to_cidrs::<u32>(0, u32::MAX)), ["0.0.0.0/0"]);
+        assert_eq!(strings(&range_to_cidrs::<u32>(u32::MAX, u32::MAX)), ["255.255.255.255"]);
+        assert_eq!(strings(&range_to_cidrs::<u32>(1, u32::MAX)).len(), 32);
+        let d = range_to_cidrs::<u128>(v6("2001:db8::"), v6("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"));
         assert_eq!(strings(&d), ["2001:db8::/32"]);
-        assert_eq!(strings(&range_to_cidrs6(0, u128::MAX)), ["::/0"]);
-        assert_eq!(range_to_cidrs6(1, u128::MAX).len(), 128);
+        assert_eq!(strings(&range_to_cidrs::<u128>(0, u128::MAX)), ["::/0"]);
+        assert_eq!(range_to_cidrs::<u128>(1, u128::MAX).len(), 128);
     }
 
     #[test]
@@ -287,8 +198,9 @@ mod tests {
         for w in cidrs.windows(2) {
             let same_len = w[0].prefix_len() == w[1].prefix_len() && w[0].prefix_len() > 0;
             if same_len {
+                // The parent of w[0] covers w[0] by construction: minimal means it does not also cover w[1].
                 let parent = Cidr::new(w[0].addr(), w[0].prefix_len() - 1).unwrap();
-                assert!(!(parent.covers(&w[0]) && parent.covers(&w[1])), "{} and {} could be one prefix", w[0], w[1]);
+                assert!(!parent.covers(&w[1]), "{} and {} could be one prefix", w[0], w[1]);
             }
         }
     }
@@ -297,7 +209,7 @@ mod tests {
         #[test]
         fn cidrs4_cover_exactly_and_minimally(a: u32, b: u32) {
             let (lo, hi) = (a.min(b), a.max(b));
-            let c = range_to_cidrs4(lo, hi);
+            let c = range_to_cidrs::<u32>(lo, hi);
             check_cover(lo, hi, &c, |c| cidr_range4(c).unwrap());
             prop_assert!(c.len() <= 62);
         }
@@ -308,7 +220,7 @@ mod tests {
             let span = offset.checked_shr(128 - width).unwrap_or(0);
             let lo = a;
             let hi = a.saturating_add(span);
-            let c = range_to_cidrs6(lo, hi);
+            let c = range_to_cidrs::<u128>(lo, hi);
             check_cover(lo, hi, &c, |c| cidr_range6(c).unwrap());
             prop_assert!(c.len() <= 254);
         }

@@ -14,7 +14,6 @@ use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
-pub use batch::ELEMENTS_PER_MSG;
 pub use expr::{Limit, Per};
 pub use ruleset::{PortLimits, Ruleset};
 
@@ -411,35 +410,6 @@ fn to_u128(key: &[u8]) -> u128 {
     key.iter().fold(0u128, |acc, &b| (acc << 8) | u128::from(b))
 }
 
-fn from_u128(v: u128, len: usize) -> Option<IpAddr> {
-    let bytes = v.to_be_bytes();
-    crate::addr::ip_from_bytes(&bytes[16 - len..])
-}
-
-/// The prefixes exactly covering [lo, hi] in an address space of `len` bytes.
-fn range_to_cidrs(mut lo: u128, hi: u128, len: usize) -> Vec<Cidr> {
-    let bits = (len * 8) as u32;
-    let mut out = Vec::new();
-    loop {
-        // The largest aligned block starting at lo that ends within hi: 2^size addresses.
-        let mut size = lo.trailing_zeros().min(bits);
-        let last = |size: u32| if size >= 128 { u128::MAX } else { lo | ((1u128 << size) - 1) };
-        while size > 0 && last(size) > hi {
-            size -= 1;
-        }
-        let Some(ip) = from_u128(lo, len) else { break };
-        if let Some(c) = Cidr::new(ip, (bits - size) as u8) {
-            out.push(c);
-        }
-        let end = last(size);
-        if end >= hi {
-            break;
-        }
-        lo = end + 1;
-    }
-    out
-}
-
 /// Turns dumped elements into keys: ports and addresses as they are; in an interval set, each start paired
 /// with the end that follows it.
 fn assemble(mut raw: Vec<batch::DumpedElem>, interval: bool) -> Vec<Element> {
@@ -476,7 +446,12 @@ fn assemble(mut raw: Vec<batch::DumpedElem>, interval: bool) -> Vec<Element> {
             Some(n) if n.interval_end => to_u128(&n.key).saturating_sub(1),
             _ => max,
         };
-        for c in range_to_cidrs(lo, hi, len) {
+        let cidrs = if len == 4 {
+            crate::addr::range_to_cidrs(lo as u32, hi as u32)
+        } else {
+            crate::addr::range_to_cidrs(lo, hi)
+        };
+        for c in cidrs {
             out.push(Element { key: Key::Net(c), timeout: ms(e.timeout_ms), expires: ms(e.expires_ms) });
         }
         i += 1;
@@ -507,9 +482,21 @@ mod tests {
     fn ranges_split_into_prefixes() {
         let r = |a: &str, b: &str| {
             let (a, b): (IpAddr, IpAddr) = (a.parse().unwrap(), b.parse().unwrap());
-            let len = if a.is_ipv4() { 4 } else { 16 };
-            let v = |ip: IpAddr| to_u128(&crate::addr::ip_bytes(ip));
-            range_to_cidrs(v(a), v(b), len).iter().map(|c| c.to_string()).collect::<Vec<_>>()
+            // Through the dump's own path: start and end keys as the kernel returns them.
+            let key = |ip: IpAddr| batch::DumpedElem {
+                key: crate::addr::ip_bytes(ip),
+                interval_end: false,
+                timeout_ms: None,
+                expires_ms: None,
+            };
+            let (start, mut end) = (key(a), key(b));
+            let (_, past, _) = range_keys(a, b);
+            end.interval_end = true;
+            match past {
+                Some(k) => end.key = k[..end.key.len()].to_vec(),
+                None => return assemble(vec![start], true).iter().map(|e| e.key.to_string()).collect::<Vec<_>>(),
+            }
+            assemble(vec![start, end], true).iter().map(|e| e.key.to_string()).collect::<Vec<_>>()
         };
         assert_eq!(r("198.51.100.0", "198.51.100.255"), ["198.51.100.0/24"]);
         assert_eq!(r("198.51.100.7", "198.51.100.7"), ["198.51.100.7"]);

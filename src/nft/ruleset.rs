@@ -147,43 +147,11 @@ impl Ruleset {
             (SOURCE_PORTS, TYPE_SERVICE, 2, timeout),
             (GLOBAL_PORTS, TYPE_SERVICE, 2, timeout),
         ];
-        for (name, key_type, key_len, flags) in sets {
+        let geo = self.geo.iter().flat_map(|g| {
+            [(g.set4(), TYPE_IPV4, 4, interval), (g.set6(), TYPE_IPV6, 16, interval), (g.switch(), TYPE_SERVICE, 2, 0)]
+        });
+        for (name, key_type, key_len, flags) in sets.into_iter().chain(geo) {
             b.add_set(t, &SetDef { name, key_type, key_len, flags, timeout_ms: None, size: None });
-        }
-        for g in &self.geo {
-            b.add_set(
-                t,
-                &SetDef {
-                    name: g.set4(),
-                    key_type: TYPE_IPV4,
-                    key_len: 4,
-                    flags: interval,
-                    timeout_ms: None,
-                    size: None,
-                },
-            );
-            b.add_set(
-                t,
-                &SetDef {
-                    name: g.set6(),
-                    key_type: TYPE_IPV6,
-                    key_len: 16,
-                    flags: interval,
-                    timeout_ms: None,
-                    size: None,
-                },
-            );
-            b.add_set(
-                t,
-                &SetDef {
-                    name: g.switch(),
-                    key_type: TYPE_SERVICE,
-                    key_len: 2,
-                    flags: 0,
-                    timeout_ms: None,
-                    size: None,
-                },
-            );
         }
         for p in &self.ports {
             for (family, key_type, key_len) in [(4u8, TYPE_IPV4, 4), (6, TYPE_IPV6, 16)] {

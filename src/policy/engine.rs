@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -60,7 +61,7 @@ struct PortState {
 }
 
 pub struct Engine {
-    t: PolicyConfig,
+    t: Arc<PolicyConfig>,
     /// Bans the policy makes itself (DoS sources, prefixes) last the jail's default bantime.
     bantime: Duration,
     jail: Jail,
@@ -98,7 +99,7 @@ impl Engine {
             by_prefix: HashMap::new(),
             prefixes_banned: HashMap::new(),
             alerts: Vec::new(),
-            t,
+            t: Arc::new(t),
         }
     }
 
@@ -229,7 +230,7 @@ impl Engine {
 
     /// Decides one port's mode from its figures, with hysteresis.
     fn decide_port(&mut self, port: u16, now: DateTime<Utc>, out: &mut Vec<Decision>) {
-        let t = self.t.clone();
+        let t = Arc::clone(&self.t);
         let p = self.ports.get_mut(&port).expect("port state exists");
         let f = p.traffic.figures(now);
         // What the limit dropped never reached conntrack: it counts toward the port's rate.
@@ -239,8 +240,6 @@ impl Engine {
         }
         let dropped_rate = p.dropped.iter().map(|(_, n)| *n).sum::<u64>() as f64 / t.window.as_secs_f64().max(1.0);
         let rate = f.rate_per_s + dropped_rate;
-        p.peak_distinct = p.peak_distinct.max(f.distinct);
-        p.peak_rate = p.peak_rate.max(rate);
         let kernel_flood = p.syn_flood_seen.is_some_and(|s| now - s < span(t.window));
         let many = f.distinct >= t.ddos_distinct;
         let fast = rate >= t.port_rate || kernel_flood;
@@ -259,19 +258,25 @@ impl Engine {
             Mode::Normal
         };
         let calm = f.distinct < t.ddos_distinct / 2 && rate < t.port_rate / 2.0 && !kernel_flood;
+        if p.mode == Mode::Normal {
+            if want == Mode::Normal {
+                return; // a quiet port: nothing to record or decide
+            }
+            // An attack starts: its record (peaks, bans) starts with it.
+            p.peak_distinct = 0;
+            p.peak_rate = 0.0;
+            p.bans = 0;
+        }
+        p.peak_distinct = p.peak_distinct.max(f.distinct);
+        p.peak_rate = p.peak_rate.max(rate);
         let figures = Self::figures_json(&f, p);
         match (p.mode, want) {
-            (Mode::Normal, Mode::Normal) => {}
             // Escalation, or a first response.
             (from, to)
                 if to != Mode::Normal && (from == Mode::Normal || (from == Mode::PerSource && to == Mode::Global)) =>
             {
                 p.mode = to;
-                if p.since.is_none() {
-                    // The attack starts here: its summary counts only the bans made from now on.
-                    p.since = Some(now);
-                    p.bans = 0;
-                }
+                p.since.get_or_insert(now);
                 p.calm_since = None;
                 // Say which trigger fired: the admin reads this in the mail.
                 let why = if many {
@@ -347,9 +352,6 @@ impl Engine {
                 p.calm_since = None;
                 p.limit_until = None;
                 p.spoof_proof = None;
-                p.peak_distinct = 0;
-                p.peak_rate = 0.0;
-                p.bans = 0;
                 out.push(Decision::Lift { port, mode: lm, reason: summary.clone(), origin: "policy".into() });
                 self.alerts.push(Alert { kind: "converged", port: Some(port), time: now, summary, figures });
             }
@@ -372,8 +374,11 @@ impl Policy for Engine {
             if let Decision::Ban { cidr, until, reason, origin, figures } = d {
                 let base = until.map_or(self.bantime, |u| (u - now).to_std().unwrap_or(self.bantime));
                 self.ban(cidr.addr(), base, (reason, origin, figures), now, out);
-                if let Some(port) = ev.port {
-                    self.port(port).bans += 1;
+                // Counted for an attack's summary; a quiet port's bans are the jail's business alone.
+                if let Some(p) = ev.port.and_then(|port| self.ports.get_mut(&port)) {
+                    if p.mode != Mode::Normal {
+                        p.bans += 1;
+                    }
                 }
             }
         }

@@ -31,7 +31,14 @@ pub struct Position {
 #[derive(Debug)]
 pub enum Feed {
     /// Raw lines (without their newline) for the parser. `first_line` numbers them (1-based) for files.
-    Lines { input: Arc<str>, lines: Vec<Vec<u8>>, first_line: Option<u64>, position: Option<Position> },
+    /// `stats` are the sending source's counters: the pipeline adds the events it parses from these lines.
+    Lines {
+        input: Arc<str>,
+        lines: Vec<Vec<u8>>,
+        first_line: Option<u64>,
+        position: Option<Position>,
+        stats: Arc<SourceStats>,
+    },
     /// Events a source produced itself (kernel counters, conntrack).
     Events { input: Arc<str>, events: Vec<Event> },
 }
@@ -83,7 +90,8 @@ impl Sink {
         position: Option<Position>,
     ) -> bool {
         let n = lines.len() as u64;
-        let ok = self.tx.blocking_send(Feed::Lines { input: input.clone(), lines, first_line, position }).is_ok();
+        let feed = Feed::Lines { input: input.clone(), lines, first_line, position, stats: self.stats.clone() };
+        let ok = self.tx.blocking_send(feed).is_ok();
         if ok {
             self.stats.lines.fetch_add(n, Ordering::Relaxed);
         }

@@ -186,7 +186,7 @@ impl Rise {
 }
 
 /// The tracked counters present in a parsed file.
-fn tracked(current: &HashMap<String, u64>) -> HashMap<&'static str, u64> {
+pub(crate) fn tracked(current: &HashMap<String, u64>) -> HashMap<&'static str, u64> {
     TRACKED.iter().filter_map(|(name, _)| current.get(&format!("TcpExt.{name}")).map(|v| (*name, *v))).collect()
 }
 

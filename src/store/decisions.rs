@@ -238,24 +238,14 @@ fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Resu
         Decision::Unban { .. } => {
             tx.execute("DELETE FROM bans WHERE cidr = ?1", [&target]).map_err(q)?;
         }
-        Decision::Limit { mode, .. } => {
+        Decision::Limit { port, mode, .. } => {
             tx.prepare_cached(
                 "INSERT INTO limits (port, mode, since_us, until_us, reason, origin, decision_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (port, mode) DO UPDATE SET until_us = excluded.until_us, reason = excluded.reason,
                  origin = excluded.origin, decision_id = excluded.decision_id",
             )
-            .and_then(|mut st| {
-                st.execute(params![
-                    target.parse::<u16>().unwrap_or(0),
-                    mode.as_str(),
-                    now_us,
-                    until,
-                    reason,
-                    origin,
-                    id
-                ])
-            })
+            .and_then(|mut st| st.execute(params![port, mode.as_str(), now_us, until, reason, origin, id]))
             .map_err(q)?;
         }
         Decision::Lift { port, mode, .. } => {

@@ -12,6 +12,7 @@
 //! that phase's own peak: the generated file itself (held in memory) is counted in all of them.
 //! Needs root for the kernel part; without it, prints why and stops after the parse.
 
+mod gen;
 #[path = "geo_gen.rs"]
 mod geo_gen;
 

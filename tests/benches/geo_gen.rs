@@ -11,27 +11,8 @@
 
 use std::fmt::Write;
 
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        // xorshift64*: fast and good enough to vary countries, sizes and statuses.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// A value in 0..1.
-    pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+// The benches' one deterministic generator: the includer declares `mod gen` (tests/benches/gen.rs) too.
+use crate::gen::Rng;
 
 /// The registries and their share of the records (roughly today's).
 const REGISTRIES: [(&str, u32, &str); 5] = [
