@@ -253,16 +253,15 @@ fn a_second_daemon_on_the_same_state_refuses_naming_the_first() {
     let out = env.pair.server.exec(&[BIN, "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap(), "run"]);
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{e}");
-    assert!(
-        e.contains(&format!("another floodgate daemon (pid {})", d.pid())) || e.contains("another floodgate daemon"),
-        "{e}"
-    );
+    assert!(e.contains(&format!("another floodgate daemon (pid {})", d.pid())), "naming the first: {e}");
     // Killed hard, the daemon leaves its socket behind: the CLI notices nobody answers and acts directly.
     d.signal(libc::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
     assert!(Path::new(&env.path("fg.sock")).exists());
     let out = env.fg_with("floodgate.toml", &["list"]);
     assert!(out.status.success(), "{out:?}");
+    let out = env.fg_with("floodgate.toml", &["status"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("floodgate is not running"), "stale socket: {out:?}");
 }
 
 #[test]

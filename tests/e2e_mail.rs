@@ -638,6 +638,7 @@ fn step3_spoofed_syn_flood(s: &Scenario) -> Instant {
     // The admin, while the flood goes on.
     admin_gets_through(s, "during the flood");
     let admin_checked_after = started.elapsed();
+    assert!(floods.iter().any(|f| !f.is_finished()), "the flood ended before the admin was served");
 
     let sent: usize = floods
         .into_iter()
@@ -646,7 +647,6 @@ fn step3_spoofed_syn_flood(s: &Scenario) -> Instant {
     let ended = Instant::now();
     let took = started.elapsed();
     assert_eq!(sent, planned, "every planned SYN sent");
-    assert!(admin_checked_after < took, "the admin was served while the flood went on: {admin_checked_after:?}");
     assert!(took < FLOOD_FOR + Duration::from_secs(2), "the flood is bounded in time: {took:?}");
     // The pipeline drains what the flood left (conntrack events, counters) before bans are looked for.
     std::thread::sleep(Duration::from_millis(600));
@@ -731,7 +731,9 @@ fn step4_convergence(s: &Scenario, flood_ended: Instant) {
         s.port_mode(SMTP) == "normal" && s.port_mode(SUBMISSION) == "normal"
     });
     let converged_after = flood_ended.elapsed();
-    assert!(converged_after >= Duration::from_secs(5), "not before converge_after: {converged_after:?}");
+    // The window must drain first (10 s less one slice, ~8.3 s), then converge_after (5 s) pass: >= ~13 s.
+    // A bound of 5 s would hold even if converge_after were ignored.
+    assert!(converged_after >= Duration::from_secs(12), "not before converge_after: {converged_after:?}");
     let listed = s.list();
     assert!(
         listed.iter().all(|l| l["action"] == "ban"),

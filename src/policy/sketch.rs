@@ -834,6 +834,8 @@ mod tests {
         }
         assert_eq!(p.figures(at(70.0)).total, 200);
         assert_eq!(p.figures(at(100.0)).total, 200);
+        // In their own older slice they would have aged out by now; with the newest one they have not.
+        assert_eq!(p.figures(at(130.0)).total, 200, "stepped-back observations count with the newest slice");
         assert_eq!(p.figures(at(160.0)).total, 0, "stepped-back observations age out with the newest slice");
     }
 

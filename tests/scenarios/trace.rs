@@ -298,7 +298,13 @@ fn events(words: &[&str], t0: DateTime<Utc>, out: &mut Vec<Event>) -> Result<(),
             "rule" => rule = Some(v.to_string()),
             "count" => count = v.parse().map_err(|_| bad("a count"))?,
             "local" => local = v.parse().map_err(|_| bad("an address"))?,
-            "assured" => assured = Some(v == "yes"),
+            "assured" => {
+                assured = Some(match v {
+                    "yes" => true,
+                    "no" => false,
+                    _ => return Err(bad("yes or no")),
+                })
+            }
             "sources" => sources = Some(v.parse::<u64>().map_err(|_| bad("a number"))?),
             _ => return Err(format!("unknown field `{k}` (known: service, rule, count, local, assured, sources)")),
         }
@@ -495,6 +501,7 @@ mod tests {
         assert!(e("until 1s\n1s syn 198.51.100.0/24 25\n").1.contains("sources=N"));
         assert!(e("until 1s\n1s nope 198.51.100.7 25\n").1.contains("unknown event kind"));
         assert!(e("until 1s\n1s syn 198.51.100.7 25 colour=red\n").1.contains("unknown field `colour`"));
+        assert!(e("until 1s\n1s syn 198.51.100.7 25 assured=true\n").1.contains("field assured"));
         assert!(e("until 1x\n").1.contains("unit"));
         assert!(e("until 1s\nexpect bans ~ 1\n").1.contains("unknown expectation"));
         assert!(e("until 1s\n1s syn 198.51.100.7 25\n").1.contains("must assert"));
