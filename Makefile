@@ -3,7 +3,7 @@
 
 CARGO    ?= cargo
 PREFIX   ?= /usr/local
-DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux conntrack
+DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux conntrack procps
 DEMO_DIR := $(or $(TMPDIR),/tmp)/floodgate-demo
 
 MAIL_PKGS := postfix dovecot-core dovecot-imapd dovecot-pop3d

@@ -74,7 +74,7 @@ fn main() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let nft_version = Command::new("nft").arg("--version").output().map(|o| o.stdout).unwrap_or_default();
     println!("nft: N = {n} IPv4 bans, kernel {}, {}", kernel.trim(), String::from_utf8_lossy(&nft_version).trim());
-    println!("nft: median of {RUNS} runs in seconds; ratio = nft / floodgate");
+    println!("nft: median of {RUNS} runs in milliseconds; ratio = nft / floodgate");
     println!("nft: {:<32} {:>10} {:>10} {:>8} {:>17}", "operation", "floodgate", "nft", "ratio", "floodgate elem/s");
     for r in rows {
         let ratio = r.nft / r.floodgate;
@@ -82,8 +82,8 @@ fn main() {
         println!(
             "nft: {:<32} {:>10.3} {:>10.3} {ratio:>8} {:>17.0}",
             r.name,
-            r.floodgate,
-            r.nft,
+            r.floodgate * 1e3,
+            r.nft * 1e3,
             r.elements as f64 / r.floodgate
         );
     }
