@@ -289,12 +289,17 @@ pub struct Jail {
     pub findtime: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub bantime: Duration,
+    /// Which rules count as failures: `normal` (what fail2ban's normal mode counts) or `aggressive` (also the
+    /// judgement calls: scanners that never try to log in, 4xx spam-bot signatures).
+    pub level: crate::rules::Level,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub ports: Vec<u16>,
+    /// This service's rule level, instead of the jail's.
+    pub level: Option<crate::rules::Level>,
     pub maxretry: Option<u32>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub findtime: Option<Duration>,
@@ -330,6 +335,7 @@ impl Default for Config {
     fn default() -> Config {
         let svc = |ports: &[u16], maxretry: Option<u32>| Service {
             ports: ports.to_vec(),
+            level: None,
             maxretry,
             findtime: None,
             bantime: None,
@@ -401,7 +407,12 @@ impl Default for ParseConfig {
 
 impl Default for Jail {
     fn default() -> Jail {
-        Jail { maxretry: 5, findtime: Duration::from_secs(600), bantime: Duration::from_secs(3600) }
+        Jail {
+            maxretry: 5,
+            findtime: Duration::from_secs(600),
+            bantime: Duration::from_secs(3600),
+            level: crate::rules::Level::Normal,
+        }
     }
 }
 
@@ -587,6 +598,14 @@ impl Config {
 
     pub fn service_ports(&self) -> ServicePorts {
         self.services.iter().map(|(n, s)| (n.clone(), s.ports.clone())).collect()
+    }
+
+    /// Which rule levels count as failures, per service.
+    pub fn levels(&self) -> crate::parser::Levels {
+        crate::parser::Levels {
+            default: self.jail.level,
+            per_service: self.services.iter().filter_map(|(n, s)| Some((n.clone(), s.level?))).collect(),
+        }
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Rule {
     /// Required literals other than the prefilter's anchor.
     pub others: Vec<memmem::Finder<'static>>,
     pub service: Option<Arc<str>>,
+    pub attempt: Option<crate::rules::Attempt>,
+    pub level: crate::rules::Level,
 }
 
 #[derive(Debug)]
@@ -65,6 +67,7 @@ pub struct FamilyInfo {
     pub name: String,
     pub service: Option<Arc<str>>,
     pub program_services: Vec<(String, Arc<str>)>,
+    pub attempts_per_pid: bool,
 }
 
 impl FamilyInfo {
@@ -113,6 +116,7 @@ impl Matcher {
                     .iter()
                     .map(|p| (p.program.clone(), Arc::from(p.service.as_str())))
                     .collect(),
+                attempts_per_pid: fam.spec.attempts_per_pid,
             });
             for r in fam.rules {
                 let idx = rules.len() as u32;
@@ -139,6 +143,8 @@ impl Matcher {
                     regex: r.regex,
                     others,
                     service: r.service.as_deref().map(Arc::from),
+                    attempt: r.attempt,
+                    level: r.level,
                 });
             }
         }

@@ -11,6 +11,7 @@ use crate::addr::parse_ip;
 use crate::event::{Event, Kind, SynAction};
 use crate::matcher::{group, Matcher, Scratch};
 use crate::prefix::{self, TimeContext};
+use crate::rules::{Attempt, Level};
 
 /// Service name -> its ports, from the config. A service with exactly one port gives events their port.
 pub type ServicePorts = HashMap<String, Vec<u16>>;
@@ -50,6 +51,64 @@ struct Sessions {
 
 const SESSIONS_PER_GENERATION: usize = 50_000;
 
+/// Which session of which client a failure line belongs to: the family, the client, and the rule's `session`
+/// capture or (for servers that fork per connection) the syslog pid. Attacker text never takes part: the
+/// session and pid are written by the server.
+type LedgerKey = (usize, IpAddr, Option<Box<str>>);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    /// Attempts announced by `each` lines.
+    each: u32,
+    /// Attempts counted so far.
+    counted: u32,
+}
+
+/// The attempt ledger: what each session has already been counted for, so that a server that logs one attempt
+/// in several lines (a per-attempt line, then a summary when the connection closes) has it counted once, and as
+/// soon as the first line says so. Bounded like `Sessions`: two generations.
+#[derive(Default)]
+struct Ledger {
+    current: HashMap<LedgerKey, Tally>,
+    previous: HashMap<LedgerKey, Tally>,
+}
+
+impl Ledger {
+    /// How many of the attempts this line stands for are new.
+    fn count(&mut self, key: LedgerKey, attempt: Attempt, count: u32) -> u32 {
+        let mut tally = self.current.remove(&key).or_else(|| self.previous.remove(&key)).unwrap_or_default();
+        let implied = match attempt {
+            Attempt::Each => {
+                tally.each = tally.each.saturating_add(count);
+                tally.each
+            }
+            Attempt::Total | Attempt::Final => count,
+        };
+        let new = implied.saturating_sub(tally.counted);
+        tally.counted = tally.counted.max(implied);
+        if attempt != Attempt::Final {
+            if self.current.len() >= SESSIONS_PER_GENERATION {
+                self.previous = std::mem::take(&mut self.current);
+            }
+            self.current.insert(key, tally);
+        }
+        new
+    }
+}
+
+/// Which rule levels count as failures, per service (`level` in the service's config; the jail's otherwise).
+#[derive(Debug, Clone, Default)]
+pub struct Levels {
+    pub default: Level,
+    pub per_service: HashMap<String, Level>,
+}
+
+impl Levels {
+    fn of(&self, service: Option<&str>) -> Level {
+        service.and_then(|s| self.per_service.get(s)).copied().unwrap_or(self.default)
+    }
+}
+
 impl Sessions {
     fn insert(&mut self, key: (usize, String), addr: IpAddr) {
         if self.current.len() >= SESSIONS_PER_GENERATION {
@@ -69,6 +128,8 @@ pub struct LineParser {
     pub ctx: TimeContext,
     scratch: Scratch,
     sessions: Sessions,
+    ledger: Ledger,
+    levels: Levels,
     last_time: Option<DateTime<Utc>>,
     pub stats: Stats,
     /// Events per rule, indexed like `Matcher::rules`.
@@ -85,10 +146,18 @@ impl LineParser {
             ctx,
             scratch,
             sessions: Sessions { current: HashMap::new(), previous: HashMap::new() },
+            ledger: Ledger::default(),
+            levels: Levels::default(),
             last_time: None,
             stats: Stats::default(),
             hits,
         }
+    }
+
+    /// Sets which rule levels count as failures per service.
+    pub fn with_levels(mut self, levels: Levels) -> LineParser {
+        self.levels = levels;
+        self
     }
 
     pub fn matcher(&self) -> &Matcher {
@@ -211,11 +280,24 @@ impl LineParser {
         });
         let assured =
             (rule.kind == Kind::ConnDestroy || g.assured.is_some()).then(|| group(locs, g.assured, msg).is_some());
+        // A judgement call counts only where the operator asked for that level.
+        let mut failure = rule.failure && rule.level <= self.levels.of(service.as_deref());
+        let mut count = count;
+        if let (true, Some(attempt), Some(ip)) = (failure, rule.attempt, addr) {
+            let session = group(locs, g.session, msg)
+                .or_else(|| if matcher.families[rule.family].attempts_per_pid { p.pid } else { None })
+                .map(Box::from);
+            match self.ledger.count((rule.family, ip, session), attempt, count) {
+                // Every attempt this line tells of was counted by an earlier line: context only.
+                0 => failure = false,
+                new => count = new,
+            }
+        }
         self.hits[ri as usize] += 1;
         Outcome::Event(Box::new(Event {
             time,
             kind: rule.kind,
-            failure: rule.failure,
+            failure,
             rule: rule.id.clone(),
             addr,
             local_addr,
@@ -245,6 +327,87 @@ impl LineParser {
         let mut dirs = cfg.rules_dirs.clone();
         dirs.extend_from_slice(extra_dirs);
         let families = crate::rules::load(&dirs, cfg.builtin_rules)?;
-        Ok(LineParser::new(Arc::new(Matcher::new(families)), Arc::new(cfg.service_ports()), ctx))
+        Ok(LineParser::new(Arc::new(Matcher::new(families)), Arc::new(cfg.service_ports()), ctx)
+            .with_levels(cfg.levels()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use chrono::TimeZone;
+
+    const RULES: &str = r#"
+[family]
+attempts_per_pid = true
+[[rule]]
+id = "invalid"
+kind = "auth_failure"
+attempt = "total"
+literals = ["Invalid user "]
+regex = '^Invalid user .* from (?P<addr>[0-9.]+)$'
+[[rule]]
+id = "failed"
+kind = "auth_failure"
+attempt = "each"
+literals = ["Failed password"]
+regex = '^Failed password for .* from (?P<addr>[0-9.]+)$'
+[[rule]]
+id = "summary"
+kind = "auth_failure"
+attempt = "final"
+literals = ["attempts):"]
+regex = '^Closed \((?P<count>\d+) attempts\): (?P<addr>[0-9.]+)$'
+[[rule]]
+id = "scan"
+kind = "protocol_error"
+level = "aggressive"
+literals = ["Scanned by"]
+regex = '^Scanned by (?P<addr>[0-9.]+)$'
+"#;
+
+    fn parser(levels: Levels) -> LineParser {
+        let fam = crate::rules::check_file("t.toml", "t.toml", RULES).unwrap();
+        let ctx = TimeContext {
+            zone: crate::prefix::Zone::parse("UTC").unwrap(),
+            reference: Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap(),
+            boot_time: None,
+        };
+        LineParser::new(Arc::new(Matcher::new(vec![fam])), Arc::new(Config::default().service_ports()), ctx)
+            .with_levels(levels)
+    }
+
+    /// (failure, count) of the event a line gives.
+    fn counted(p: &mut LineParser, line: &str) -> (bool, u32) {
+        match p.parse_line(line) {
+            Outcome::Event(e) => (e.failure, e.count),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_attempt_counts_once_and_at_once_per_session() {
+        let mut p = parser(Levels::default());
+        let pfx = "Nov 21 10:00:00 mx sshd[100]: ";
+        // The name line announces one attempt; the first Failed line is that attempt, the second a new one.
+        assert_eq!(counted(&mut p, &format!("{pfx}Invalid user x from 198.51.100.7")), (true, 1));
+        assert_eq!(counted(&mut p, &format!("{pfx}Failed password for x from 198.51.100.7")), (false, 1));
+        assert_eq!(counted(&mut p, &format!("{pfx}Failed password for x from 198.51.100.7")), (true, 1));
+        // The summary says 3: one more than the lines before it told.
+        assert_eq!(counted(&mut p, &format!("{pfx}Closed (3 attempts): 198.51.100.7")), (true, 1));
+        // The session is over: the same pid's next connection starts afresh.
+        assert_eq!(counted(&mut p, &format!("{pfx}Closed (2 attempts): 198.51.100.7")), (true, 2));
+        // Another pid is another connection, another address another client.
+        assert_eq!(counted(&mut p, "Nov 21 10:00:01 mx sshd[101]: Failed password for x from 198.51.100.7"), (true, 1));
+        assert_eq!(counted(&mut p, "Nov 21 10:00:01 mx sshd[100]: Failed password for x from 198.51.100.8"), (true, 1));
+    }
+
+    #[test]
+    fn aggressive_rules_count_only_where_asked() {
+        let mut p = parser(Levels::default());
+        assert_eq!(counted(&mut p, "Scanned by 198.51.100.9"), (false, 1));
+        let mut p = parser(Levels { default: Level::Aggressive, per_service: HashMap::new() });
+        assert_eq!(counted(&mut p, "Scanned by 198.51.100.9"), (true, 1));
     }
 }

@@ -82,12 +82,15 @@ pub struct Prefixed<'a> {
     pub host: Option<&'a str>,
     /// The syslog tag without its `[pid]` (`postfix/submission/smtpd`), when the line has one.
     pub program: Option<&'a str>,
+    /// The `[pid]` of the syslog tag: ties together the lines of one connection where the server forks per
+    /// connection (sshd, Postfix smtpd).
+    pub pid: Option<&'a str>,
     pub message: &'a str,
 }
 
 pub fn split<'a>(line: &'a str, ctx: &TimeContext) -> Prefixed<'a> {
     let b = line.as_bytes();
-    let bare = Prefixed { time: None, host: None, program: None, message: line };
+    let bare = Prefixed { time: None, host: None, program: None, pid: None, message: line };
     if b.is_empty() {
         return bare;
     }
@@ -130,7 +133,7 @@ fn split_5424<'a>(rest: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
         *f = &rest[pos..end];
         pos = (end + 1).min(rest.len());
     }
-    let [ts, host, app, _procid, _msgid] = fields;
+    let [ts, host, app, procid, _msgid] = fields;
     let time = if ts == "-" { None } else { Some(parse_iso(ts.as_bytes(), ctx.zone)?.0) };
     let mut msg = &rest[pos..];
     // Structured data: `-` or one or more `[...]` elements, where `\]` escapes a bracket.
@@ -149,7 +152,7 @@ fn split_5424<'a>(rest: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
     }
     let msg = msg.strip_prefix('\u{feff}').unwrap_or(msg);
     let nil = |s: &'a str| if s == "-" || s.is_empty() { None } else { Some(s) };
-    Some(Prefixed { time, host: nil(host), program: nil(app), message: msg })
+    Some(Prefixed { time, host: nil(host), program: nil(app), pid: nil(procid), message: msg })
 }
 
 /// /dev/kmsg: `PRI,SEQ,USEC,FLAGS[,...];MESSAGE`.
@@ -160,7 +163,7 @@ fn split_kmsg<'a>(line: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
     let _seq: u64 = parts.next()?.parse().ok()?;
     let usec: i64 = parts.next()?.parse().ok()?;
     let time = ctx.boot_time.map(|b| b + Duration::microseconds(usec));
-    Some(Prefixed { time, host: None, program: Some("kernel"), message: &line[semi + 1..] })
+    Some(Prefixed { time, host: None, program: Some("kernel"), pid: None, message: &line[semi + 1..] })
 }
 
 /// `[  154.110937] msg` (dmesg: seconds since boot) or `[1732212345.123456]\t msg` (conntrack -o timestamp:
@@ -177,7 +180,7 @@ fn split_bracket<'a>(line: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
     let offset = Duration::seconds(s) + Duration::nanoseconds(nanos as i64);
     let time = if s >= 1_000_000_000 { DateTime::from_timestamp(s, nanos) } else { ctx.boot_time.map(|b| b + offset) };
     let message = line[close + 1..].trim_start();
-    Some(Prefixed { time, host: None, program: None, message })
+    Some(Prefixed { time, host: None, program: None, pid: None, message })
 }
 
 /// After the timestamp: ` host tag[pid]: msg`, ` tag: msg` (no host, e.g. Dovecot's log_path), or ` msg`.
@@ -185,20 +188,20 @@ fn after_time(line: &str, used: usize, time: Option<DateTime<Utc>>) -> Prefixed<
     let rest = line[used..].trim_start_matches(' ');
     let (t1, after1) = token(rest);
     if let Some(tag) = t1.strip_suffix(':') {
-        if let Some(name) = tag_with_pid(tag) {
-            return Prefixed { time, host: None, program: Some(name), message: after1 };
+        if let Some((name, pid)) = tag_with_pid(tag) {
+            return Prefixed { time, host: None, program: Some(name), pid: Some(pid), message: after1 };
         }
         // A bare `word:` without a host is Dovecot's `imap-login:`: part of the message its rules read.
-        return Prefixed { time, host: None, program: Some(tag), message: rest };
+        return Prefixed { time, host: None, program: Some(tag), pid: None, message: rest };
     }
     let (t2, after2) = token(after1);
     if let Some(tag) = t2.strip_suffix(':') {
         if !t1.is_empty() && !tag.is_empty() {
-            let name = tag_with_pid(tag).unwrap_or(tag);
-            return Prefixed { time, host: Some(t1), program: Some(name), message: after2 };
+            let (name, pid) = tag_with_pid(tag).map_or((tag, None), |(n, p)| (n, Some(p)));
+            return Prefixed { time, host: Some(t1), program: Some(name), pid, message: after2 };
         }
     }
-    Prefixed { time, host: None, program: None, message: rest }
+    Prefixed { time, host: None, program: None, pid: None, message: rest }
 }
 
 fn token(s: &str) -> (&str, &str) {
@@ -208,11 +211,11 @@ fn token(s: &str) -> (&str, &str) {
     }
 }
 
-/// `name[123]` -> `name`.
-fn tag_with_pid(tag: &str) -> Option<&str> {
+/// `name[123]` -> (`name`, `123`).
+fn tag_with_pid(tag: &str) -> Option<(&str, &str)> {
     let open = tag.find('[')?;
     let pid = tag[open + 1..].strip_suffix(']')?;
-    (!pid.is_empty() && pid.bytes().all(|c| c.is_ascii_digit())).then_some(&tag[..open])
+    (!pid.is_empty() && pid.bytes().all(|c| c.is_ascii_digit())).then_some((&tag[..open], pid))
 }
 
 const MONTHS: [&[u8; 3]; 12] =

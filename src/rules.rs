@@ -45,6 +45,43 @@ pub struct FamilySpec {
     /// Service by syslog program tag, first matching prefix wins (`postfix/submission/` -> submission).
     #[serde(default)]
     pub program_services: Vec<ProgramService>,
+    /// The server forks one process per connection (sshd, Postfix smtpd): the syslog pid ties a connection's
+    /// lines together in the attempt ledger when a rule has no `session` capture.
+    #[serde(default)]
+    pub attempts_per_pid: bool,
+}
+
+/// How a failure line relates to the other lines about the same session, so that every attempt counts once and
+/// as soon as it is logged (see `parser::Ledger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attempt {
+    /// The line is `count` new attempts, logged as they happen.
+    Each,
+    /// The line says the session has made `count` attempts so far (at least one when it has no count).
+    Total,
+    /// As `Total`, and the session is over.
+    Final,
+}
+
+/// How sure a rule is that its line is an attack. `Aggressive` rules are judgement calls (scanners that never
+/// try to log in, 4xx spam-bot signatures): they count only for services set to `level = "aggressive"`, and are
+/// recorded as signals elsewhere. fail2ban's normal and aggressive modes draw the same line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    #[default]
+    Normal,
+    Aggressive,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Normal => "normal",
+            Level::Aggressive => "aggressive",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +104,10 @@ pub struct RuleSpec {
     /// Overrides the kind's default (failures count against the source, signals do not).
     pub failure: Option<bool>,
     pub service: Option<String>,
+    /// Takes part in the attempt ledger (failure rules only).
+    pub attempt: Option<Attempt>,
+    #[serde(default)]
+    pub level: Level,
 }
 
 /// A rules file that has been read and checked, ready to compile.
@@ -86,6 +127,8 @@ pub struct CheckedRule {
     pub regex: regex::bytes::Regex,
     pub literals: Vec<String>,
     pub service: Option<String>,
+    pub attempt: Option<Attempt>,
+    pub level: Level,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +239,19 @@ pub fn check_file(name: &str, origin: &str, text: &str) -> Result<Family, RulesE
         if let Some(empty) = spec.literals.iter().find(|l| l.is_empty()) {
             return Err(err(format!("empty literal {empty:?}")));
         }
-        rules.push(CheckedRule { full_id, kind, failure, regex, literals: spec.literals, service: spec.service });
+        if spec.attempt.is_some() && !failure {
+            return Err(err("`attempt` is for failure rules: a signal counts no attempts".into()));
+        }
+        rules.push(CheckedRule {
+            full_id,
+            kind,
+            failure,
+            regex,
+            literals: spec.literals,
+            service: spec.service,
+            attempt: spec.attempt,
+            level: spec.level,
+        });
     }
     Ok(Family { name: family_name, origin: origin.to_string(), spec: file.family, rules })
 }
