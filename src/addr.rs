@@ -76,6 +76,30 @@ impl Cidr {
         self.len <= other.len && self.contains(other.addr)
     }
 
+    /// Whether the two prefixes share at least one address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.covers(other) || other.covers(self)
+    }
+
+    /// Why no packet filter should ever drop or limit this prefix's sources, if it holds or lies inside an
+    /// address that is never a remote client: loopback, unspecified, multicast, broadcast. A ban on one cuts the
+    /// host's own connections (webmail to IMAP, Postfix to its content filter) or means nothing at all.
+    pub fn special(&self) -> Option<&'static str> {
+        const SPECIAL: &[(&str, &str)] = &[
+            ("127.0.0.0/8", "loopback"),
+            ("::1/128", "loopback"),
+            ("0.0.0.0/8", "the unspecified address (this network)"),
+            ("::/128", "the unspecified address"),
+            ("224.0.0.0/4", "multicast"),
+            ("ff00::/8", "multicast"),
+            ("255.255.255.255/32", "the broadcast address"),
+        ];
+        SPECIAL.iter().find_map(|(net, what)| {
+            let net: Cidr = net.parse().expect("a valid built-in prefix");
+            self.overlaps(&net).then_some(*what)
+        })
+    }
+
     /// First and last address, as big-endian bytes (4 or 16), for range queries.
     pub fn range_bytes(&self) -> (Vec<u8>, Vec<u8>) {
         match self.addr {
@@ -269,6 +293,30 @@ mod tests {
         assert!(!c("198.51.100.128/25").covers(&c("198.51.100.0/24")), "wider, not covered");
         assert!(!c("198.51.100.0/24").covers(&c("203.0.113.7")));
         assert!(!c("2001:db8::/32").covers(&c("198.51.100.7")));
+    }
+
+    #[test]
+    fn special_addresses_and_prefixes_around_them_are_named() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        for (t, what) in [
+            ("127.0.0.1", "loopback"),
+            ("127.5.6.7", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("0.0.0.0", "the unspecified address (this network)"),
+            ("::", "the unspecified address"),
+            ("224.0.0.1", "multicast"),
+            ("ff02::1", "multicast"),
+            ("255.255.255.255", "the broadcast address"),
+            ("0.0.0.0/1", "loopback"),
+            ("0.0.0.0/7", "the unspecified address (this network)"),
+            ("96.0.0.0/3", "loopback"),
+        ] {
+            assert_eq!(c(t).special(), Some(what), "{t}");
+        }
+        for t in ["198.51.100.7", "203.0.113.0/24", "2001:db8::1", "2001:db8::/32", "128.0.0.0/2"] {
+            assert_eq!(c(t).special(), None, "{t}");
+        }
     }
 
     #[test]

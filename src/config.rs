@@ -280,7 +280,7 @@ pub struct ParseConfig {
     pub max_line_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Jail {
     /// Failures from one source within `findtime` that earn a ban.
@@ -294,7 +294,7 @@ pub struct Jail {
     pub level: crate::rules::Level,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub ports: Vec<u16>,
@@ -609,10 +609,34 @@ impl Config {
     }
 }
 
-/// `30d`, `1h30m`, `90s`.
+impl Config {
+    /// The longest failure window of the jail and the services: how far back the policy's memory reaches.
+    pub fn longest_findtime(&self) -> Duration {
+        self.services.values().filter_map(|s| s.findtime).chain([self.jail.findtime]).max().unwrap_or_default()
+    }
+
+    /// Whether the policy built from `other` would judge the same way (jail, services, policy, allowlist): a
+    /// reload that changes none of them keeps the running policy's state exactly.
+    pub fn same_policy(&self, other: &Config) -> bool {
+        self.jail == other.jail
+            && self.services == other.services
+            && self.policy == other.policy
+            && self.allowlist == other.allowlist
+    }
+}
+
+/// The longest duration floodgate takes anywhere (ten years): past it a ban is `forever`, and every time
+/// computed from a duration stays far from the calendar's end, so no input can overflow the clock arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
+
+/// `30d`, `1h30m`, `90s`; at most `MAX_DURATION`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 90s, 10m, 1h30m, 30d"))
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 90s, 10m, 1h30m, 30d"))?;
+    if d > MAX_DURATION {
+        return Err(format!("`{text}` is longer than 3650d, the longest floodgate takes (a ban can be `forever`)"));
+    }
+    Ok(d)
 }
 
 pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -292,3 +292,150 @@ fn rotation_by_rename_and_by_copytruncate_loses_no_line() {
     assert_eq!(got, (1..=6).map(addr).collect::<Vec<_>>(), "every line once: {}", env.daemon_log());
     d.stop();
 }
+
+fn failures(addr: &str, from: u32, n: u32) -> Vec<String> {
+    (from..from + n).map(|i| failure(addr, i)).collect()
+}
+
+#[test]
+fn counts_survive_a_reload_and_a_restart_and_a_changed_jail_is_rebuilt_from_the_store() {
+    if !needs("counts_survive_a_reload_and_a_restart_and_a_changed_jail_is_rebuilt_from_the_store") {
+        return;
+    }
+    let env = Env::new("dcnt");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let d = env.start();
+    let env = &env;
+    let seen = |n: usize| move || env.events(&[]).len() >= n;
+    // Two failures, an unchanged reload (logrotate's postrotate), one more: banned.
+    env.append("mail.log", &failures("203.0.113.7", 0, 2));
+    wait_for("two events", Duration::from_secs(5), seen(2));
+    d.signal(libc::SIGHUP);
+    wait_for("the reload", Duration::from_secs(5), || env.daemon_log().contains("policy's state is kept"));
+    env.append("mail.log", &failures("203.0.113.7", 2, 1));
+    wait_for("a ban across an unchanged reload", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    // Two failures, a reload that changes the jail (maxretry 4): the new jail starts from the stored two.
+    env.append("mail.log", &failures("203.0.113.8", 10, 2));
+    wait_for("five events", Duration::from_secs(5), seen(5));
+    env.write_config("floodgate.toml", 4);
+    d.signal(libc::SIGHUP);
+    wait_for("the rebuild", Duration::from_secs(5), || env.daemon_log().contains("failure windows rebuilt"));
+    env.append("mail.log", &failures("203.0.113.8", 12, 1));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!env.banned("203.0.113.8"), "three of four");
+    env.append("mail.log", &failures("203.0.113.8", 13, 1));
+    wait_for("a ban across a changed reload", Duration::from_secs(5), || env.banned("203.0.113.8"));
+    // Three failures, a restart, one more: banned. The replay does not ban 203.0.113.7 again (already answered).
+    env.append("mail.log", &failures("198.18.0.9", 20, 3));
+    wait_for("ten events", Duration::from_secs(5), seen(10));
+    assert_eq!(d.stop(), Some(0));
+    let d = env.start();
+    env.append("mail.log", &failures("198.18.0.9", 23, 1));
+    wait_for("a ban across a restart", Duration::from_secs(5), || env.banned("198.18.0.9"));
+    let bans = env.fg(&["list", "--json"]);
+    assert_eq!(bans.matches("203.0.113.7").count(), 1, "{bans}");
+    d.stop();
+}
+
+#[test]
+fn a_crash_after_the_events_are_committed_loses_no_ban() {
+    if !needs("a_crash_after_the_events_are_committed_loses_no_ban") {
+        return;
+    }
+    let addr = |i: u32| format!("198.18.{}.{}", i / 250, i % 250 + 1);
+    let mut stored_at_crash = Vec::new();
+    // Killed at once, as soon as the first batch is committed, and later in the burst.
+    for (round, after_ms) in [0u64, 1, 300].into_iter().enumerate() {
+        let env = Env::new(&format!("dkil{round}"));
+        std::fs::write(env.path("mail.log"), "").unwrap();
+        let d = env.start();
+        let lines: Vec<String> = (0..2000).flat_map(|i| failures(&addr(i), i * 3, 3)).collect();
+        env.append("mail.log", &lines);
+        if after_ms == 1 {
+            wait_for("a first batch", Duration::from_secs(10), || !env.events(&["--limit", "1"]).is_empty());
+        } else {
+            std::thread::sleep(Duration::from_millis(after_ms));
+        }
+        d.signal(libc::SIGKILL);
+        drop(d);
+        let stored = env.events(&["--limit", "100000"]).len();
+        std::fs::remove_file(env.path("fg.sock")).unwrap();
+        let d = env.start();
+        // Every attacker whose three failures were committed before the crash, and every one whose lines were
+        // read after the restart: all 2000.
+        let banned = || env.pair.server.nft(&["list", "set", "inet", "floodgate", "ban4"]).matches("198.18.").count();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while banned() < 2000 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(banned(), 2000, "after a kill -9 {after_ms} ms in ({stored} events stored): {}", env.daemon_log());
+        assert_eq!(env.events(&["--limit", "100000"]).len(), 6000, "each line once ({stored} stored before the crash)");
+        d.stop();
+        stored_at_crash.push(stored);
+    }
+    // At least one crash came after some failures were committed (and their lines not read again).
+    assert!(stored_at_crash.iter().any(|&n| n > 0), "{stored_at_crash:?}");
+}
+
+#[test]
+fn loopback_special_and_own_addresses_are_never_banned() {
+    if !needs("loopback_special_and_own_addresses_are_never_banned") {
+        return;
+    }
+    let env = Env::new("dself");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let d = env.start();
+    // A webmail user's typos through loopback, and a health check through the host's own address.
+    let mut lines = failures("127.0.0.1", 0, 5);
+    lines.extend(failures("::1", 5, 5));
+    lines.extend(failures("198.51.100.1", 10, 5));
+    lines.extend(failures("203.0.113.7", 20, 3));
+    env.append("mail.log", &lines);
+    wait_for("the real attacker's ban", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    let bans = env.fg(&["list", "--json"]);
+    for a in ["127.0.0.1", "::1", "198.51.100.1"] {
+        assert!(!bans.contains(&format!("\"{a}\"")), "{a} banned: {bans}");
+    }
+    let log = env.daemon_log();
+    assert!(log.contains("127.0.0.1 is or holds loopback"), "{log}");
+    assert!(log.contains("198.51.100.1 is or holds 198.51.100.1, an address of this host"), "{log}");
+    for (target, why) in [
+        ("127.0.0.1", "loopback"),
+        ("::", "unspecified"),
+        ("0.0.0.0", "unspecified"),
+        ("255.255.255.255", "broadcast"),
+        ("224.0.0.1", "multicast"),
+        ("198.51.100.1", "an address of this host"),
+        ("198.51.100.0/24", "an address of this host"),
+        ("2001:db8::1", "an address of this host"),
+    ] {
+        let out = env.fg_with("floodgate.toml", &["block", target]);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains(why), "block {target}: {e}");
+    }
+    // What comes in on loopback is accepted before every ban: the host reaches itself through its own address
+    // even with that address in a banned set put there by hand.
+    env.pair.server.nft(&["add", "element", "inet", "floodgate", "ban4", "{", "198.51.100.1", "}"]);
+    let ok = env.pair.server.exec(&["bash", "-c", "exec 3<>/dev/tcp/198.51.100.1/143 && echo ok"]);
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok"), "{ok:?}");
+    d.stop();
+}
+
+#[test]
+fn a_far_future_line_time_never_stretches_a_ban() {
+    if !needs("a_far_future_line_time_never_stretches_a_ban") {
+        return;
+    }
+    let env = Env::new("dfut");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let d = env.start();
+    let future: Vec<String> = failures("203.0.113.7", 0, 3).iter().map(|l| format!("2031{}", &l[4..])).collect();
+    env.append("mail.log", &future);
+    wait_for("the ban", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    let listed: Vec<serde_json::Value> =
+        env.fg(&["list", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ban = listed.iter().find(|b| b["target"] == "203.0.113.7").unwrap();
+    let left = ban["expires_s"].as_u64().unwrap();
+    assert!(left <= 3600, "the jail's 1 h from now, not from 2031: {ban}");
+    d.stop();
+}

@@ -142,6 +142,12 @@ async fn serve(
     let socket_path = config.daemon.socket.clone();
     let mut pipeline = Pipeline::new(config, config_path, store, enforcer)?;
     pipeline.dry_run = dry_run;
+    // Before any new line: the failures the store already holds count again (a restart or a crash never
+    // forgets them), and bans they earn are made now.
+    let replayed =
+        tokio::task::block_in_place(|| pipeline.rebuild_windows()).context("rebuilding the failure windows")?;
+    tokio::task::block_in_place(|| pipeline.flush());
+    tracing::info!(replayed, "failure windows rebuilt from the store");
     let (mut running, entries) = start_sources(&pipeline.config, &pipeline.store, &tx);
     pipeline.sources = entries;
     // Last: a socket that answers means a daemon whose sources have taken their positions (so a line written

@@ -66,6 +66,10 @@ pub struct Pipeline {
     apply_errors: u64,
 }
 
+/// Most stored failures a start or reload replays (the newest): bounded so a store full of a flood cannot stall
+/// a start; far more than the jail's table holds.
+const REPLAY_MAX: usize = 500_000;
+
 pub fn parser_for(config: &Config) -> Result<LineParser> {
     LineParser::from_config(config, &[], TimeContext::system(config.timezone)).context("loading the rules")
 }
@@ -112,7 +116,8 @@ impl Pipeline {
                 }
                 let before = self.pending.len();
                 for (i, line) in lines.iter().enumerate() {
-                    if let Outcome::Event(ev) = self.parser.parse_bytes(line) {
+                    if let Outcome::Event(mut ev) = self.parser.parse_bytes(line) {
+                        not_after(&mut ev, now);
                         self.policy.observe(&ev, now, &mut self.decisions);
                         let origin = Origin { input: input.clone(), line: first_line.map(|f| f + i as u64) };
                         self.pending.push((origin, *ev));
@@ -126,7 +131,8 @@ impl Pipeline {
                 }
             }
             Feed::Events { input, events } => {
-                for ev in events {
+                for mut ev in events {
+                    not_after(&mut ev, now);
                     self.policy.observe(&ev, now, &mut self.decisions);
                     self.pending.push((Origin { input: input.clone(), line: None }, ev));
                 }
@@ -367,12 +373,40 @@ impl Pipeline {
             tracing::warn!("db and daemon.socket changes take effect at the next start");
         }
         self.enforcer.reconfigure(&config).context("reload: applying the new table shape")?;
-        self.policy = Engine::from_config(&config);
+        let same_policy = config.same_policy(&self.config);
         self.throttle = Throttle::new(&config.notify);
         self.parser = parser;
         self.config = config;
-        tracing::info!("configuration and rules reloaded");
+        if same_policy {
+            // A reload that leaves the jail alone (logrotate's nightly one) keeps every count exactly.
+            tracing::info!("configuration and rules reloaded; the policy's state is kept");
+        } else {
+            // A new policy starts from the store's record of recent failures, not from nothing.
+            self.policy = Engine::from_config(&self.config);
+            let replayed = self.rebuild_windows().context("reload: rebuilding the failure windows")?;
+            tracing::info!(replayed, "configuration and rules reloaded; failure windows rebuilt from the store");
+        }
         Ok(())
+    }
+
+    /// Shows the policy the failures the store holds within the longest findtime, oldest first, except those a
+    /// later ban or unban of the same address already answered: after a start (a crash included) or a reload
+    /// that rebuilt the policy, every committed failure counts again, and an attacker whose failures were
+    /// stored before the daemon died is banned now. Returns how many events were replayed.
+    pub fn rebuild_windows(&mut self) -> Result<usize> {
+        let now = Utc::now();
+        let horizon = now - crate::policy::span(self.config.longest_findtime());
+        let acted = self.store.last_acted(horizon)?;
+        let events = self.store.failures_since(horizon, REPLAY_MAX)?;
+        let mut replayed = 0;
+        for ev in &events {
+            let answered = ev.addr.and_then(|a| acted.get(&a)).is_some_and(|t| *t >= ev.time);
+            if !answered {
+                self.policy.observe(ev, now, &mut self.decisions);
+                replayed += 1;
+            }
+        }
+        Ok(replayed)
     }
 
     pub fn status(&self, queued: usize, capacity: usize) -> Result<Status> {
@@ -431,6 +465,14 @@ impl Pipeline {
         if let Err(e) = self.store.checkpoint() {
             tracing::warn!(error = %e, "store checkpoint at exit");
         }
+    }
+}
+
+/// A line's time is the writer's word (a wrong clock, a forged syslog header): it may place an event in the
+/// past, never after now, or a ban or a window would stretch beyond what the clock allows.
+fn not_after(ev: &mut Event, now: DateTime<Utc>) {
+    if ev.time > now {
+        ev.time = now;
     }
 }
 

@@ -3,6 +3,7 @@
 //! the store again after a reboot, a `nft flush ruleset` or a crash.
 
 pub mod geo;
+pub mod host;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -75,6 +76,17 @@ pub struct Enforcer {
     widest_v4: u8,
     widest_v6: u8,
     geo: geo::GeoPlan,
+    /// The host's own addresses (never banned), refreshed at open, reconfigure and verify.
+    own: Vec<std::net::IpAddr>,
+}
+
+/// The host's addresses; on error (no getifaddrs) none, logged: loopback and the other special addresses are
+/// refused by `Cidr::special` whatever this returns.
+fn own_addresses_logged() -> Vec<std::net::IpAddr> {
+    host::own_addresses().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read this host's addresses; only loopback and special addresses are protected");
+        Vec::new()
+    })
 }
 
 fn remaining(until: i64, now: DateTime<Utc>) -> Option<Duration> {
@@ -98,6 +110,7 @@ impl Enforcer {
             widest_v4: config.enforce.widest_prefix_v4,
             widest_v6: config.enforce.widest_prefix_v6,
             geo: geo::GeoPlan::from_config(config),
+            own: own_addresses_logged(),
         })
     }
 
@@ -131,6 +144,7 @@ impl Enforcer {
         self.widest_v4 = config.enforce.widest_prefix_v4;
         self.widest_v6 = config.enforce.widest_prefix_v6;
         self.mirror = None;
+        self.own = own_addresses_logged();
         if changed {
             self.install()?;
         }
@@ -151,8 +165,12 @@ impl Enforcer {
         &self.limit_ports
     }
 
-    /// Why `cidr` may not be banned, if it may not: too wide, or wholly on the allowlist.
+    /// Why `cidr` may not be banned, if it may not: loopback, unspecified, multicast or broadcast, an address of
+    /// this host (or a prefix holding one), too wide, or wholly on the allowlist.
     pub fn refuse_ban(&self, cidr: &Cidr, stored_allow: &[Cidr]) -> Option<String> {
+        if let Some(what) = cidr.special() {
+            return Some(format!("{cidr} is or holds {what}: floodgate never bans it"));
+        }
         let widest = if cidr.addr().is_ipv4() { self.widest_v4 } else { self.widest_v6 };
         if cidr.prefix_len() == 0 {
             return Some(format!("{cidr} would ban every address"));
@@ -160,6 +178,9 @@ impl Enforcer {
         if cidr.prefix_len() < widest {
             let key = if cidr.addr().is_ipv4() { "widest_prefix_v4" } else { "widest_prefix_v6" };
             return Some(format!("{cidr} is wider than /{widest} (enforce.{key} in the config)"));
+        }
+        if let Some(own) = self.own.iter().find(|a| cidr.contains(**a)) {
+            return Some(format!("{cidr} is or holds {own}, an address of this host: floodgate never bans it"));
         }
         let covering = |list: &[Cidr]| list.iter().find(|a| a.covers(cidr)).copied();
         if let Some(a) = covering(&self.config_allow) {
@@ -311,6 +332,7 @@ impl Enforcer {
     /// cannot decay silently (what cs-firewall-bouncer#509 describes).
     pub fn verify(&mut self, store: &mut Store, now: DateTime<Utc>) -> Result<Report, EnforceError> {
         self.mirror = None;
+        self.own = own_addresses_logged();
         let damaged = self.damaged_chains()?;
         if !damaged.is_empty() {
             tracing::warn!(?damaged, "the table was altered outside floodgate; repairing it");

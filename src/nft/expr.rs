@@ -36,6 +36,8 @@ pub enum Expr {
     Nfproto(u8),
     /// `meta l4proto == v` (tcp = 6).
     L4proto(u8),
+    /// `meta iiftype == v` (ARPHRD_*, host byte order): the kind of interface the packet came in on.
+    IifType(u16),
     /// Loads `len` bytes at `offset` of the network (base 1) or transport (base 2) header into register 1.
     Payload {
         base: u32,
@@ -84,6 +86,10 @@ pub unsafe fn build(e: &Expr, push: &mut dyn FnMut(*mut sys::nftnl_expr)) {
             Expr::L4proto(v) => {
                 push(meta(libc::NFT_META_L4PROTO as u32));
                 push(cmp_eq(&[*v]));
+            }
+            Expr::IifType(v) => {
+                push(meta(libc::NFT_META_IIFTYPE as u32));
+                push(cmp_eq(&v.to_ne_bytes()));
             }
             Expr::Payload { base, offset, len } => {
                 let x = alloc("payload");

@@ -34,6 +34,7 @@ const PRIORITY_RAW: i32 = -300;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 const TCP: u8 = 6;
+const ARPHRD_LOOPBACK: u16 = 772;
 const TYPE_IPV4: u32 = 7;
 const TYPE_IPV6: u32 = 8;
 const TYPE_SERVICE: u32 = 13;
@@ -193,7 +194,7 @@ impl Ruleset {
         [(BASE_CHAIN, self.rules_base().len()), (SOURCE_CHAIN, 2 * self.ports.len()), (GLOBAL_CHAIN, self.ports.len())]
     }
 
-    /// Allowlist first, then bans, then the country restrictions, then the switches into the limit chains.
+    /// Loopback and the allowlist first, then bans, then the country restrictions, then the switches into the limit chains.
     fn rules_base(&self) -> Vec<(String, Vec<Expr>)> {
         let v4 = |set: &str, verdict: Vec<Expr>| {
             let mut e = vec![Expr::Nfproto(NFPROTO_IPV4), saddr4(), Expr::Lookup(set.into())];
@@ -222,6 +223,9 @@ impl Ruleset {
             (format!("tcp dport @{} {ip} saddr {op}@{set} drop", g.switch()), e)
         };
         let mut rules = vec![
+            // The host talking to itself (webmail to IMAP, Postfix to its content filter, even through its public
+            // address) is never dropped or limited, whatever is banned or limited.
+            ("meta iiftype loopback accept".to_string(), vec![Expr::IifType(ARPHRD_LOOPBACK), Expr::Accept]),
             v4(ALLOW4, vec![Expr::Accept]),
             v6(ALLOW6, vec![Expr::Accept]),
             v4(BAN4, vec![Expr::Counter, Expr::Drop]),

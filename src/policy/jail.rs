@@ -1,6 +1,8 @@
 //! fail2ban's rule, per source and service: `maxretry` failures within `findtime` earn a ban for `bantime`.
 //! What the daemon applies until the policy engine replaces it. Memory is bounded: at most `MAX_TRACKED`
-//! (source, service) pairs; stale ones age out every tick.
+//! (source, service) pairs, and at most `MAX_PER_PREFIX` from one /24 or /64 (the addresses one attacker can
+//! hold); stale ones age out every tick. A full table evicts its least threatening entries (fewest failures,
+//! then the longest quiet), counted and logged, so a new attacker is always tracked.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -17,6 +19,8 @@ use crate::store::Decision;
 
 /// An attacker picks its addresses: without a bound, tracking them would be a DoS vector of its own.
 pub const MAX_TRACKED: usize = 200_000;
+/// Pairs one IPv4 /24 or IPv6 /64 may hold: a /64 alone has enough addresses to fill any table.
+pub const MAX_PER_PREFIX: usize = 2048;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
@@ -29,14 +33,91 @@ pub struct Jail {
     default: Rule,
     per_service: HashMap<Arc<str>, Rule>,
     /// Failure times per (source, service), oldest first.
-    failures: HashMap<(IpAddr, Arc<str>), VecDeque<DateTime<Utc>>>,
-    /// Pairs not tracked because the table was full.
-    pub untracked: u64,
+    failures: HashMap<Pair, VecDeque<DateTime<Utc>>>,
+    /// Tracked pairs per /24 or /64.
+    per_prefix: HashMap<Cidr, usize>,
+    max_tracked: usize,
+    max_per_prefix: usize,
+    /// Pairs forgotten to make room, since the start.
+    pub evicted: u64,
+}
+
+/// A source and the service it failed on.
+type Pair = (IpAddr, Arc<str>);
+
+/// The prefix one holder of `addr` is assumed to control: its /24 or /64.
+fn holder(addr: IpAddr) -> Cidr {
+    let len = if addr.is_ipv4() { 24 } else { 64 };
+    Cidr::new(addr, len).unwrap_or_else(|| Cidr::host(addr))
 }
 
 impl Jail {
     pub fn new(default: Rule, per_service: HashMap<Arc<str>, Rule>) -> Jail {
-        Jail { default, per_service, failures: HashMap::new(), untracked: 0 }
+        Jail {
+            default,
+            per_service,
+            failures: HashMap::new(),
+            per_prefix: HashMap::new(),
+            max_tracked: MAX_TRACKED,
+            max_per_prefix: MAX_PER_PREFIX,
+            evicted: 0,
+        }
+    }
+
+    /// Other bounds than the defaults (tests of eviction at a small size).
+    pub fn with_bounds(mut self, max_tracked: usize, max_per_prefix: usize) -> Jail {
+        self.max_tracked = max_tracked.max(1);
+        self.max_per_prefix = max_per_prefix.max(1);
+        self
+    }
+
+    /// Makes room for one new pair from `prefix`: when the prefix or the table is full, a quarter of what is
+    /// full (the prefix's pairs, or the whole table's) goes, least threatening first: fewest failures within
+    /// the window, then the longest quiet. One scan per quarter, so eviction costs little per new pair.
+    fn make_room(&mut self, prefix: Cidr) {
+        let in_prefix = self.per_prefix.get(&prefix).copied().unwrap_or(0);
+        let (scope, cap) = if in_prefix >= self.max_per_prefix {
+            (Some(prefix), self.max_per_prefix)
+        } else if self.failures.len() >= self.max_tracked {
+            (None, self.max_tracked)
+        } else {
+            return;
+        };
+        let mut victims: Vec<(usize, DateTime<Utc>, Pair)> = self
+            .failures
+            .iter()
+            .filter(|((a, _), _)| scope.is_none_or(|p| p.contains(*a)))
+            .map(|(k, t)| (t.len(), t.back().copied().unwrap_or_default(), k.clone()))
+            .collect();
+        let n = (cap / 4).max(1).min(victims.len());
+        victims.select_nth_unstable_by(n.saturating_sub(1), |a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (_, _, key) in victims.into_iter().take(n) {
+            self.forget(&key);
+        }
+        self.evicted += n as u64;
+        match scope {
+            Some(p) => tracing::warn!(
+                prefix = %p, evicted = n, total = self.evicted,
+                "failure table: {p} holds {cap} tracked sources, the most one /24 or /64 may; forgot its least threatening"
+            ),
+            None => tracing::warn!(
+                evicted = n,
+                total = self.evicted,
+                "failure table full ({cap} sources); forgot the least threatening"
+            ),
+        }
+    }
+
+    fn forget(&mut self, key: &Pair) {
+        if self.failures.remove(key).is_some() {
+            let p = holder(key.0);
+            if let Some(c) = self.per_prefix.get_mut(&p) {
+                *c -= 1;
+                if *c == 0 {
+                    self.per_prefix.remove(&p);
+                }
+            }
+        }
     }
 
     pub fn from_config(cfg: &Config) -> Jail {
@@ -73,9 +154,10 @@ impl Policy for Jail {
         let service: Arc<str> = ev.service.clone().unwrap_or_else(|| Arc::from("any"));
         let rule = self.rule(ev.service.as_ref());
         let key = (addr, service.clone());
-        if !self.failures.contains_key(&key) && self.failures.len() >= MAX_TRACKED {
-            self.untracked += 1;
-            return;
+        if !self.failures.contains_key(&key) {
+            let prefix = holder(addr);
+            self.make_room(prefix);
+            *self.per_prefix.entry(prefix).or_default() += 1;
         }
         let times = self.failures.entry(key.clone()).or_default();
         // Dovecot's "auth failed, 3 attempts" is three failures in one line.
@@ -90,7 +172,7 @@ impl Policy for Jail {
             return;
         }
         let n = times.len();
-        self.failures.remove(&key);
+        self.forget(&key);
         // Counted on the events' own times (a backlog read after a restart keeps its pace); a ban whose time
         // would already be over is not made.
         let until = ev.time + span(rule.bantime);
@@ -124,6 +206,13 @@ impl Policy for Jail {
         let longest = self.per_service.values().map(|r| r.findtime).chain([self.default.findtime]).max();
         let horizon = now - span(longest.unwrap_or_default());
         self.failures.retain(|_, times| times.back().is_some_and(|t| *t >= horizon));
+        if self.per_prefix.values().sum::<usize>() != self.failures.len() {
+            let mut per_prefix: HashMap<Cidr, usize> = HashMap::new();
+            for (a, _) in self.failures.keys() {
+                *per_prefix.entry(holder(*a)).or_default() += 1;
+            }
+            self.per_prefix = per_prefix;
+        }
     }
 
     fn tracked(&self) -> usize {
@@ -186,6 +275,37 @@ mod tests {
         e.count = 3;
         j.observe(&e, t(3000), &mut out);
         assert_eq!(out.len(), 1, "one line that stands for three attempts");
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_least_threatening_and_still_bans_a_new_attacker() {
+        let mut j = jail().with_bounds(1000, 100);
+        let mut out = Vec::new();
+        // One IPv6 /64 rotating through addresses, one failure each: bounded to its 100.
+        for i in 0..5000u32 {
+            let a = format!("2001:db8:1:2::{:x}:{:x}", i >> 16, i & 0xffff);
+            j.observe(&failure(&a, "imap", 10), t(10), &mut out);
+        }
+        assert!(j.tracked() <= 100, "one /64 holds at most its share: {}", j.tracked());
+        assert!(j.evicted >= 4900, "evictions are counted: {}", j.evicted);
+        // Two failures from a real guesser, then a flood of single failures from many /24s fills the table.
+        for at in [20, 21] {
+            j.observe(&failure("203.0.113.77", "imap", at), t(at), &mut out);
+        }
+        for i in 0..3000u32 {
+            let a = format!("198.18.{}.{}", i / 200, i % 200 + 1);
+            j.observe(&failure(&a, "imap", 30), t(30), &mut out);
+        }
+        assert!(j.tracked() <= 1000);
+        assert!(out.is_empty());
+        // The guesser had two failures: kept over the one-failure crowd, its third bans it.
+        j.observe(&failure("203.0.113.77", "imap", 40), t(40), &mut out);
+        assert_eq!(out.len(), 1, "the two earlier failures survived the eviction");
+        // A brand-new attacker is tracked and banned although the table is full.
+        for at in [50, 51, 52] {
+            j.observe(&failure("203.0.113.99", "imap", at), t(at), &mut out);
+        }
+        assert_eq!(out.len(), 2, "a new attacker is still banned: {out:?}");
     }
 
     #[test]

@@ -24,5 +24,6 @@ pub trait Policy: Send {
 
 /// A std duration as a chrono one, saturating (config durations are bounded; "forever" never overflows).
 pub(crate) fn span(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    // Bounded like every configured duration, so a time plus a span can never leave the calendar (a panic).
+    chrono::Duration::from_std(d.min(crate::config::MAX_DURATION)).unwrap_or(chrono::Duration::MAX)
 }

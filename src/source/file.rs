@@ -268,6 +268,13 @@ impl Tailer {
             Some(tail) => tail,
             None => match self.open(&self.path, *start) {
                 Ok(tail) => {
+                    if matches!(*start, Start::End) {
+                        // The starting point is stored at once (an empty batch carries it): a crash before the
+                        // first line is stored resumes here, instead of at the end of everything written since.
+                        if !self.out.sink.send_lines(&self.out.input, Vec::new(), None, Some(tail.position())) {
+                            return Err(Fail::Halt);
+                        }
+                    }
                     self.out.sink.stats.ready.store(true, Ordering::Relaxed);
                     // Whatever appears under the name after this one is a new file.
                     *start = Start::Beginning;

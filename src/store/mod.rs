@@ -355,6 +355,62 @@ impl Store {
         Ok(out)
     }
 
+    /// Failure events with a source since `since`, oldest first: what the policy's windows are rebuilt from at a
+    /// start or a reload that changes them. Capped at `limit` (the newest kept), so a store full of a flood cannot
+    /// stall a start.
+    pub fn failures_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let run = || -> Result<Vec<Event>, rusqlite::Error> {
+            let mut st = self.conn.prepare_cached(
+                "SELECT * FROM (
+                   SELECT e.ts_us, e.kind, e.addr, e.local_addr, e.port, s.name, e.count, r.name, e.id
+                   FROM events e
+                   LEFT JOIN labels r ON r.id = e.rule
+                   LEFT JOIN labels s ON s.id = e.service
+                   WHERE e.ts_us >= ?1 AND e.failure = 1 AND e.addr IS NOT NULL
+                   ORDER BY e.ts_us DESC, e.id DESC LIMIT ?2
+                 ) ORDER BY 1 ASC, 9 ASC",
+            )?;
+            let mut rows = st.query(params![ts_us(&since), limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let kind = Kind::from_code(r.get(1)?).unwrap_or(Kind::AuthFailure);
+                let rule: Option<String> = r.get(7)?;
+                let mut ev = Event::new(from_us(r.get(0)?), kind, Arc::from(rule.as_deref().unwrap_or("stored")));
+                ev.failure = true;
+                ev.addr = r.get::<_, Option<Vec<u8>>>(2)?.as_deref().and_then(ip_from_bytes);
+                ev.local_addr = r.get::<_, Option<Vec<u8>>>(3)?.as_deref().and_then(ip_from_bytes);
+                ev.port = r.get(4)?;
+                ev.service = r.get::<_, Option<String>>(5)?.as_deref().map(Arc::from);
+                ev.count = u32::try_from(r.get::<_, i64>(6)?).unwrap_or(u32::MAX);
+                out.push(ev);
+            }
+            Ok(out)
+        };
+        run().map_err(|e| sql(&self.path, "reading recent failures", e))
+    }
+
+    /// The latest ban or unban of each single address decided since `since`: failures before it were acted on.
+    pub fn last_acted(&self, since: DateTime<Utc>) -> Result<HashMap<std::net::IpAddr, DateTime<Utc>>, StoreError> {
+        let run = || -> Result<HashMap<std::net::IpAddr, DateTime<Utc>>, rusqlite::Error> {
+            let mut st = self.conn.prepare_cached(
+                "SELECT target, max(ts_us) FROM decisions
+                 WHERE ts_us >= ?1 AND action IN ('ban', 'unban') GROUP BY target",
+            )?;
+            let mut rows = st.query([ts_us(&since)])?;
+            let mut out = HashMap::new();
+            while let Some(r) = rows.next()? {
+                let target: String = r.get(0)?;
+                if let Ok(c) = target.parse::<Cidr>() {
+                    if c.is_host() {
+                        out.insert(c.addr(), from_us(r.get(1)?));
+                    }
+                }
+            }
+            Ok(out)
+        };
+        run().map_err(|e| sql(&self.path, "reading recent decisions", e))
+    }
+
     /// Rows stored (events plus aggregated conntrack minutes) and the database's size in bytes.
     pub fn usage(&self) -> Result<(u64, u64), StoreError> {
         let q = |s: &str| self.conn.query_row(s, [], |r| r.get::<_, i64>(0)).map_err(|e| sql(&self.path, "usage", e));
