@@ -65,11 +65,14 @@ pub struct Response {
     /// The result (list rows, status), for stdout.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub data: serde_json::Value,
+    /// The store the daemon acted on (set by the daemon), so a client named another `--db` learns it was not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<String>,
 }
 
 impl Response {
     pub fn ok(message: impl Into<String>) -> Response {
-        Response { ok: true, message: message.into(), error: String::new(), data: serde_json::Value::Null }
+        Response { ok: true, message: message.into(), error: String::new(), data: serde_json::Value::Null, db: None }
     }
 
     pub fn data(message: impl Into<String>, data: serde_json::Value) -> Response {
@@ -77,7 +80,7 @@ impl Response {
     }
 
     pub fn error(e: &anyhow::Error) -> Response {
-        Response { ok: false, message: String::new(), error: format!("{e:#}"), data: serde_json::Value::Null }
+        Response { ok: false, message: String::new(), error: format!("{e:#}"), data: serde_json::Value::Null, db: None }
     }
 }
 
@@ -339,6 +342,7 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
             let c = &r.changes;
             let mut lines: Vec<String> =
                 c.strays.iter().map(|s| format!("stray (not in the store), removed: {s}")).collect();
+            lines.extend(c.kept.iter().map(|(k, _)| format!("ban not in the store, kept and adopted into it: {k}")));
             lines.push(format!(
                 "table inet {} installed; {} element(s) restored, {} refreshed, {} removed",
                 enforcer.table(),

@@ -1,6 +1,8 @@
 //! The `floodgate` binary: the operator's CLI (and, later, the daemon) over the library.
 
 use clap::Parser;
+use std::io::Write;
+
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -15,6 +17,9 @@ fn main() {
         .with_writer(std::io::stderr)
         // Colours only for a terminal: a log file or journald gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed or full stderr (a journald restart, a dropped pipe) loses log lines, never the daemon: the
+        // default reports a failed write with eprintln!, which panics when stderr itself is what failed.
+        .log_internal_errors(false)
         .init();
     if let Err(e) = floodgate::cli::run(cli) {
         // Broken pipe (`floodgate parse ... | head`) is not an error worth a message.
@@ -23,7 +28,7 @@ fn main() {
         {
             std::process::exit(0);
         }
-        eprintln!("floodgate: error: {e:#}");
+        let _ = writeln!(std::io::stderr(), "floodgate: error: {e:#}");
         std::process::exit(1);
     }
 }

@@ -283,11 +283,25 @@ impl LineParser {
         // A judgement call counts only where the operator asked for that level.
         let mut failure = rule.failure && rule.level <= self.levels.of(service.as_deref());
         let mut count = count;
-        if let (true, Some(attempt), Some(ip)) = (failure, rule.attempt, addr) {
+        // A signal rule with `attempt` is an excuse: an attempt that failed through the server's fault (its auth
+        // backend down) is entered in the ledger as seen, so a summary line of the same session does not count it.
+        let excuse = !rule.failure && rule.attempt.is_some();
+        // A per-attempt line whose rule names a session, but which carries none here, cannot be joined to the
+        // other lines of its attempt (Dovecot's auth process answering Postfix's SASL, which logs the same guess
+        // itself): a signal, so one attempt written by two processes never counts twice.
+        let unjoinable = rule.attempt == Some(Attempt::Each)
+            && g.session.is_some()
+            && group(locs, g.session, msg).is_none_or(str::is_empty)
+            && !matcher.families[rule.family].attempts_per_pid;
+        if unjoinable {
+            failure = false;
+        }
+        if let (true, Some(attempt), Some(ip)) = (failure || excuse, rule.attempt, addr) {
             let session = group(locs, g.session, msg)
                 .or_else(|| if matcher.families[rule.family].attempts_per_pid { p.pid } else { None })
                 .map(Box::from);
             match self.ledger.count((rule.family, ip, session), attempt, count) {
+                _ if excuse => {}
                 // Every attempt this line tells of was counted by an earlier line: context only.
                 0 => failure = false,
                 new => count = new,

@@ -21,6 +21,11 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("courier.toml", include_str!("../rules/courier.toml")),
     ("opensmtpd.toml", include_str!("../rules/opensmtpd.toml")),
     ("sshd.toml", include_str!("../rules/sshd.toml")),
+    ("cyrus.toml", include_str!("../rules/cyrus.toml")),
+    ("qmail.toml", include_str!("../rules/qmail.toml")),
+    ("uwimap.toml", include_str!("../rules/uwimap.toml")),
+    ("perdition.toml", include_str!("../rules/perdition.toml")),
+    ("solidpop3d.toml", include_str!("../rules/solidpop3d.toml")),
 ];
 
 /// Named captures a rule's regex may use; any other name is refused, so a typo cannot silently drop a field.
@@ -104,7 +109,9 @@ pub struct RuleSpec {
     /// Overrides the kind's default (failures count against the source, signals do not).
     pub failure: Option<bool>,
     pub service: Option<String>,
-    /// Takes part in the attempt ledger (failure rules only).
+    /// Takes part in the attempt ledger. On a signal rule (`failure = false`) it excuses: the attempt is entered
+    /// as seen and counts nothing, so a later summary of the same session does not count it either (a SASL
+    /// failure caused by the server's auth backend, followed by Postfix's `auth=0/1` summary).
     pub attempt: Option<Attempt>,
     #[serde(default)]
     pub level: Level,
@@ -238,9 +245,6 @@ pub fn check_file(name: &str, origin: &str, text: &str) -> Result<Family, RulesE
         }
         if let Some(empty) = spec.literals.iter().find(|l| l.is_empty()) {
             return Err(err(format!("empty literal {empty:?}")));
-        }
-        if spec.attempt.is_some() && !failure {
-            return Err(err("`attempt` is for failure rules: a signal counts no attempts".into()));
         }
         rules.push(CheckedRule {
             full_id,

@@ -147,7 +147,12 @@ fn a_failure_line_appended_becomes_a_kernel_ban_and_the_cli_goes_through_the_soc
     let listed = env.fg(&["list", "--json"]);
     assert!(listed.contains("\"origin\":\"jail:imap\""), "the daemon's own ban, through the socket: {listed}");
     assert!(listed.contains("\"failures\":3"), "with the figures that led to it: {listed}");
-    env.fg(&["block", "203.0.113.8", "--for", "1m"]);
+    let out = env.fg_with("floodgate.toml", &["block", "203.0.113.8", "--for", "1m"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("carried this out on its own store"),
+        "another --db is named: {said}"
+    );
     assert!(env.banned("203.0.113.8"));
     let s = env.status();
     assert_eq!(s["bans_active"], 2, "{s}");
@@ -437,5 +442,83 @@ fn a_far_future_line_time_never_stretches_a_ban() {
     let ban = listed.iter().find(|b| b["target"] == "203.0.113.7").unwrap();
     let left = ban["expires_s"].as_u64().unwrap();
     assert!(left <= 3600, "the jail's 1 h from now, not from 2031: {ban}");
+    d.stop();
+}
+
+#[test]
+fn a_closed_stderr_never_stops_the_daemon() {
+    if !needs("a_closed_stderr_never_stops_the_daemon") {
+        return;
+    }
+    let env = Env::new("derr");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let (cfg, db) = (env.path("floodgate.toml"), env.path("f.db"));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &env.pair.server.name, BIN, "-vv", "--config"])
+        .arg(&cfg)
+        .arg("--db")
+        .arg(&db)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the control socket", Duration::from_secs(10), || env.path("fg.sock").exists());
+    // The reader goes away (a log pipe whose other end died): every log line now fails to write.
+    drop(child.stderr.take());
+    env.append("mail.log", &failures("203.0.113.7", 0, 3));
+    wait_for("the ban", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the daemon died with its stderr");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a clean exit even with nowhere to log");
+}
+
+#[test]
+fn the_control_socket_caps_connections_request_size_and_idle_time() {
+    if !needs("the_control_socket_caps_connections_request_size_and_idle_time") {
+        return;
+    }
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let env = Env::new("dsock");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let d = env.start();
+    let rss = || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+        let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_string();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    };
+    let before = rss();
+    // 200 connections, each sending 3 MiB of a request that never ends, none ever finishing.
+    let chunk = vec![b'x'; 3 << 20];
+    let mut conns: Vec<UnixStream> = Vec::new();
+    for _ in 0..200 {
+        let mut c = UnixStream::connect(env.path("fg.sock")).unwrap();
+        c.set_write_timeout(Some(Duration::from_millis(50))).unwrap();
+        let _ = c.write(&chunk);
+        conns.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss();
+    assert!(during < before + 200, "the daemon held {during} MiB (from {before}) for idle partial requests");
+    // The idle ones are closed after the request timeout; the daemon answers again.
+    std::thread::sleep(Duration::from_secs(11));
+    let mut closed = 0;
+    for c in conns.iter_mut().take(32) {
+        c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Err(e) if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => closed += 1,
+            _ => {}
+        }
+    }
+    assert!(closed >= 30, "idle connections closed: {closed} of 32");
+    drop(conns);
+    wait_for("status through the socket", Duration::from_secs(30), || {
+        env.fg_with("floodgate.toml", &["status"]).status.success()
+    });
     d.stop();
 }

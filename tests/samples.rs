@@ -1,6 +1,7 @@
 //! Replays every tests/samples/*.txt through the real rules. Each log line is followed by the event it must
 //! give (`=> kind=... rule=... addr=...`) or `=> none`. Fields an expectation does not name must be absent
-//! (failure defaults to the kind's default, count to 1; time is checked only when given). `=> malformed FIELD`
+//! (failure defaults to the kind's default, count to 1; time is checked only when given; a value with spaces
+//! is written in double quotes). `=> malformed FIELD`
 //! expects a rule to match but the field not to parse.
 
 use std::path::Path;
@@ -21,6 +22,30 @@ fn parser() -> LineParser {
     // so a rules file can be checked against its samples without rebuilding.
     let extra: Vec<std::path::PathBuf> = std::env::var_os("FLOODGATE_RULES_DIR").map(Into::into).into_iter().collect();
     LineParser::from_config(&Config::default(), &extra, ctx).unwrap()
+}
+
+/// Splits an expectation at spaces, except inside double quotes: `user="x from 203.0.113.5 port 22"` is one
+/// token (attacker-chosen user names hold spaces).
+fn tokens(text: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    for c in text.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            c if c.is_whitespace() && !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 fn samples_dir() -> std::path::PathBuf {
@@ -80,11 +105,12 @@ fn check_file(path: &Path) -> (usize, Vec<String>) {
                 (Outcome::Event(ev), _) => {
                     let got = fields(ev);
                     let mut want: Vec<(String, String)> = Vec::new();
-                    for kv in expect.split_whitespace() {
+                    for kv in tokens(expect) {
                         let Some((k, v)) = kv.split_once('=') else {
                             errors.push(format!("{name}:{n}: bad expectation `{kv}`"));
                             continue;
                         };
+                        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
                         want.push((k.to_string(), v.to_string()));
                     }
                     for (k, gv) in &got {

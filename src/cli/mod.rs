@@ -116,7 +116,23 @@ impl Setup {
     /// kernel when it does not. Prints the response's message on stderr; fails with its error.
     pub fn execute(&self, req: Request) -> Result<Response> {
         let response = match crate::daemon::client::send(&self.config.daemon.socket, &req)? {
-            Some(r) => r,
+            Some(r) => {
+                // The daemon acts on its own store: a different --db given here was not used, and must be said.
+                if let Some(daemon_db) = r.db.as_deref() {
+                    let same = |a: &std::path::Path, b: &std::path::Path| {
+                        a == b
+                            || std::fs::canonicalize(a).ok().is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
+                    };
+                    if !same(&self.db, std::path::Path::new(daemon_db)) {
+                        eprintln!(
+                            "note: the running daemon carried this out on its own store {daemon_db}, not on {} \
+                             (stop the daemon to act on another store directly)",
+                            self.db.display()
+                        );
+                    }
+                }
+                r
+            }
             // Said before anything is opened: no store created, no root needed, to learn the daemon is down.
             None if matches!(req, Request::Status | Request::Reload) => anyhow::bail!("{}", control::NOT_RUNNING),
             None => {

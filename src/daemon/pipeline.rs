@@ -338,6 +338,12 @@ impl Pipeline {
 
     /// Serves a control request (status and reload here; the rest as the CLI would, directly).
     pub fn control(&mut self, req: &Request, queued: usize, capacity: usize) -> Response {
+        let mut response = self.serve_request(req, queued, capacity);
+        response.db = Some(self.store.path().to_string());
+        response
+    }
+
+    fn serve_request(&mut self, req: &Request, queued: usize, capacity: usize) -> Response {
         match req {
             Request::Status => match self.status(queued, capacity) {
                 Ok(s) => Response::data(String::new(), serde_json::to_value(&s).unwrap_or_default()),

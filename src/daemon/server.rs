@@ -13,7 +13,12 @@ use super::ControlMsg;
 use crate::control::{Request, Response};
 
 /// Longest request line: a 100k-address blocklist is about 2 MB of JSON.
-const MAX_REQUEST: usize = 16 << 20;
+const MAX_REQUEST: usize = 4 << 20;
+/// Connections served at once; more wait in the listen queue. With `MAX_REQUEST`, bounds what a local client
+/// can make the daemon hold (32 x 4 MiB), however many connections it opens.
+const MAX_CONNECTIONS: usize = 32;
+/// A connection must send its whole request within this: an idle one is closed, not kept.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -33,10 +38,17 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, to_pipeline: mpsc::Sender<ControlMsg>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // A slot first: past the cap, new connections wait in the kernel's queue instead of in memory.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, to_pipeline.clone()));
+                let to_pipeline = to_pipeline.clone();
+                tokio::spawn(async move {
+                    connection(stream, to_pipeline).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept");
@@ -50,8 +62,18 @@ async fn connection(stream: UnixStream, to_pipeline: mpsc::Sender<ControlMsg>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut line = String::new();
-    let response = match reader.read_line(&mut line).await {
+    let read = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::debug!("control connection idle for {REQUEST_TIMEOUT:?}; closed");
+            return;
+        }
+    };
+    let response = match read {
         Ok(0) => return,
+        Ok(_) if !line.ends_with('\n') && line.len() >= MAX_REQUEST => {
+            Response::error(&anyhow::anyhow!("request longer than {} MiB", MAX_REQUEST >> 20))
+        }
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
                 let (reply, answer) = oneshot::channel();

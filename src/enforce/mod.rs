@@ -249,8 +249,10 @@ impl Enforcer {
         ]
     }
 
-    /// Makes the kernel sets hold `state`, in one batch. A missing table is installed first.
-    fn sync(&mut self, state: &Enforced, now: DateTime<Utc>) -> Result<Report, EnforceError> {
+    /// Makes the kernel sets hold `state`, in one batch. A missing table is installed first. A ban the store
+    /// does not know stays unless `release` (the prefixes being unbanned) covers it: it is reported in
+    /// `changes.kept` for adoption, never silently removed.
+    fn sync(&mut self, state: &Enforced, now: DateTime<Utc>, release: &[Cidr]) -> Result<Report, EnforceError> {
         let mut report = Report::default();
         let wanted = self.wanted(state, now);
         let mut ops = Vec::new();
@@ -273,7 +275,16 @@ impl Enforcer {
                     Err(e) => return Err(e.into()),
                 },
             };
-            plan::diff(set, want, &actual, &mut ops, &mut report.changes);
+            let is_ban = [BAN4, BAN6, BAN4_NET, BAN6_NET].contains(set);
+            let keep = |key: &Key| {
+                let piece = match *key {
+                    Key::Addr(a) => Cidr::host(a),
+                    Key::Net(c) => c,
+                    Key::Port(_) | Key::Range(..) => return false,
+                };
+                is_ban && !release.iter().any(|r| r.covers(&piece))
+            };
+            plan::diff(set, want, &actual, &keep, &mut ops, &mut report.changes);
         }
         if let Err(e) = self.kernel.apply(&self.ruleset.table, &ops) {
             self.mirror = None;
@@ -321,7 +332,8 @@ impl Enforcer {
         self.mirror = None;
         self.install()?;
         let state = store.enforced(now)?;
-        let mut report = self.sync(&state, now)?;
+        let mut report = self.sync(&state, now, &[])?;
+        self.adopt(store, &report.changes.kept, now);
         report.installed = true;
         report.geo = self.sync_geo_logged();
         Ok(report)
@@ -339,13 +351,53 @@ impl Enforcer {
             self.install()?;
         }
         let state = store.enforced(now)?;
-        let mut report = self.sync(&state, now)?;
+        let mut report = self.sync(&state, now, &[])?;
+        self.adopt(store, &report.changes.kept, now);
         report.installed = !damaged.is_empty();
         match self.check_geo() {
             Ok(loaded) => report.geo = loaded.unwrap_or_default(),
             Err(e) => tracing::error!(error = %e, "cannot check the country sets"),
         }
         Ok(report)
+    }
+
+    /// Bans found in the kernel but not in the store (a lost or replaced store, a store that could not write, a
+    /// ban added by hand) are taken into the store with the time the kernel still gives them, loudly. If the
+    /// store cannot take them they stay in the kernel all the same, until their own timeout.
+    fn adopt(&mut self, store: &mut Store, kept: &[(Key, Option<Duration>)], now: DateTime<Utc>) {
+        if kept.is_empty() {
+            return;
+        }
+        let decisions: Vec<Decision> = kept
+            .iter()
+            .filter_map(|(key, left)| {
+                let cidr = match *key {
+                    Key::Addr(a) => Cidr::host(a),
+                    Key::Net(c) => c,
+                    Key::Port(_) | Key::Range(..) => return None,
+                };
+                let until =
+                    left.and_then(|l| chrono::Duration::from_std(l).ok()).and_then(|l| now.checked_add_signed(l));
+                Some(Decision::Ban {
+                    cidr,
+                    until,
+                    reason: "found in the kernel, not in the store (adopted, not removed)".into(),
+                    origin: "adopted".into(),
+                    figures: None,
+                })
+            })
+            .collect();
+        let shown: Vec<String> = kept.iter().take(10).map(|(k, _)| k.to_string()).collect();
+        match store.record(&decisions, now, || Ok::<_, StoreError>(())) {
+            Ok(()) => tracing::warn!(
+                bans = decisions.len(), first = ?shown,
+                "bans in the kernel that the store did not know were adopted into it (a lost or replaced store, or a hand edit?)"
+            ),
+            Err(e) => tracing::error!(
+                error = %e, bans = decisions.len(), first = ?shown,
+                "bans in the kernel that the store does not know are kept, but the store cannot record them"
+            ),
+        }
     }
 
     /// Records `decisions` and applies their effect to the kernel: both, or (on any error) neither.
@@ -371,12 +423,19 @@ impl Enforcer {
             }
         }
         let from_memory = self.mirror.is_some();
-        match store.decide(decisions, now, |state| self.sync(state, now)) {
+        let release: Vec<Cidr> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Unban { cidr, .. } => Some(*cidr),
+                _ => None,
+            })
+            .collect();
+        match store.decide(decisions, now, |state| self.sync(state, now, &release)) {
             // The memory was stale (an element expired a moment early, a hand edit): once more from a dump.
             Err(EnforceError::Kernel(e)) if from_memory && matches!(e.errno(), Some(libc::ENOENT | libc::EEXIST)) => {
                 tracing::debug!(error = %e, "kernel state differed from memory; reading it back");
                 self.mirror = None;
-                store.decide(decisions, now, |state| self.sync(state, now))
+                store.decide(decisions, now, |state| self.sync(state, now, &release))
             }
             r => r,
         }
@@ -411,7 +470,7 @@ impl Enforcer {
             let actual: Vec<Element> =
                 have.map(|end| Element { key, timeout: None, expires: end.map(|e| e - clock) }).into_iter().collect();
             let want: Vec<Want> = wanted.map(|left| (key, left)).into_iter().collect();
-            plan::diff(set, &want, &actual, &mut ops, &mut report.changes);
+            plan::diff(set, &want, &actual, &|_| false, &mut ops, &mut report.changes);
         }
         // A "stray" here is only the address being unbanned: nothing to report.
         report.changes.strays.clear();

@@ -165,15 +165,30 @@ pub struct Changes {
     pub removed: usize,
     /// Elements the kernel held that the store does not know: reported, then removed.
     pub strays: Vec<Key>,
+    /// Bans the kernel held that the store does not know, left in place with their time (a lost, swapped or
+    /// full store must never unban anyone): the caller adopts them into the store.
+    pub kept: Vec<(Key, Option<Duration>)>,
 }
 
 /// The operations that make `set` hold exactly `want`: adds for missing elements, delete+add for elements
 /// whose time left is off, deletes for strays.
-pub fn diff(set: &'static str, want: &[Want], actual: &[Element], ops: &mut Vec<SetOp>, changes: &mut Changes) {
+/// `keep` says which strays stay (bans nobody released): they are listed in `changes.kept`, not deleted.
+pub fn diff(
+    set: &'static str,
+    want: &[Want],
+    actual: &[Element],
+    keep: &dyn Fn(&Key) -> bool,
+    ops: &mut Vec<SetOp>,
+    changes: &mut Changes,
+) {
     let have: HashMap<Key, Option<Duration>> = actual.iter().map(|e| (e.key, e.expires.or(e.timeout))).collect();
     let wanted: HashMap<Key, Option<Duration>> = want.iter().copied().collect();
     for e in actual {
         if !wanted.contains_key(&e.key) {
+            if keep(&e.key) {
+                changes.kept.push((e.key, e.expires.or(e.timeout)));
+                continue;
+            }
             ops.push(SetOp::Delete { set, key: e.key });
             changes.removed += 1;
             changes.strays.push(e.key);
@@ -242,9 +257,14 @@ mod tests {
         let want =
             vec![(k("198.51.100.1"), Some(secs(600))), (k("198.51.100.2"), Some(secs(600))), (k("198.51.100.4"), None)];
         let (mut ops, mut ch) = (Vec::new(), Changes::default());
-        diff("ban4", &want, &actual, &mut ops, &mut ch);
+        diff("ban4", &want, &actual, &|_| false, &mut ops, &mut ch);
         assert_eq!((ch.added, ch.refreshed, ch.removed), (1, 1, 1));
         assert_eq!(ch.strays, [k("198.51.100.3")]);
+        // Kept strays stay in the kernel and are listed for adoption instead.
+        let (mut kept_ops, mut kept) = (Vec::new(), Changes::default());
+        diff("ban4", &want, &actual, &|_| true, &mut kept_ops, &mut kept);
+        assert_eq!((kept.removed, kept.kept.clone()), (0, vec![(k("198.51.100.3"), None)]));
+        assert!(!kept_ops.contains(&SetOp::Delete { set: "ban4", key: k("198.51.100.3") }));
         assert_eq!(ops[0], SetOp::Delete { set: "ban4", key: k("198.51.100.3") });
         assert_eq!(ops[1], SetOp::Delete { set: "ban4", key: k("198.51.100.2") });
         assert_eq!(ops[2], SetOp::Add { set: "ban4", key: k("198.51.100.2"), timeout: Some(secs(600)) });

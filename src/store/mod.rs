@@ -88,8 +88,28 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|cause| StoreError::Dir { path: shown.clone(), cause })?;
         }
+        private_file(path, &shown)?;
         let conn = Connection::open(path).map_err(|source| sql(&shown, "cannot open", source))?;
-        Store::init(conn, shown)
+        let store = Store::init(conn, shown)?;
+        store.quick_check()?;
+        Ok(store)
+    }
+
+    /// SQLite's quick check (every page readable, structure sound): a damaged store is refused at start with
+    /// what to do, instead of failing later at random.
+    pub fn quick_check(&self) -> Result<(), StoreError> {
+        let mut st = self.conn.prepare("PRAGMA quick_check(5)").map_err(|e| sql(&self.path, "quick check", e))?;
+        let found: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| sql(&self.path, "quick check", e))?;
+        if found.len() == 1 && found[0] == "ok" {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt {
+            path: self.path.clone(),
+            what: format!("quick check: {}: {CORRUPT_HELP}", found.join("; ")),
+        })
     }
 
     /// Opens an existing store read-only: nothing is created, migrated or written, so a reader (the advisor)
@@ -447,8 +467,46 @@ impl Store {
     }
 }
 
+/// What to do with a damaged store: the kernel keeps its bans meanwhile, and a new store adopts them.
+const CORRUPT_HELP: &str =
+    "the database file is damaged. Stop floodgate, move the file (and its -wal and -shm) aside, \
+     and start again: the bans in the kernel stay in force and the new store adopts them; `sqlite3 OLD .recover` \
+     may save the old events";
+
 fn sql(path: &str, context: &str, source: rusqlite::Error) -> StoreError {
+    let corrupt = matches!(
+        source.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    );
+    if corrupt {
+        return StoreError::Corrupt { path: path.to_string(), what: format!("{context}: {source}: {CORRUPT_HELP}") };
+    }
     StoreError::Sql { path: path.to_string(), context: context.to_string(), cause: source }
+}
+
+/// Creates the store file readable by its owner only (it holds user names and addresses); an existing one
+/// readable by everyone loses that. SQLite gives the -wal and -shm files the database file's mode.
+fn private_file(path: &Path, shown: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir_err = |cause| StoreError::Dir { path: shown.to_string(), cause };
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode();
+            if mode & 0o007 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o770)).map_err(dir_err)?;
+                tracing::warn!(db = %shown, "the store was readable by every local user; now owner and group only");
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map(drop)
+            .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(dir_err(e)) }),
+        Err(e) => Err(dir_err(e)),
+    }
 }
 
 #[cfg(test)]
@@ -517,6 +575,40 @@ mod tests {
         let got = s.query_events(&EventFilter { kind: Some(Kind::ConnNew), ..Default::default() }).unwrap();
         assert_eq!(got.iter().map(|e| e.event.count).sum::<u32>(), 50);
         assert!(got.iter().all(|e| e.id.is_none() && e.event.rule.as_ref() == "conntrack.conn_new_per_minute"));
+    }
+
+    #[test]
+    fn the_store_is_private_and_a_damaged_one_is_refused_saying_what_to_do() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            let batch: Vec<_> = (0..3000)
+                .map(|i| (origin(i), ev(Kind::AuthFailure, &format!("198.18.{}.{}", i / 250, i % 250), 0)))
+                .collect();
+            s.insert_events(&batch).unwrap();
+            s.checkpoint().unwrap();
+        }
+        for f in ["f.db", "f.db-wal", "f.db-shm"] {
+            if let Ok(m) = std::fs::metadata(dir.path().join(f)) {
+                assert_eq!(m.permissions().mode() & 0o077, 0, "{f} readable by others");
+            }
+        }
+        // A store readable by everyone is tightened at open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&path).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o007, 0);
+        // Random bytes in the middle of the file.
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 64 * 1024, "{}", bytes.len());
+        let mid = bytes.len() / 2;
+        for (i, b) in bytes[mid..mid + 8192].iter_mut().enumerate() {
+            *b = (i * 7919 % 251) as u8;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let e = Store::open(&path).err().expect("a damaged store is refused").to_string();
+        assert!(e.contains("damaged") && e.contains("move the file"), "{e}");
     }
 
     #[test]
