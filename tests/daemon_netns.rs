@@ -522,3 +522,41 @@ fn the_control_socket_caps_connections_request_size_and_idle_time() {
     });
     d.stop();
 }
+
+#[test]
+fn a_flushed_ruleset_is_repaired_within_a_second() {
+    if !needs("a_flushed_ruleset_is_repaired_within_a_second") {
+        return;
+    }
+    let env = Env::new("dflu");
+    // The periodic check a minute away: only the nftables watch can repair in time.
+    let cfg = std::fs::read_to_string(env.path("floodgate.toml"))
+        .unwrap()
+        .replace("verify_every = \"1s\"", "verify_every = \"60s\"");
+    std::fs::write(env.path("floodgate.toml"), cfg).unwrap();
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let d = env.start();
+    env.append("mail.log", &failures("203.0.113.7", 0, 3));
+    wait_for("the ban", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    for damage in [
+        vec!["flush", "ruleset"],
+        vec!["delete", "element", "inet", "floodgate", "ban4", "{", "203.0.113.7", "}"],
+        vec!["flush", "chain", "inet", "floodgate", "prerouting"],
+    ] {
+        env.pair.server.nft(&damage);
+        let t = std::time::Instant::now();
+        // The table may be gone: read it without failing the test while it is.
+        let list = |what: &[&str]| {
+            let mut cmd = vec!["nft", "list"];
+            cmd.extend_from_slice(what);
+            String::from_utf8_lossy(&env.pair.server.exec(&cmd).stdout).into_owned()
+        };
+        wait_for(&format!("the repair after `nft {}`", damage.join(" ")), Duration::from_secs(1), || {
+            list(&["set", "inet", "floodgate", "ban4"]).contains("203.0.113.7")
+                && list(&["chain", "inet", "floodgate", "prerouting"]).contains("@ban4")
+        });
+        eprintln!("nft {}: repaired in {:?}", damage.join(" "), t.elapsed());
+    }
+    assert!(!env.pair.connects("203.0.113.7", 143), "dropped again");
+    d.stop();
+}

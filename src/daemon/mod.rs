@@ -100,6 +100,52 @@ fn start_sources(config: &Config, store: &Store, tx: &mpsc::Sender<Feed>) -> (Ru
     (Running { stop, handles }, entries)
 }
 
+/// Watches the kernel's nftables notifications on a thread of its own: a change of floodgate's table by anyone
+/// else wakes the pipeline for a repair at once. Without the watch (no permission, old kernel), the periodic
+/// verify still repairs, later.
+fn watch_table(pipeline: &Pipeline) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel::<()>(1);
+    if pipeline.dry_run {
+        return rx;
+    }
+    let table = pipeline.enforcer.table().to_string();
+    let ours = pipeline.enforcer.portid();
+    // The socket cannot cross threads: opened on the watch's own, which says when it listens.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("nft-watch".into())
+        .spawn(move || {
+            let mut watch = match crate::nft::watch::Watch::open() {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch nftables changes; outside changes are repaired at the periodic verify");
+                    let _ = ready_tx.send(());
+                    return;
+                }
+            };
+            let _ = ready_tx.send(());
+            let step = std::time::Duration::from_millis(250);
+            while !tx.is_closed() {
+                match watch.wait(&table, ours, step) {
+                    Ok(true) => {
+                        // A flush is many messages: let them arrive, then one repair for all.
+                        while let Ok(true) = watch.wait(&table, ours, std::time::Duration::from_millis(30)) {}
+                        let _ = tx.try_send(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "nftables watch failed; repairs wait for the periodic verify");
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| tracing::warn!(error = %e, "cannot start the nftables watch"))
+        .ok();
+    let _ = ready_rx.recv_timeout(std::time::Duration::from_secs(2));
+    rx
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config, config_path: Option<PathBuf>, db: PathBuf, dry_run: bool) -> Result<()> {
     let _lock = lock::acquire(&db)?;
@@ -170,6 +216,7 @@ async fn serve(
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut repairs = watch_table(&pipeline);
     let mut tick = tokio::time::interval(pipeline.config.daemon.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(socket = %socket_path.display(), sources = pipeline.sources.len(), "floodgate running");
@@ -217,6 +264,7 @@ async fn serve(
                     pipeline.flush();
                 });
             }
+            Some(()) = repairs.recv() => tokio::task::block_in_place(|| pipeline.repair()),
             _ = tick.tick() => tokio::task::block_in_place(|| pipeline.tick()),
         }
     }

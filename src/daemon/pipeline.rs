@@ -336,6 +336,29 @@ impl Pipeline {
         }
     }
 
+    /// Someone else changed floodgate's table (the nftables watch): checked against the store and repaired now.
+    pub fn repair(&mut self) {
+        if self.dry_run {
+            return;
+        }
+        self.last_verify = Instant::now();
+        match self.enforcer.verify(&mut self.store, Utc::now()) {
+            Ok(r) => {
+                let c = &r.changes;
+                tracing::warn!(
+                    repaired = r.installed,
+                    restored = c.added,
+                    refreshed = c.refreshed,
+                    "the table was changed outside floodgate; checked and repaired"
+                );
+            }
+            Err(e) => {
+                self.apply_errors += 1;
+                tracing::error!(error = %e, "cannot repair the table after an outside change");
+            }
+        }
+    }
+
     /// Serves a control request (status and reload here; the rest as the CLI would, directly).
     pub fn control(&mut self, req: &Request, queued: usize, capacity: usize) -> Response {
         let mut response = self.serve_request(req, queued, capacity);

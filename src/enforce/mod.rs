@@ -160,6 +160,11 @@ impl Enforcer {
         &self.ruleset.table
     }
 
+    /// The netlink port id floodgate writes the kernel from (its own changes are not news to the watch).
+    pub fn portid(&self) -> u32 {
+        self.kernel.portid()
+    }
+
     /// Ports that have limit rules (the configured services' ports).
     pub fn limit_ports(&self) -> &[u16] {
         &self.limit_ports

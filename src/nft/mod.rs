@@ -7,6 +7,7 @@ mod batch;
 mod expr;
 pub mod ruleset;
 mod socket;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -139,6 +140,11 @@ impl Kernel {
             as u32)
             .wrapping_mul(1000);
         Ok(Kernel { sock, seq })
+    }
+
+    /// This socket's netlink port id: the sender the kernel names in the notifications of our own changes.
+    pub fn portid(&self) -> u32 {
+        self.sock.portid()
     }
 
     /// Installs or repairs the table's shape (sets, chains, rules) in one transaction. Set contents are kept.

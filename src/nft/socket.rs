@@ -43,6 +43,10 @@ impl Socket {
         Ok(Socket { inner, portid, sndbuf: 0 })
     }
 
+    pub fn portid(&self) -> u32 {
+        self.portid
+    }
+
     /// Sends the whole buffer in a single sendmsg: the kernel sees one batch, one transaction. (mnl's send_all
     /// splits at 128 KiB, and a batch split in two is two transactions, or a truncated one.)
     pub fn send(&mut self, buf: &[u8]) -> io::Result<()> {
