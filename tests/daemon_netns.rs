@@ -560,3 +560,51 @@ fn a_flushed_ruleset_is_repaired_within_a_second() {
     assert!(!env.pair.connects("203.0.113.7", 143), "dropped again");
     d.stop();
 }
+
+#[test]
+fn a_full_disk_keeps_bans_in_the_kernel_and_the_store_catches_up() {
+    if !needs("a_full_disk_keeps_bans_in_the_kernel_and_the_store_catches_up") {
+        return;
+    }
+    let env = Env::new("dful");
+    // The store on a small tmpfs of its own (unmounted on every exit of the test).
+    struct Mount(PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let small = env.path("small");
+    std::fs::create_dir(&small).unwrap();
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&small).status().unwrap();
+    assert!(ok.success(), "mount tmpfs");
+    let _mount = Mount(small.clone());
+    let db = small.join("f.db");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let (cfg, sock, log) = (env.path("floodgate.toml"), env.path("fg.sock"), env.path("daemon.log"));
+    let d = Daemon::start(&env.pair.server, BIN, &cfg, &db, &sock, &log);
+    // Fill the disk to the last byte.
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", small.join("filler").display()))
+        .arg("bs=64k")
+        .output();
+    env.append("mail.log", &failures("203.0.113.7", 0, 3));
+    wait_for("the ban in the kernel", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    // Several verify passes (every 1 s here): the ban the store could not record stays.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(env.banned("203.0.113.7"), "a ban the store could not save was removed: {}", env.daemon_log());
+    assert!(!env.pair.connects("203.0.113.7", 143));
+    assert!(env.daemon_log().contains("store cannot record decisions"), "told loudly: {}", env.daemon_log());
+    let status = env.fg(&["status"]);
+    assert!(status.contains("STORE CANNOT WRITE"), "{status}");
+    // Space returns: the store catches up.
+    std::fs::remove_file(small.join("filler")).unwrap();
+    wait_for("the ban recorded", Duration::from_secs(5), || {
+        let listed = env.fg(&["list", "--json"]);
+        listed.contains("\"203.0.113.7\"")
+            && listed.contains("\"in_store\":true")
+            && !env.fg(&["status"]).contains("CANNOT")
+    });
+    d.stop();
+}

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use super::status::{PortStatus, SourceStatus, Status};
 use crate::config::Config;
 use crate::control::{self, Request, Response};
-use crate::enforce::Enforcer;
+use crate::enforce::{EnforceError, Enforcer};
 use crate::event::Event;
 use crate::notify::{Notice, NoticeKind, Notifier, Throttle};
 use crate::parser::{LineParser, Outcome};
@@ -64,7 +64,13 @@ pub struct Pipeline {
     bans_made: u64,
     refused_allowlisted: u64,
     apply_errors: u64,
+    /// Decisions in force in the kernel that the store could not record yet (it could not write).
+    unrecorded: Vec<Decision>,
+    last_nag: Option<Instant>,
 }
+
+/// How often a store that cannot write is reported while decisions wait for it.
+const UNRECORDED_NAG: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most stored failures a start or reload replays (the newest): bounded so a store full of a flood cannot stall
 /// a start; far more than the jail's table holds.
@@ -102,6 +108,8 @@ impl Pipeline {
             bans_made: 0,
             refused_allowlisted: 0,
             apply_errors: 0,
+            unrecorded: Vec::new(),
+            last_nag: None,
         })
     }
 
@@ -221,10 +229,55 @@ impl Pipeline {
                     }
                 }
             }
+            Err(EnforceError::Store(e)) => {
+                // The store cannot write (disk full, read-only): the kernel protects all the same, and the
+                // decisions wait in memory until the store takes them.
+                self.apply_errors += 1;
+                match self.enforcer.enforce_only(&self.store, &decisions, now) {
+                    Ok(_) => {
+                        self.bans_made += decisions.iter().filter(|d| matches!(d, Decision::Ban { .. })).count() as u64;
+                        tracing::error!(
+                            error = %e, decisions = decisions.len(), waiting = self.unrecorded.len() + decisions.len(),
+                            "the store cannot record decisions: enforced in the kernel only, recorded when the store can write"
+                        );
+                        self.unrecorded.extend(decisions);
+                    }
+                    Err(k) => {
+                        tracing::error!(store = %e, kernel = %k, "cannot record nor apply decisions; retrying");
+                        self.decisions = decisions;
+                    }
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, decisions = decisions.len(), "cannot apply decisions; retrying");
                 self.apply_errors += 1;
                 self.decisions = decisions;
+            }
+        }
+    }
+
+    /// Decisions enforced while the store could not write are recorded as soon as it can; until then the
+    /// operator hears about them every `UNRECORDED_NAG`.
+    fn record_unrecorded(&mut self, now: DateTime<Utc>) {
+        if self.unrecorded.is_empty() {
+            return;
+        }
+        match self.store.record(&self.unrecorded, now, || Ok::<_, crate::store::StoreError>(())) {
+            Ok(()) => {
+                tracing::warn!(
+                    decisions = self.unrecorded.len(),
+                    "the store writes again: decisions enforced meanwhile are recorded"
+                );
+                self.unrecorded.clear();
+            }
+            Err(e) => {
+                if self.last_nag.is_none_or(|t| t.elapsed() >= UNRECORDED_NAG) {
+                    self.last_nag = Some(Instant::now());
+                    tracing::error!(
+                        error = %e, waiting = self.unrecorded.len(),
+                        "the store still cannot write (disk full?): bans are enforced in the kernel only; free space"
+                    );
+                }
             }
         }
     }
@@ -288,6 +341,7 @@ impl Pipeline {
         self.parser.ctx.reference = now;
         self.read_drops(now);
         self.policy.tick(now, &mut self.decisions);
+        self.record_unrecorded(now);
         self.flush();
         self.notify(now);
         if let Err(e) = self.store.expire(now) {
@@ -483,6 +537,8 @@ impl Pipeline {
             bans_made: self.bans_made,
             refused_allowlisted: self.refused_allowlisted,
             apply_errors: self.apply_errors,
+            unrecorded: self.unrecorded.len(),
+            evicted: self.policy.evicted(),
             tracked_sources: self.policy.tracked(),
             ports,
         })

@@ -47,6 +47,12 @@ pub struct Status {
     pub refused_allowlisted: u64,
     /// Kernel or store errors while applying decisions (retried at the next tick).
     pub apply_errors: u64,
+    /// Decisions enforced in the kernel that the store could not record yet (it cannot write).
+    #[serde(default)]
+    pub unrecorded: usize,
+    /// Failing sources the policy forgot to make room (its table was full, or one /24 or /64 held its share).
+    #[serde(default)]
+    pub evicted: u64,
     pub tracked_sources: usize,
     pub ports: Vec<PortStatus>,
 }
@@ -72,6 +78,16 @@ impl Status {
             "bans: {} active, {} made since start; {} refused (allowlisted); {} apply errors; {} sources tracked",
             self.bans_active, self.bans_made, self.refused_allowlisted, self.apply_errors, self.tracked_sources
         );
+        if self.unrecorded > 0 {
+            let _ = writeln!(
+                s,
+                "STORE CANNOT WRITE: {} decision(s) enforced in the kernel only, recorded when it can (disk full?)",
+                self.unrecorded
+            );
+        }
+        if self.evicted > 0 {
+            let _ = writeln!(s, "{} failing source(s) evicted from a full failure table", self.evicted);
+        }
         let _ = writeln!(
             s,
             "\n{:<28} {:>10} {:>9} {:>10} {:>9} {:>10} {:>8} {:>8}",

@@ -446,6 +446,57 @@ impl Enforcer {
         }
     }
 
+    /// Applies `decisions` to the kernel alone, when the store cannot record them (disk full, read-only): the
+    /// host stays protected, and the caller keeps the decisions to record once the store can write again.
+    /// The state is what the store holds with these decisions laid over it; bans applied this way earlier and
+    /// not yet recorded are strays to `sync`, which keeps them.
+    pub fn enforce_only(
+        &mut self,
+        store: &Store,
+        decisions: &[Decision],
+        now: DateTime<Utc>,
+    ) -> Result<Report, EnforceError> {
+        let mut state = store.enforced(now)?;
+        let mut release = Vec::new();
+        for d in decisions {
+            match d {
+                Decision::Ban { cidr, until, reason, origin, figures } => {
+                    state.bans.retain(|b| b.cidr != *cidr);
+                    state.bans.push(crate::store::Ban {
+                        cidr: *cidr,
+                        since: now,
+                        until: *until,
+                        reason: reason.clone(),
+                        origin: origin.clone(),
+                        figures: figures.clone(),
+                    });
+                }
+                Decision::Unban { cidr, .. } => {
+                    state.bans.retain(|b| b.cidr != *cidr);
+                    release.push(*cidr);
+                }
+                Decision::Limit { port, mode, until, reason, origin, .. } => {
+                    state.limits.retain(|l| !(l.port == *port && l.mode == *mode));
+                    state.limits.push(crate::store::LimitOn {
+                        port: *port,
+                        mode: *mode,
+                        since: now,
+                        until: *until,
+                        reason: reason.clone(),
+                        origin: origin.clone(),
+                    });
+                }
+                Decision::Lift { port, mode, .. } => state.limits.retain(|l| !(l.port == *port && l.mode == *mode)),
+                Decision::Allow { cidr, comment, .. } => {
+                    state.allowlist.push(crate::store::Allowed { cidr: *cidr, added: now, comment: comment.clone() })
+                }
+                Decision::Disallow { cidr, .. } => state.allowlist.retain(|a| a.cidr != *cidr),
+            }
+        }
+        self.mirror = None;
+        self.sync(&state, now, &release)
+    }
+
     /// Bans and unbans of single addresses, diffed against memory: each address's element in the hash set is
     /// added, refreshed (delete + add) or deleted. Only called with a mirror.
     fn apply_hosts(&mut self, decisions: &[Decision], now: DateTime<Utc>) -> Result<Report, EnforceError> {

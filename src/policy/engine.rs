@@ -112,6 +112,11 @@ impl Engine {
         std::mem::take(&mut self.alerts)
     }
 
+    /// Failing sources the jail forgot to make room, since the start.
+    pub fn evicted(&self) -> u64 {
+        self.jail.evicted
+    }
+
     pub fn mode(&self, port: u16) -> Mode {
         self.ports.get(&port).map_or(Mode::Normal, |p| p.mode)
     }
