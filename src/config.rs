@@ -593,7 +593,7 @@ impl Config {
                 Some(GeoRule { service: name.clone(), ports: s.ports.clone(), deny })
             })
             .collect();
-        Ruleset { table: self.enforce.table.clone(), ports: self.port_limits(), geo }
+        Ruleset { table: self.enforce.table.clone(), ports: self.port_limits(), geo, owner: None }
     }
 
     pub fn service_ports(&self) -> ServicePorts {

@@ -70,6 +70,13 @@ pub struct Response {
     pub db: Option<String>,
 }
 
+impl Request {
+    /// Whether carrying it out writes floodgate's table (and so needs to own it); reading does not.
+    pub fn writes_kernel(&self) -> bool {
+        !matches!(self, Request::List | Request::AllowList | Request::Status | Request::Reload)
+    }
+}
+
 impl Response {
     pub fn ok(message: impl Into<String>) -> Response {
         Response { ok: true, message: message.into(), error: String::new(), data: serde_json::Value::Null, db: None }

@@ -608,3 +608,46 @@ fn a_full_disk_keeps_bans_in_the_kernel_and_the_store_catches_up() {
     });
     d.stop();
 }
+
+#[test]
+fn a_floodgate_on_another_store_is_refused_and_adopts_only_when_told() {
+    if !needs("a_floodgate_on_another_store_is_refused_and_adopts_only_when_told") {
+        return;
+    }
+    let env = Env::new("down");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let d = env.start();
+    env.append("mail.log", &failures("203.0.113.7", 0, 3));
+    wait_for("the ban", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    // A second configuration: its own socket and store, the same namespace (and so the same table).
+    let cfg2 = std::fs::read_to_string(env.path("floodgate.toml")).unwrap().replace("fg.sock", "fg2.sock");
+    std::fs::write(env.path("two.toml"), cfg2).unwrap();
+    let (cfg2, db2) = (env.path("two.toml"), env.path("two.db"));
+    let two = |args: &[&str]| {
+        let mut cmd = vec![BIN, "--config", cfg2.to_str().unwrap(), "--db", db2.to_str().unwrap()];
+        cmd.extend_from_slice(args);
+        env.pair.server.exec(&cmd)
+    };
+    for args in [&["run"][..], &["reconcile"], &["block", "203.0.113.8"]] {
+        let out = two(args);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains("belongs to another floodgate store"), "{args:?}: {e}");
+    }
+    assert!(env.banned("203.0.113.7"), "the first store's ban was not touched");
+    assert!(!env.banned("203.0.113.8"));
+    // Reading is not owning: listing through another store works.
+    assert!(two(&["list"]).status.success());
+    // The first stops; the second takes over only with --adopt, and keeps (adopts) the first one's ban.
+    assert_eq!(d.stop(), Some(0));
+    let out = two(&["reconcile"]);
+    assert!(!out.status.success(), "{out:?}");
+    let out = two(&["reconcile", "--adopt"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("kept and adopted into it: 203.0.113.7"), "{said}");
+    assert!(env.banned("203.0.113.7"));
+    let listed = String::from_utf8_lossy(&two(&["list", "--json"]).stdout).into_owned();
+    assert!(listed.contains("\"origin\":\"adopted\""), "{listed}");
+    // Now the first store is the stranger.
+    let out = env.fg_with("floodgate.toml", &["block", "203.0.113.9"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to another floodgate store"), "{out:?}");
+}

@@ -47,9 +47,15 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ReconcileArgs {}
+pub struct ReconcileArgs {
+    /// Take over a table that another floodgate store owns (its bans are adopted into this store). Only
+    /// without a running daemon (a daemon owns its table already).
+    #[arg(long)]
+    pub adopt: bool,
+}
 
-pub fn run_reconcile(ctx: &super::Setup, _args: ReconcileArgs) -> Result<()> {
+pub fn run_reconcile(ctx: &super::Setup, args: ReconcileArgs) -> Result<()> {
+    let ctx = super::Setup { adopt: args.adopt, ..ctx.clone() };
     ctx.execute(Request::Reconcile)?;
     Ok(())
 }

@@ -72,6 +72,9 @@ pub struct RunArgs {
     /// Decide, record and notify, but never touch the kernel.
     #[arg(long)]
     pub dry_run: bool,
+    /// Take over a table that another floodgate store owns (its bans are adopted into this store).
+    #[arg(long)]
+    pub adopt: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,18 +87,21 @@ pub struct StatusArgs {
 }
 
 /// What every command starts from: the checked config and where the store is.
+#[derive(Clone)]
 pub struct Setup {
     pub config: Config,
     /// The file the config came from (None: the default path), for the daemon's reloads.
     pub config_path: Option<PathBuf>,
     pub db: PathBuf,
+    /// `reconcile --adopt`: acting directly, take over a table another store owns.
+    pub adopt: bool,
 }
 
 impl Cli {
     pub fn context(&self) -> Result<Setup> {
         let config = Config::load(self.config.as_deref())?;
         let db = self.db.clone().unwrap_or_else(|| config.db.clone());
-        Ok(Setup { config, config_path: self.config.clone(), db })
+        Ok(Setup { config, config_path: self.config.clone(), db, adopt: false })
     }
 }
 
@@ -138,6 +144,9 @@ impl Setup {
             None => {
                 let mut store = self.open_store()?;
                 let mut enforcer = Enforcer::open(&self.config)?;
+                if req.writes_kernel() {
+                    enforcer.claim(&store, self.adopt)?;
+                }
                 let cx = control::Context {
                     config: &self.config,
                     store: &mut store,
@@ -182,7 +191,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reconcile(args) => list::run_reconcile(&ctx, args),
         // `--db` goes as the parameter; the config keeps the file's `db`, so a reload compares like with like.
         Command::Run(args) => {
-            crate::daemon::run(ctx.config.clone(), ctx.config_path.clone(), ctx.db.clone(), args.dry_run)
+            crate::daemon::run(ctx.config.clone(), ctx.config_path.clone(), ctx.db.clone(), args.dry_run, args.adopt)
         }
         Command::Status(args) => {
             let r = ctx.execute(Request::Status)?;

@@ -147,10 +147,13 @@ fn watch_table(pipeline: &Pipeline) -> mpsc::Receiver<()> {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: Config, config_path: Option<PathBuf>, db: PathBuf, dry_run: bool) -> Result<()> {
+pub fn run(config: Config, config_path: Option<PathBuf>, db: PathBuf, dry_run: bool, adopt: bool) -> Result<()> {
     let _lock = lock::acquire(&db)?;
     let store = Store::open(&db).context("opening the event store")?;
     let mut enforcer = Enforcer::open(&config)?;
+    if !dry_run {
+        enforcer.claim(&store, adopt)?;
+    }
     enforcer.keep_mirror();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::addr::Cidr;
 use crate::config::Config;
-use crate::nft::ruleset::{ALLOW4, ALLOW6, BAN4, BAN4_NET, BAN6, BAN6_NET, GLOBAL_PORTS, SOURCE_PORTS};
+use crate::nft::ruleset::{ALLOW4, ALLOW6, BAN4, BAN4_NET, BAN6, BAN6_NET, GLOBAL_PORTS, OWNER_PREFIX, SOURCE_PORTS};
 use crate::nft::{Element, Kernel, Key, NftError, Ruleset};
 use crate::store::{Decision, Enforced, LimitMode, Store, StoreError};
 use plan::{Changes, Want, FOREVER};
@@ -26,6 +26,8 @@ pub enum EnforceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Geo(#[from] crate::geo::GeoError),
+    #[error("{0}")]
+    Owner(String),
 }
 
 /// What one enforcement step changed in the kernel.
@@ -134,9 +136,37 @@ impl Enforcer {
         self.keep_mirror = true;
     }
 
+    /// Makes `store` the owner of floodgate's table: its id is written into the table at the next install. A
+    /// table another store owns is refused, naming both, unless `adopt` (its marker is then removed, and its
+    /// bans, unknown to this store, are adopted at the reconcile that follows).
+    pub fn claim(&mut self, store: &Store, adopt: bool) -> Result<(), EnforceError> {
+        let id = store.id()?;
+        let mine = format!("{OWNER_PREFIX}{id}");
+        let table = self.ruleset.table.clone();
+        let others: Vec<String> =
+            self.kernel.chains(&table)?.into_iter().filter(|c| c.starts_with(OWNER_PREFIX) && *c != mine).collect();
+        if !others.is_empty() {
+            let theirs = others.iter().map(|c| &c[OWNER_PREFIX.len()..]).collect::<Vec<_>>().join(", ");
+            if !adopt {
+                return Err(EnforceError::Owner(format!(
+                    "table inet {table} belongs to another floodgate store (id {theirs}); this store, {}, is {id}. \
+                     A floodgate on another --db runs in this network namespace, or this store replaced the one that \
+                     made the table. Its bans stay in force. Stop the other floodgate, or pass --adopt to take the \
+                     table over (its bans are adopted into this store)",
+                    store.path()
+                )));
+            }
+            tracing::warn!(table = %table, previous = %theirs, store = %id, "adopting the table of another store (--adopt)");
+            self.kernel.delete_chains(&table, &others)?;
+        }
+        self.ruleset.owner = Some(id);
+        Ok(())
+    }
+
     /// Takes a new config (reload). The table's shape is installed again when it changed.
     pub fn reconfigure(&mut self, config: &Config) -> Result<(), EnforceError> {
-        let ruleset = config.ruleset();
+        let mut ruleset = config.ruleset();
+        ruleset.owner = self.ruleset.owner.clone();
         let changed = ruleset != self.ruleset;
         self.limit_ports = ruleset.ports.iter().map(|p| p.port).collect();
         self.ruleset = ruleset;

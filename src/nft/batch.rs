@@ -177,6 +177,19 @@ impl Batch {
         );
     }
 
+    /// Deletes a chain (it must hold no rules and be referenced by none).
+    pub fn delete_chain(&mut self, table: &str, chain: &str) {
+        let (t, c) = (cstr(table), cstr(chain));
+        self.push(libc::NFT_MSG_DELCHAIN, 0, What::Object(format!("delete chain {chain}")), |nlh| unsafe {
+            let ch = sys::nftnl_chain_alloc();
+            sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TABLE as u16, t.as_ptr());
+            sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_NAME as u16, c.as_ptr());
+            sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_FAMILY as u16, NFPROTO_INET as u32);
+            sys::nftnl_chain_nlmsg_build_payload(nlh, ch);
+            sys::nftnl_chain_free(ch);
+        });
+    }
+
     /// Removes every rule of a chain (nft's `flush chain`).
     pub fn flush_chain(&mut self, table: &str, chain: &str) {
         let (t, c) = (cstr(table), cstr(chain));
@@ -293,6 +306,31 @@ fn request(kind: i32, flags: i32, seq: u32, payload: impl FnOnce(*mut libc::nlms
     };
     buf.truncate(len);
     buf
+}
+
+/// A dump request for every chain (filtered by table on our side).
+pub fn get_chains_request(seq: u32) -> Vec<u8> {
+    request(libc::NFT_MSG_GETCHAIN, libc::NLM_F_DUMP | libc::NLM_F_ACK, seq, |_| {})
+}
+
+/// The (table, name) of a NEWCHAIN message of the inet family.
+pub fn parse_chain(msg: &[u8]) -> Option<(String, String)> {
+    unsafe {
+        let ch = sys::nftnl_chain_alloc();
+        let out = if sys::nftnl_chain_nlmsg_parse(msg.as_ptr().cast(), ch) < 0
+            || sys::nftnl_chain_get_u32(ch, sys::NFTNL_CHAIN_FAMILY as u16) != NFPROTO_INET as u32
+        {
+            None
+        } else {
+            let get = |attr: u32| {
+                let p = sys::nftnl_chain_get_str(ch, attr as u16);
+                (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+            };
+            get(sys::NFTNL_CHAIN_TABLE).zip(get(sys::NFTNL_CHAIN_NAME))
+        };
+        sys::nftnl_chain_free(ch);
+        out
+    }
 }
 
 /// A dump request for the elements of one set.

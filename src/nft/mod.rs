@@ -274,6 +274,31 @@ impl Kernel {
         Ok(flags.unwrap_or(0))
     }
 
+    /// The chains of an inet table (none when it does not exist).
+    pub fn chains(&mut self, table: &str) -> Result<Vec<String>, NftError> {
+        let mut out = Vec::new();
+        self.query(batch::get_chains_request, |msg| {
+            if let Some((t, c)) = batch::parse_chain(msg) {
+                if t == table {
+                    out.push(c);
+                }
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Deletes chains of a table in one transaction (empty ones: the owner markers).
+    pub fn delete_chains(&mut self, table: &str, chains: &[String]) -> Result<(), NftError> {
+        if chains.is_empty() {
+            return Ok(());
+        }
+        let mut b = Batch::new(self.seq);
+        for c in chains {
+            b.delete_chain(table, c);
+        }
+        self.run(b, &[])
+    }
+
     /// How many rules a chain holds (a dump filtered by table and chain); 0 for a missing chain.
     pub fn rule_count(&mut self, table: &str, chain: &str) -> Result<usize, NftError> {
         let mut n = 0;

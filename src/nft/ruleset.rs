@@ -96,7 +96,14 @@ pub struct Ruleset {
     pub table: String,
     pub ports: Vec<PortLimits>,
     pub geo: Vec<GeoRule>,
+    /// The store that owns the table: written as an empty chain `owner_<id>`, so a floodgate with another store
+    /// (a second daemon, a replaced database) notices it is not the owner instead of treating the first one's
+    /// bans as strays.
+    pub owner: Option<String>,
 }
+
+/// Owner markers are chains named `OWNER_PREFIX` + the store's id.
+pub const OWNER_PREFIX: &str = "owner_";
 
 fn saddr4() -> Expr {
     Expr::Payload { base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32, offset: 12, len: 4 }
@@ -173,6 +180,9 @@ impl Ruleset {
         b.add_chain(t, BASE_CHAIN, Some(&Hook { hooknum: libc::NF_INET_PRE_ROUTING as u32, priority: PRIORITY_RAW }));
         b.add_chain(t, SOURCE_CHAIN, None);
         b.add_chain(t, GLOBAL_CHAIN, None);
+        if let Some(id) = &self.owner {
+            b.add_chain(t, &format!("{OWNER_PREFIX}{id}"), None);
+        }
         for chain in [BASE_CHAIN, SOURCE_CHAIN, GLOBAL_CHAIN] {
             b.flush_chain(t, chain);
         }

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
     ("0002_enforcement", include_str!("../../migrations/0002_enforcement.sql")),
     ("0003_kernel_counter", include_str!("../../migrations/0003_kernel_counter.sql")),
+    ("0004_store_id", include_str!("../../migrations/0004_store_id.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -173,6 +174,13 @@ impl Store {
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// This store's id (random, made when the store was created or upgraded to schema 4).
+    pub fn id(&self) -> Result<String, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| r.get(0))
+            .map_err(|e| sql(&self.path, "reading the store id", e))
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
