@@ -651,3 +651,36 @@ fn a_floodgate_on_another_store_is_refused_and_adopts_only_when_told() {
     let out = env.fg_with("floodgate.toml", &["block", "203.0.113.9"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to another floodgate store"), "{out:?}");
 }
+
+#[test]
+fn a_store_deleted_under_the_daemon_unbans_no_one_and_is_reported() {
+    if !needs("a_store_deleted_under_the_daemon_unbans_no_one_and_is_reported") {
+        return;
+    }
+    let env = Env::new("dlost");
+    std::fs::write(env.path("mail.log"), "").unwrap();
+    let d = env.start();
+    env.append("mail.log", &failures("203.0.113.7", 0, 3));
+    wait_for("the ban", Duration::from_secs(5), || env.banned("203.0.113.7"));
+    for f in ["f.db", "f.db-wal", "f.db-shm"] {
+        let _ = std::fs::remove_file(env.path(f));
+    }
+    // Verify passes (every 1 s) run against what the daemon still has open: nobody is unbanned.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(env.banned("203.0.113.7"), "{}", env.daemon_log());
+    env.append("mail.log", &failures("203.0.113.8", 10, 3));
+    wait_for("a new ban after the loss", Duration::from_secs(5), || env.banned("203.0.113.8"));
+    assert!(env.daemon_log().contains("deleted or replaced"), "reported: {}", env.daemon_log());
+    d.stop();
+    // A restart finds an empty store at that path and a table owned by the lost one: refused, bans kept.
+    let out = env.pair.server.exec(&[
+        BIN,
+        "--config",
+        env.path("floodgate.toml").to_str().unwrap(),
+        "--db",
+        env.path("f.db").to_str().unwrap(),
+        "run",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--adopt"), "{out:?}");
+    assert!(env.banned("203.0.113.7") && env.banned("203.0.113.8"));
+}

@@ -67,6 +67,13 @@ pub struct Pipeline {
     /// Decisions in force in the kernel that the store could not record yet (it could not write).
     unrecorded: Vec<Decision>,
     last_nag: Option<Instant>,
+    /// The store file's identity at start (device, inode): a file deleted or replaced under the daemon is noticed.
+    store_file: Option<(u64, u64)>,
+}
+
+fn file_id(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// How often a store that cannot write is reported while decisions wait for it.
@@ -85,6 +92,7 @@ impl Pipeline {
         let parser = parser_for(&config)?;
         let policy = Engine::from_config(&config);
         let throttle = Throttle::new(&config.notify);
+        let store_file = file_id(store.path());
         Ok(Pipeline {
             config,
             config_path,
@@ -110,6 +118,7 @@ impl Pipeline {
             apply_errors: 0,
             unrecorded: Vec::new(),
             last_nag: None,
+            store_file,
         })
     }
 
@@ -362,6 +371,18 @@ impl Pipeline {
 
     /// Every `daemon.verify_every`: old events pruned, and (enforcing) the kernel checked against the store.
     fn periodic(&mut self, now: DateTime<Utc>) {
+        let path = self.store.path().to_string();
+        let id = file_id(&path);
+        match (self.store_file, id) {
+            (None, _) => self.store_file = id,
+            (Some(was), now_id) if Some(was) != now_id => tracing::error!(
+                db = %path,
+                "the store file was deleted or replaced while floodgate runs: this daemon goes on with the file it \
+                 opened (bans and events continue), but a restart will open what is at that path now; its table \
+                 stays owned by this store, so a restart on a new store needs --adopt"
+            ),
+            _ => {}
+        }
         // Events older than store.retention go; both tables are indexed by time.
         match self.store.prune(now, self.config.store.retention) {
             Ok(0) => {}
