@@ -711,6 +711,15 @@ mod tests {
     }
 
     #[test]
+    fn an_endless_duration_is_refused_at_load_naming_its_line() {
+        let e = Config::from_toml("[jail]\nbantime = \"100000000d\"\n", "f.toml").err().unwrap().to_string();
+        assert!(e.contains("line 2") && e.contains("longer than 3650d"), "{e}");
+        let e = Config::from_toml("[services.imap]\nports = [143]\nfindtime = \"99999y\"\n", "f.toml").err().unwrap();
+        assert!(e.to_string().contains("longer than 3650d"), "{e}");
+        assert!(Config::from_toml("[jail]\nbantime = \"3650d\"\n", "f.toml").is_ok());
+    }
+
+    #[test]
     fn values_parse() {
         let c = Config::from_toml(
             "timezone = \"Asia/Tokyo\"\nallowlist = [\"203.0.113.10\", \"2001:db8::/48\"]\n[store]\nretention = \"7d\"\n[services.smtp]\nports = [25, 2525]\nbantime = \"2h\"\n",
