@@ -172,3 +172,40 @@ fn rotated_gzip_logs_are_read_and_a_corrupt_one_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8(out.stderr).unwrap().contains("broken.log.gz: read error"));
 }
+
+#[test]
+fn parse_shows_unmatched_lines_one_rule_and_each_rules_level() {
+    let e = env();
+    let log = e.path("mail.log");
+    let text = format!(
+        "{LOG}Nov 21 09:00:04 mx postfix/smtpd[4]: NOQUEUE: reject: RCPT from unknown[198.51.100.14]: 450 4.7.1 Client host rejected: cannot find your hostname, [198.51.100.14]; from=<a@example.org> to=<b@example.net> proto=ESMTP helo=<x>\n"
+    );
+    std::fs::write(&log, text).unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", &e.config, "parse"];
+        all.extend_from_slice(args);
+        all.push(&log);
+        let out = floodgate(&all, None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Every event says its rule's level; the 4xx spam-bot signature is a judgement call.
+    let events = run(&[]);
+    assert!(events.contains("rule=postfix.sasl_auth_failed level=normal"), "{events}");
+    assert!(events.contains("level=aggressive"), "{events}");
+    // Unmatched: only the qmgr line, with its file and line number.
+    let missed = run(&["--unmatched"]);
+    assert_eq!(missed.trim(), format!("{log}:2: Nov 21 09:00:01 mx postfix/qmgr[2]: ABC: removed"));
+    // One rule: its events, and with --unmatched everything it did not match (as JSON objects).
+    let one = run(&["--rule", "postfix.sasl_auth_failed"]);
+    assert_eq!(one.lines().count(), 1, "{one}");
+    let not_it = run(&["--rule", "postfix.sasl_auth_failed", "--unmatched", "--format", "json"]);
+    let lines: Vec<u64> = not_it
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [1, 2, 4], "{not_it}");
+    let out = floodgate(&["--config", &e.config, "parse", "--rule", "postfix.nope", &log], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("postfix.sasl_auth_failed"), "the family's rules are named: {err}");
+}

@@ -13,7 +13,9 @@ use crate::event::{format_time, Event};
 use crate::parser::{LineParser, Outcome, Stats};
 use crate::prefix::TimeContext;
 use crate::reader::{Line, LineReader};
+use crate::rules::Level;
 use crate::store::Origin;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -32,6 +34,13 @@ pub struct Args {
     /// Also write the events to the store (import old logs).
     #[arg(long)]
     pub save: bool,
+    /// Print the lines no rule matched instead of the events (fail2ban-regex's --print-all-missed): what the
+    /// server writes that floodgate ignores. With --rule, the lines that rule did not match.
+    #[arg(long)]
+    pub unmatched: bool,
+    /// Only this rule (its full id, `postfix.sasl_auth_failed`): its events, or with --unmatched what it missed.
+    #[arg(long, value_name = "ID")]
+    pub rule: Option<String>,
     /// Files to read (`.gz` files are decompressed); `-` reads stdin.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -44,12 +53,35 @@ const SHOW_MALFORMED: u64 = 10;
 struct Record<'a> {
     file: &'a str,
     line: u64,
+    /// The rule's level: normal, or aggressive (a judgement call, counted only where the service asks for it).
+    level: &'static str,
     #[serde(flatten)]
     event: &'a Event,
 }
 
+#[derive(serde::Serialize)]
+struct Missed<'a> {
+    file: &'a str,
+    line: u64,
+    text: &'a str,
+}
+
 pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
     let mut parser = LineParser::from_config(&ctx.config, &args.rules, TimeContext::system(ctx.config.timezone))?;
+    let levels: HashMap<Arc<str>, Level> = parser.matcher().rules.iter().map(|r| (r.id.clone(), r.level)).collect();
+    if let Some(id) = &args.rule {
+        if !levels.contains_key(id.as_str()) {
+            let family = id.split('.').next().unwrap_or_default();
+            let mut near: Vec<&str> =
+                levels.keys().map(|k| k.as_ref()).filter(|k| k.split('.').next() == Some(family)).collect();
+            near.sort_unstable();
+            anyhow::bail!(
+                "--rule: no rule `{id}`; rules of that family: {}",
+                if near.is_empty() { "none".to_string() } else { near.join(", ") }
+            );
+        }
+    }
+    let wanted = |ev: &Event| args.rule.as_deref().is_none_or(|id| ev.rule.as_ref() == id);
     let mut store = if args.save { Some(ctx.open_store()?) } else { None };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -79,6 +111,10 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
         let mut line_no = 0u64;
         while let Some(line) = reader.next_line().with_context(|| format!("{name}: read error after line {line_no}"))? {
             line_no += 1;
+            let text = match &line {
+                Line::Text(bytes) => Some(*bytes),
+                Line::TooLong(_) => None,
+            };
             let outcome = match line {
                 Line::Text(bytes) => parser.parse_bytes(bytes),
                 Line::TooLong(len) => {
@@ -87,11 +123,21 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
                     continue;
                 }
             };
+            let hit = matches!(&outcome, Outcome::Event(ev) if wanted(ev));
+            if args.unmatched && !hit && !out_closed {
+                let shown = String::from_utf8_lossy(text.unwrap_or_default());
+                let shown = shown.trim_end_matches(['\n', '\r']);
+                match write_missed(&mut out, args.format, &name, line_no, shown) {
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => out_closed = true,
+                    r => r?,
+                }
+            }
             match outcome {
                 Outcome::Event(ev) => {
+                    let level = levels.get(&ev.rule).copied().unwrap_or_default();
                     // A closed stdout (`| head`) ends the listing, not the import.
-                    if !out_closed {
-                        match write_event(&mut out, args.format, &name, line_no, &ev) {
+                    if !out_closed && !args.unmatched && wanted(&ev) {
+                        match write_event(&mut out, args.format, &name, line_no, level, &ev) {
                             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => out_closed = true,
                             r => r?,
                         }
@@ -126,13 +172,30 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
     Ok(())
 }
 
-fn write_event(out: &mut impl Write, format: Format, file: &str, line: u64, ev: &Event) -> io::Result<()> {
+fn write_event(
+    out: &mut impl Write,
+    format: Format,
+    file: &str,
+    line: u64,
+    level: Level,
+    ev: &Event,
+) -> io::Result<()> {
     match format {
         Format::Json => {
-            serde_json::to_writer(&mut *out, &Record { file, line, event: ev })?;
+            serde_json::to_writer(&mut *out, &Record { file, line, level: level.as_str(), event: ev })?;
             out.write_all(b"\n")
         }
-        Format::Text => writeln!(out, "{file}:{line} {}", event_text(ev)),
+        Format::Text => writeln!(out, "{file}:{line} {} level={}", event_text(ev), level.as_str()),
+    }
+}
+
+fn write_missed(out: &mut impl Write, format: Format, file: &str, line: u64, text: &str) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer(&mut *out, &Missed { file, line, text })?;
+            out.write_all(b"\n")
+        }
+        Format::Text => writeln!(out, "{file}:{line}: {text}"),
     }
 }
 
@@ -203,7 +266,7 @@ fn summary(parser: &LineParser, per_file: &[(String, Stats)], secs: f64, saved_t
     if !hits.is_empty() {
         eprintln!("hits per rule:");
         for (rule, n) in hits {
-            eprintln!("  {n:>10}  {}", rule.id);
+            eprintln!("  {n:>10}  {} ({})", rule.id, rule.level.as_str());
         }
     }
     let rate = if secs > 0.0 { parser.stats.lines as f64 / secs } else { 0.0 };
