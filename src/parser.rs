@@ -160,6 +160,11 @@ impl LineParser {
         self
     }
 
+    /// The rules, shareable with threads that pre-match lines (`prematch`).
+    pub fn matcher_arc(&self) -> Arc<Matcher> {
+        self.matcher.clone()
+    }
+
     pub fn matcher(&self) -> &Matcher {
         &self.matcher
     }
@@ -200,21 +205,48 @@ impl LineParser {
     }
 
     fn classify(&mut self, line: &str) -> Outcome {
-        // Disjoint field borrows: no reference-count traffic per line.
-        let matcher: &Matcher = &self.matcher;
-        if matcher.candidates(line, &mut self.scratch).is_empty() {
-            return Outcome::Unmatched;
-        }
-        let p = prefix::split(line, &self.ctx);
-        // A line without a time of its own (a continuation, a bare message) takes the previous line's.
-        let time = p.time.or(self.last_time).unwrap_or(self.ctx.reference);
-        self.last_time = Some(time);
-        let Some((ri, locs)) = matcher.first_match(p.message, &mut self.scratch) else {
-            return Outcome::Unmatched;
+        let pre = prematch(&self.matcher, &self.ctx, line, &mut self.scratch);
+        self.finish(line, pre)
+    }
+
+    /// Takes a line `prematch` looked at (on this thread or another) to its outcome: the stateful half of
+    /// parsing (the previous line's time, sessions, the attempt ledger), in input order.
+    pub fn finish_bytes(&mut self, bytes: &[u8], pre: Prematch) -> Outcome {
+        let bytes = trim_eol(bytes);
+        self.stats.lines += 1;
+        let outcome = match std::str::from_utf8(bytes) {
+            Ok(line) => self.finish(line, pre),
+            Err(_) => Outcome::Undecodable,
         };
+        match &outcome {
+            Outcome::Event(_) => self.stats.events += 1,
+            Outcome::Unmatched => self.stats.unmatched += 1,
+            Outcome::Malformed { .. } => self.stats.malformed += 1,
+            Outcome::Undecodable => self.stats.undecodable += 1,
+        }
+        outcome
+    }
+
+    fn finish(&mut self, line: &str, pre: Prematch) -> Outcome {
+        let matcher: &Matcher = &self.matcher;
+        let (time, m) = match pre {
+            Prematch::None => return Outcome::Unmatched,
+            Prematch::NoRule { time } => {
+                self.last_time = Some(time.or(self.last_time).unwrap_or(self.ctx.reference));
+                return Outcome::Unmatched;
+            }
+            Prematch::Rule(m) => (m.time, m),
+        };
+        // A line without a time of its own (a continuation, a bare message) takes the previous line's.
+        let time = time.or(self.last_time).unwrap_or(self.ctx.reference);
+        self.last_time = Some(time);
+        let ri = m.rule;
+        let locs = &m.locs;
+        let p_program = m.program.as_ref().map(|p| p.get(line));
+        let p_pid = m.pid.as_ref().map(|p| p.get(line));
+        let msg = m.message.get(line);
         let rule = &matcher.rules[ri as usize];
         let g = &rule.groups;
-        let msg = p.message;
         let malformed = |field: &'static str, value: &str| Outcome::Malformed {
             rule: rule.id.clone(),
             field,
@@ -263,7 +295,7 @@ impl LineParser {
         let service = group(locs, g.service, msg)
             .map(Arc::from)
             .or_else(|| rule.service.clone())
-            .or_else(|| matcher.families[rule.family].service_for(p.program));
+            .or_else(|| matcher.families[rule.family].service_for(p_program));
         let port = port.or_else(|| {
             let ports = self.ports.get(service.as_deref()?)?;
             (ports.len() == 1).then(|| ports[0])
@@ -298,7 +330,7 @@ impl LineParser {
         }
         if let (true, Some(attempt), Some(ip)) = (failure || excuse, rule.attempt, addr) {
             let session = group(locs, g.session, msg)
-                .or_else(|| if matcher.families[rule.family].attempts_per_pid { p.pid } else { None })
+                .or_else(|| if matcher.families[rule.family].attempts_per_pid { p_pid } else { None })
                 .map(Box::from);
             match self.ledger.count((rule.family, ip, session), attempt, count) {
                 _ if excuse => {}
@@ -322,6 +354,77 @@ impl LineParser {
             syn_action,
             assured,
         }))
+    }
+}
+
+/// What the pure half of parsing found in a line: no candidate rule, candidates but no match (the line's time
+/// still counts as the last one seen), or a rule's match with where its parts are. Made without any parser
+/// state, so lines can be pre-matched on several threads and finished in order on one.
+pub enum Prematch {
+    None,
+    NoRule { time: Option<DateTime<Utc>> },
+    Rule(Box<RuleMatch>),
+}
+
+pub struct RuleMatch {
+    rule: u32,
+    time: Option<DateTime<Utc>>,
+    program: Option<Part>,
+    pid: Option<Part>,
+    message: Part,
+    /// The capture groups, as offsets into the message.
+    locs: regex::bytes::CaptureLocations,
+}
+
+/// A piece of the prefix: where it is in the line, or (a name the prefix parser supplies, `kernel`) its text.
+enum Part {
+    At(std::ops::Range<usize>),
+    Text(Box<str>),
+}
+
+impl Part {
+    fn of(line: &str, s: &str) -> Part {
+        let (base, at) = (line.as_ptr() as usize, s.as_ptr() as usize);
+        if at >= base && at + s.len() <= base + line.len() {
+            Part::At(at - base..at - base + s.len())
+        } else {
+            Part::Text(s.into())
+        }
+    }
+
+    fn get<'a>(&'a self, line: &'a str) -> &'a str {
+        match self {
+            Part::At(r) => line.get(r.clone()).unwrap_or_default(),
+            Part::Text(t) => t,
+        }
+    }
+}
+
+/// The pure half of parsing one line (its end of line already trimmed): candidate rules, the prefix, the first
+/// rule whose regex matches. Any thread, any order: `scratch` is the caller's.
+pub fn prematch(matcher: &Matcher, ctx: &TimeContext, line: &str, scratch: &mut Scratch) -> Prematch {
+    if matcher.candidates(line, scratch).is_empty() {
+        return Prematch::None;
+    }
+    let p = prefix::split(line, ctx);
+    let Some((ri, locs)) = matcher.first_match(p.message, scratch) else {
+        return Prematch::NoRule { time: p.time };
+    };
+    Prematch::Rule(Box::new(RuleMatch {
+        rule: ri,
+        time: p.time,
+        program: p.program.map(|s| Part::of(line, s)),
+        pid: p.pid.map(|s| Part::of(line, s)),
+        message: Part::of(line, p.message),
+        locs: locs.clone(),
+    }))
+}
+
+/// `prematch` on raw bytes (as read): a line that is not UTF-8 has no candidates here; `finish_bytes` says so.
+pub fn prematch_bytes(matcher: &Matcher, ctx: &TimeContext, bytes: &[u8], scratch: &mut Scratch) -> Prematch {
+    match std::str::from_utf8(trim_eol(bytes)) {
+        Ok(line) => prematch(matcher, ctx, line, scratch),
+        Err(_) => Prematch::None,
     }
 }
 

@@ -172,13 +172,35 @@ pub fn load(dirs: &[PathBuf], builtin: bool) -> Result<Vec<Family>, RulesError> 
     }
     // Families in file-name order; a line's candidate rules are tried in that order, so rules of different
     // families never compete for a line unless their literals overlap.
+    // Compiling some 200 regexes is most of a command's start-up: the files are checked on every core.
+    let texts: Vec<(String, (String, String))> = texts.into_iter().collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(texts.len().max(1));
+    let mut checked: Vec<Option<Result<Family, RulesError>>> = (0..texts.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let texts = &texts;
+                scope.spawn(move || {
+                    (t..texts.len())
+                        .step_by(threads)
+                        .map(|i| (i, check_file(&texts[i].0, &texts[i].1 .0, &texts[i].1 .1)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().expect("a rules-checking thread panicked") {
+                checked[i] = Some(r);
+            }
+        }
+    });
     let mut families = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
-    for (name, (origin, text)) in texts {
-        let family = check_file(&name, &origin, &text)?;
+    for ((_, (origin, _)), family) in texts.iter().zip(checked) {
+        let family = family.expect("every file was checked")?;
         for r in &family.rules {
             if let Some(other) = seen.insert(r.full_id.clone(), origin.clone()) {
-                return Err(RulesError::new(&origin, Some(&r.full_id), format!("id already defined in {other}")));
+                return Err(RulesError::new(origin, Some(&r.full_id), format!("id already defined in {other}")));
             }
         }
         families.push(family);

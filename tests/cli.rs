@@ -209,3 +209,55 @@ fn parse_shows_unmatched_lines_one_rule_and_each_rules_level() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("postfix.sasl_auth_failed"), "the family's rules are named: {err}");
 }
+
+#[test]
+fn parse_on_several_threads_gives_exactly_the_sequential_events_in_input_order() {
+    use floodgate::parser::{LineParser, Outcome};
+    // Every sample line of every family, over and over: many batches, sessions and ledgers that span them.
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/samples");
+    let mut lines = Vec::new();
+    for f in std::fs::read_dir(&samples).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        lines.extend(
+            text.lines().filter(|l| !l.starts_with("=>") && !l.starts_with('#') && !l.is_empty()).map(String::from),
+        );
+    }
+    lines.sort();
+    let mut all = Vec::new();
+    for round in 0..30 {
+        all.extend(lines.iter().cloned());
+        all.push(format!("not a log line {round}"));
+    }
+    let e = env();
+    let log = e.path("big.log");
+    std::fs::write(&log, all.join("\n") + "\n").unwrap();
+    let out = floodgate(&["--config", &e.config, "parse", "--format", "json", &log], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Vec<(u64, String, bool, u64)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["line"].as_u64().unwrap(),
+                v["rule"].as_str().unwrap().to_string(),
+                v["failure"].as_bool().unwrap(),
+                v["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let cfg = floodgate::config::Config::load(Some(std::path::Path::new(&e.config))).unwrap();
+    let ctx = floodgate::prefix::TimeContext::system(cfg.timezone);
+    let mut p = LineParser::from_config(&cfg, &[], ctx).unwrap();
+    let want: Vec<(u64, String, bool, u64)> = all
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| match p.parse_line(l) {
+            Outcome::Event(ev) => Some((i as u64 + 1, ev.rule.to_string(), ev.failure, u64::from(ev.count))),
+            _ => None,
+        })
+        .collect();
+    assert!(all.len() > 3 * 4096, "several batches: {}", all.len());
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want, "the same events, counts and order as one thread gives");
+}

@@ -1,5 +1,6 @@
 //! What the advisor reads from the running machine, for the network namespace it runs in: the TCP and
-//! conntrack sysctls, available memory, the SNMP counters of SYN and listen queues, and the listeners.
+//! conntrack sysctls, available memory, the SNMP counters of SYN and listen queues, the listeners, and (through
+//! `servers`) the mail servers' and sshd's own settings about failed logins.
 //!
 //! Every value is optional. A file that is missing (nf_conntrack_max without the conntrack module) or does not
 //! parse means "unknown", and the finding that needs it is skipped; reading never fails as a whole. The reader
@@ -11,6 +12,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::listeners::{self, Listener};
+use super::servers::ServerSettings;
 
 /// A snapshot of the machine as the advisor sees it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -32,13 +34,16 @@ pub struct Machine {
     pub counters: BTreeMap<String, u64>,
     /// None when no listener list could be read at all.
     pub listeners: Option<Vec<Listener>>,
+    /// Dovecot's, Postfix's and sshd's settings that decide whether failed logins are logged at once and bounded
+    /// per connection; each None when that server is not installed (or could not be asked: see `notes`).
+    pub servers: ServerSettings,
     /// What could not be read, for the operator (missing optional files are not listed).
     pub notes: Vec<String>,
 }
 
 impl Machine {
-    /// Reads the live machine: /proc, and the listeners from the kernel's socket diagnostics (with their
-    /// backlogs), falling back to /proc/net/tcp (without them).
+    /// Reads the live machine: /proc, the listeners from the kernel's socket diagnostics (with their backlogs),
+    /// falling back to /proc/net/tcp (without them), and the installed servers' settings.
     pub fn read_live() -> Machine {
         let proc = Path::new("/proc");
         // /proc/net/tcp lists every socket (megabytes on a flooded server): read only if sock_diag fails.
@@ -54,11 +59,14 @@ impl Machine {
                 m.listeners = proc_listeners(proc);
             }
         }
+        // Not network-namespace specific: the servers report their config files, whichever namespace they
+        // serve.
+        m.servers = ServerSettings::read_live(&mut m.notes);
         m
     }
 
     /// Reads the files under `proc` (normally /proc). Listeners come from `net/tcp` and `net/tcp6`, without
-    /// backlogs.
+    /// backlogs; no server is asked (a fixture tree has none).
     pub fn read_at(proc: &Path) -> Machine {
         let mut m = Machine::read_values(proc);
         m.listeners = proc_listeners(proc);

@@ -4,12 +4,15 @@
 //! [`advise`] is pure: a [`Machine`] snapshot, the [`History`] and the config in, findings out, so every rule is
 //! tested on hand-built inputs. Reading lives in `machine`, `listeners` and `history`; the rules in `tuning`
 //! (kernel settings and queues), `floods` (evidence of past floods) and `mail` (the config, from a mail
-//! server's point of view); output in `report` (text) and `sysctl_conf` (the sysctl.d drop-in).
+//! server's point of view); `servers` owns the mail servers' and sshd's own settings (whether failed logins are
+//! logged at once and bounded per connection), both their reading and their rules; output in `report` (text)
+//! and `sysctl_conf` (the sysctl.d drop-in).
 
 pub mod history;
 pub mod listeners;
 pub mod machine;
 pub mod report;
+pub mod servers;
 pub mod sysctl_conf;
 
 mod floods;
@@ -106,6 +109,7 @@ pub fn advise(machine: &Machine, history: Result<&History, &str>, config: &Confi
     tuning::check(machine, config, &mut out);
     floods::check(machine, history, config, &mut out);
     mail::check(machine, history.ok(), config, &mut out);
+    servers::check(&machine.servers, config, &mut out);
     // Stable: within a severity the rules keep their order, which goes from cause to consequence.
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
@@ -171,6 +175,7 @@ pub(crate) mod tests {
                 // Loopback listeners are out of a flood's reach: their small backlogs never matter.
                 listener("127.0.0.1", 10025, 4),
             ]),
+            servers: servers::tests::good(),
             notes: Vec::new(),
         }
     }
@@ -249,6 +254,27 @@ pub(crate) mod tests {
         }
         // Timestamps did not parse: unknown, so no finding about them.
         assert!(!ids(&f).contains(&"timestamps_off_with_cookies"));
+    }
+
+    #[test]
+    fn the_servers_settings_reach_the_findings_in_severity_order() {
+        let mut m = good();
+        let sshd = m.servers.sshd.as_mut().unwrap();
+        sshd.insert("loglevel".into(), "QUIET".into());
+        sshd.insert("maxauthtries".into(), "6".into());
+        m.servers.dovecot.as_mut().unwrap().insert("auth_verbose".into(), "no".into());
+        let h = empty_history();
+        let f = advise(&m, Ok(&h), &config());
+        // The critical one first, before the kernel rules' findings; the warnings before every info.
+        assert_eq!(f[0].id, "sshd_loglevel_hides_failures");
+        for id in ["sshd_max_auth_tries_high", "dovecot_auth_verbose_off"] {
+            assert_eq!(find(&f, id).severity, Severity::Warning);
+        }
+        assert!(f.windows(2).all(|w| w[0].severity >= w[1].severity), "{:?}", ids(&f));
+        // The JSON report carries what was read.
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["servers"]["sshd"]["loglevel"], "QUIET");
+        assert_eq!(json["servers"]["postfix"]["main"]["smtpd_client_auth_rate_limit"], "10");
     }
 
     #[test]
