@@ -6,9 +6,11 @@ PREFIX   ?= /usr/local
 DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux conntrack procps
 DEMO_DIR := $(or $(TMPDIR),/tmp)/floodgate-demo
 
-MAIL_PKGS := postfix dovecot-core dovecot-imapd dovecot-pop3d
+MAIL_PKGS := postfix dovecot-core dovecot-imapd dovecot-pop3d hydra
+# fail2ban only for `make bench` (fail2ban-regex side by side with floodgate parse); its server is never started.
+BENCH_PKGS := fail2ban
 
-.PHONY: all build deps mail-deps test lint bench demo demo-enforce demo-mail install clean
+.PHONY: all build deps mail-deps bench-deps test lint bench demo demo-enforce demo-mail install clean
 
 all: build
 
@@ -44,6 +46,10 @@ mail-deps:
 		exit $$rc; \
 	fi
 
+bench-deps:
+	@$(MAKE) --no-print-directory mail-deps MAIL_PKGS="$(BENCH_PKGS)"
+	@if [ -d /run/systemd/system ]; then SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO systemctl disable --now --quiet fail2ban 2>/dev/null || true; fi
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
@@ -51,7 +57,7 @@ lint:
 test: lint
 	$(CARGO) test
 
-bench:
+bench: bench-deps
 	$(CARGO) bench
 
 # Parse the bundled real-format samples of every program, store them and query the store; as root, enforcement in

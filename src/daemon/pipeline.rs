@@ -463,7 +463,17 @@ impl Pipeline {
                     enforcer: &mut self.enforcer,
                     now: Utc::now(),
                 };
-                control::handle(req, cx)
+                let response = control::handle(req, cx);
+                if let (true, Request::Unblock { targets, all, .. }) = (response.ok, req) {
+                    // The policy must not go on taking them for banned, or their next attack is let through.
+                    if *all {
+                        self.policy.released(None);
+                    } else {
+                        let cidrs: Vec<crate::addr::Cidr> = targets.iter().filter_map(|t| t.parse().ok()).collect();
+                        self.policy.released(Some(&cidrs));
+                    }
+                }
+                response
             }
         }
     }

@@ -112,6 +112,23 @@ impl Engine {
         std::mem::take(&mut self.alerts)
     }
 
+    /// The operator unbanned these (`floodgate unblock`; None: all): the policy no longer takes them for banned,
+    /// so their next failures ban them again, and an innocent address starts over as a first offender.
+    pub fn released(&mut self, targets: Option<&[Cidr]>) {
+        match targets {
+            None => {
+                self.banned_until.clear();
+                self.prefixes_banned.clear();
+                self.offences.clear();
+            }
+            Some(targets) => {
+                self.banned_until.retain(|a, _| !targets.iter().any(|t| t.contains(*a)));
+                self.offences.retain(|a, _| !targets.iter().any(|t| t.contains(*a)));
+                self.prefixes_banned.retain(|p, _| !targets.iter().any(|t| t.covers(p) || p.covers(t)));
+            }
+        }
+    }
+
     /// Failing sources the jail forgot to make room, since the start.
     pub fn evicted(&self) -> u64 {
         self.jail.evicted
@@ -495,4 +512,41 @@ pub fn replay(engine: &mut Engine, events: &[Event], tick: Duration, until: Date
     }
     r.alerts = engine.take_alerts();
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn failure(addr: &str, at: i64) -> Event {
+        let mut e = Event::new(Utc.timestamp_opt(1_800_000_000 + at, 0).unwrap(), Kind::AuthFailure, Arc::from("t.r"));
+        e.failure = true;
+        e.addr = Some(addr.parse().unwrap());
+        e.service = Some(Arc::from("imap"));
+        e
+    }
+
+    #[test]
+    fn an_unblocked_address_is_banned_again_at_its_next_attack() {
+        let mut engine = Engine::from_config(&Config::default());
+        let now = Utc.timestamp_opt(1_800_000_100, 0).unwrap();
+        let mut out = Vec::new();
+        let attack = |engine: &mut Engine, from: i64, out: &mut Vec<Decision>| {
+            for at in from..from + 5 {
+                engine.observe(&failure("198.51.100.9", at), now, out);
+            }
+        };
+        attack(&mut engine, 0, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        // Still banned in the policy's eyes: a second attack makes no second decision.
+        attack(&mut engine, 10, &mut out);
+        assert_eq!(out.len(), 1);
+        // The operator unblocks it; the policy must not go on thinking it is banned.
+        engine.released(Some(&["198.51.100.9".parse().unwrap()]));
+        attack(&mut engine, 20, &mut out);
+        assert_eq!(out.len(), 2, "banned again after `unblock`: {out:?}");
+        let Decision::Ban { reason, .. } = &out[1] else { panic!() };
+        assert!(!reason.contains("offence"), "a first offence again: {reason}");
+    }
 }
