@@ -1,5 +1,5 @@
 //! A real attack tool against the real mail lab (tests/maillab): THC-Hydra, 4 parallel tasks and 30 passwords
-//! with the right one 20th, against Dovecot's POP3 and IMAP and Postfix's submission, while `floodgate run`
+//! with the right one 20th, against Dovecot's POP3 and IMAP, Postfix's submission and an sshd (`-E` log file), while `floodgate run`
 //! tails the servers' logs (maxretry 3). Dovecot runs as `floodgate advise` recommends for visibility
 //! (`auth_verbose = yes`, one line per attempt at once) but without its failure delay (`auth_failure_delay =
 //! 0`): the fastest guesser the lab can have. For each service: the password is never found, and the servers
@@ -22,10 +22,56 @@ use netns::{Daemon, Pair};
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 const SERVER: &str = "198.51.100.1";
 /// One attacker address per service (on the attacker's side of the link), so each run starts unknown.
-const ATTACKERS: [&str; 3] = ["203.0.113.21", "203.0.113.22", "203.0.113.23"];
+const ATTACKERS: [&str; 4] = ["203.0.113.21", "203.0.113.22", "203.0.113.23", "203.0.113.24"];
 const MAXRETRY: usize = 3;
 const TASKS: usize = 4;
 const HYDRA: &str = "/usr/bin/hydra";
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// A private sshd in the server namespace on port 22: its own host key and config in `dir`, logging with `-E` to
+/// a file (the format `sshd -E` writes: bare messages, no time or pid). Passwords allowed, no PAM; the lab's
+/// user has no system account, so every guess fails as a real server's would for an unknown user. Stopped on
+/// drop.
+struct Sshd(std::process::Child);
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_sshd(ns: &netns::Netns, dir: &Path) -> Sshd {
+    let key = dir.join("ssh_host_ed25519_key");
+    let ok = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&key).status().unwrap();
+    assert!(ok.success(), "ssh-keygen");
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let conf = dir.join("sshd_config");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port 22\nListenAddress {SERVER}\nHostKey {}\nPidFile {}\nUsePAM no\nPasswordAuthentication yes\n\
+             KbdInteractiveAuthentication no\nMaxAuthTries 3\nLogLevel VERBOSE\n",
+            key.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, SSHD, "-D", "-f"])
+        .arg(&conf)
+        .arg("-E")
+        .arg(dir.join("sshd.log"))
+        .spawn()
+        .unwrap();
+    let log = dir.join("sshd.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("Server listening") {
+        assert!(Instant::now() < deadline, "sshd did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sshd(child)
+}
 
 fn hydra_available(test: &str) -> bool {
     if Path::new(HYDRA).exists() {
@@ -59,19 +105,26 @@ fn hydra_never_finds_the_password_and_every_attacker_is_banned_within_maxretry_p
     if !netns::available(test) || !maillab::available(test) || !hydra_available(test) {
         return;
     }
+    if !Path::new(SSHD).exists() {
+        assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{test}: needs openssh-server");
+        eprintln!("SKIPPED {test}: needs openssh-server (sshd)");
+        return;
+    }
     let pair = Pair::new("hyd", &ATTACKERS);
     let lab = MailLab::start(&pair.server);
     let dir = tempfile::Builder::new().prefix("floodgate-hydra-").tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
+    let _sshd = start_sshd(&pair.server, dir.path());
     std::fs::write(
         p("floodgate.toml"),
         format!(
-            "[sources]\nfiles = [\"{}\", \"{}\"]\n[daemon]\nsocket = \"{}\"\ntick = \"200ms\"\n\
+            "[sources]\nfiles = [\"{}\", \"{}\", \"{}\"]\n[daemon]\nsocket = \"{}\"\ntick = \"200ms\"\n\
              [jail]\nmaxretry = {MAXRETRY}\n\
              [services.smtp]\nports = [25]\n[services.submission]\nports = [587]\n\
-             [services.imap]\nports = [143]\n[services.pop3]\nports = [110]\n",
+             [services.imap]\nports = [143]\n[services.pop3]\nports = [110]\n[services.ssh]\nports = [22]\n",
             lab.postfix_log().display(),
             lab.dovecot_log().display(),
+            p("sshd.log").display(),
             p("fg.sock").display()
         ),
     )
@@ -92,6 +145,7 @@ fn hydra_never_finds_the_password_and_every_attacker_is_banned_within_maxretry_p
         ("pop3", "110", "pop3", lab.dovecot_log()),
         ("imap", "143", "imap", lab.dovecot_log()),
         ("submission", "587", "smtp", lab.postfix_log()),
+        ("ssh", "22", "ssh", p("sshd.log")),
     ]
     .into_iter()
     .enumerate()
@@ -100,8 +154,11 @@ fn hydra_never_finds_the_password_and_every_attacker_is_banned_within_maxretry_p
         pair.attacker.ip(&["route", "replace", &format!("{SERVER}/32"), "dev", &dev, "src", attacker]);
         let banned = || String::from_utf8_lossy(&fg(&["list"]).stdout).contains(attacker);
         // Dovecot logs one `Password mismatch` line per attempt (auth_verbose); Postfix one SASL warning.
-        let marker =
-            if module == "smtp" { format!("[{attacker}]: SASL") } else { format!("({},{attacker},", maillab::USER) };
+        let marker = match module {
+            "smtp" => format!("[{attacker}]: SASL"),
+            "ssh" => format!("Failed password for invalid user {} from {attacker} ", maillab::USER),
+            _ => format!("({},{attacker},", maillab::USER),
+        };
         let from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let started = Instant::now();
         let mut hydra = Command::new("ip")
