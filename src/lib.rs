@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod advise;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod control;

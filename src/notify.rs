@@ -467,26 +467,17 @@ fn run(key: &str, program: &Path, args: &[&str], input: Vec<u8>, timeout: Durati
         });
     }
 
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            waited => {
-                kill_group(&mut child);
-                let _ = child.wait();
-                return Err(match waited {
-                    Err(e) => anyhow!("{key}: waiting for `{shown}` failed: {e}; killed it"),
-                    _ => anyhow!(
-                        "{key}: `{shown}` did not finish within {}; killed it",
-                        humantime::format_duration(timeout)
-                    ),
-                });
-            }
+    let status = match crate::child::wait_until(&mut child, Instant::now() + timeout) {
+        Ok(Some(status)) => status,
+        waited => {
+            kill_group(&mut child);
+            let _ = child.wait();
+            return Err(match waited {
+                Err(e) => anyhow!("{key}: waiting for `{shown}` failed: {e}; killed it"),
+                _ => {
+                    anyhow!("{key}: `{shown}` did not finish within {}; killed it", humantime::format_duration(timeout))
+                }
+            });
         }
     };
     if status.success() {

@@ -184,17 +184,19 @@ impl LineParser {
         let bytes = trim_eol(bytes);
         match std::str::from_utf8(bytes) {
             Ok(line) => self.parse_line(line),
-            Err(_) => {
-                self.stats.lines += 1;
-                self.stats.undecodable += 1;
-                Outcome::Undecodable
-            }
+            Err(_) => self.counted(Outcome::Undecodable),
         }
     }
 
     pub fn parse_line(&mut self, line: &str) -> Outcome {
+        let pre = prematch(&self.matcher, &self.ctx, line, &mut self.scratch);
+        let outcome = self.finish(line, pre);
+        self.counted(outcome)
+    }
+
+    /// Counts one line's outcome in the stats.
+    fn counted(&mut self, outcome: Outcome) -> Outcome {
         self.stats.lines += 1;
-        let outcome = self.classify(line);
         match &outcome {
             Outcome::Event(_) => self.stats.events += 1,
             Outcome::Unmatched => self.stats.unmatched += 1,
@@ -202,29 +204,16 @@ impl LineParser {
             Outcome::Undecodable => self.stats.undecodable += 1,
         }
         outcome
-    }
-
-    fn classify(&mut self, line: &str) -> Outcome {
-        let pre = prematch(&self.matcher, &self.ctx, line, &mut self.scratch);
-        self.finish(line, pre)
     }
 
     /// Takes a line `prematch` looked at (on this thread or another) to its outcome: the stateful half of
     /// parsing (the previous line's time, sessions, the attempt ledger), in input order.
     pub fn finish_bytes(&mut self, bytes: &[u8], pre: Prematch) -> Outcome {
-        let bytes = trim_eol(bytes);
-        self.stats.lines += 1;
-        let outcome = match std::str::from_utf8(bytes) {
+        let outcome = match std::str::from_utf8(trim_eol(bytes)) {
             Ok(line) => self.finish(line, pre),
             Err(_) => Outcome::Undecodable,
         };
-        match &outcome {
-            Outcome::Event(_) => self.stats.events += 1,
-            Outcome::Unmatched => self.stats.unmatched += 1,
-            Outcome::Malformed { .. } => self.stats.malformed += 1,
-            Outcome::Undecodable => self.stats.undecodable += 1,
-        }
-        outcome
+        self.counted(outcome)
     }
 
     fn finish(&mut self, line: &str, pre: Prematch) -> Outcome {

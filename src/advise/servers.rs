@@ -234,26 +234,18 @@ fn run(program: &Path, args: &[&str]) -> Result<String, RunError> {
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
 
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            waited => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(match waited {
-                    Err(e) => RunError::Failed(format!("waiting for {shown} failed: {e}")),
-                    _ => RunError::TimedOut(format!(
-                        "{shown} did not finish within {}; killed it",
-                        humantime::format_duration(COMMAND_TIMEOUT)
-                    )),
-                });
-            }
+    let status = match crate::child::wait_until(&mut child, Instant::now() + COMMAND_TIMEOUT) {
+        Ok(Some(status)) => status,
+        waited => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(match waited {
+                Err(e) => RunError::Failed(format!("waiting for {shown} failed: {e}")),
+                _ => RunError::TimedOut(format!(
+                    "{shown} did not finish within {}; killed it",
+                    humantime::format_duration(COMMAND_TIMEOUT)
+                )),
+            });
         }
     };
     // The pipes close when the child exits; a grandchild holding one open is not waited for.
