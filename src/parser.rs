@@ -209,9 +209,15 @@ impl LineParser {
     /// Takes a line `prematch` looked at (on this thread or another) to its outcome: the stateful half of
     /// parsing (the previous line's time, sessions, the attempt ledger), in input order.
     pub fn finish_bytes(&mut self, bytes: &[u8], pre: Prematch) -> Outcome {
-        let outcome = match std::str::from_utf8(trim_eol(bytes)) {
-            Ok(line) => self.finish(line, pre),
-            Err(_) => Outcome::Undecodable,
+        // Only a matched line needs its text again (decoded once more: cheap next to a regex, and a quarter of
+        // lines at most); the rest were judged by the pre-matching thread.
+        let outcome = match pre {
+            Prematch::Undecodable => Outcome::Undecodable,
+            Prematch::Rule(_) => match std::str::from_utf8(trim_eol(bytes)) {
+                Ok(line) => self.finish(line, pre),
+                Err(_) => Outcome::Undecodable,
+            },
+            Prematch::None | Prematch::NoRule { .. } => self.finish("", pre),
         };
         self.counted(outcome)
     }
@@ -219,6 +225,7 @@ impl LineParser {
     fn finish(&mut self, line: &str, pre: Prematch) -> Outcome {
         let matcher: &Matcher = &self.matcher;
         let (time, m) = match pre {
+            Prematch::Undecodable => return Outcome::Undecodable,
             Prematch::None => return Outcome::Unmatched,
             Prematch::NoRule { time } => {
                 self.last_time = Some(time.or(self.last_time).unwrap_or(self.ctx.reference));
@@ -350,8 +357,12 @@ impl LineParser {
 /// still counts as the last one seen), or a rule's match with where its parts are. Made without any parser
 /// state, so lines can be pre-matched on several threads and finished in order on one.
 pub enum Prematch {
+    /// Not UTF-8.
+    Undecodable,
     None,
-    NoRule { time: Option<DateTime<Utc>> },
+    NoRule {
+        time: Option<DateTime<Utc>>,
+    },
     Rule(Box<RuleMatch>),
 }
 
@@ -409,11 +420,11 @@ pub fn prematch(matcher: &Matcher, ctx: &TimeContext, line: &str, scratch: &mut 
     }))
 }
 
-/// `prematch` on raw bytes (as read): a line that is not UTF-8 has no candidates here; `finish_bytes` says so.
+/// `prematch` on raw bytes (as read).
 pub fn prematch_bytes(matcher: &Matcher, ctx: &TimeContext, bytes: &[u8], scratch: &mut Scratch) -> Prematch {
     match std::str::from_utf8(trim_eol(bytes)) {
         Ok(line) => prematch(matcher, ctx, line, scratch),
-        Err(_) => Prematch::None,
+        Err(_) => Prematch::Undecodable,
     }
 }
 

@@ -389,9 +389,20 @@ impl Pipeline {
             Ok(n) => tracing::info!(rows = n, "pruned events older than store.retention"),
             Err(e) => tracing::error!(error = %e, "cannot prune old events"),
         }
+        self.verify(now, "the periodic check");
+    }
+
+    /// Someone else changed floodgate's table (the nftables watch): checked against the store and repaired now.
+    pub fn repair(&mut self) {
+        self.verify(Utc::now(), "an outside change of the table");
+    }
+
+    /// Checks the kernel against the store and repairs it (never while dry-running); `why` names the occasion.
+    fn verify(&mut self, now: DateTime<Utc>, why: &str) {
         if self.dry_run {
             return;
         }
+        self.last_verify = Instant::now();
         match self.enforcer.verify(&mut self.store, now) {
             Ok(r) if r.installed || r.changes != Default::default() => {
                 let c = &r.changes;
@@ -400,36 +411,14 @@ impl Pipeline {
                     restored = c.added,
                     refreshed = c.refreshed,
                     strays = c.removed,
-                    "the kernel had drifted from the store; corrected"
+                    adopted = c.kept.len(),
+                    "the kernel had drifted from the store ({why}); corrected"
                 );
             }
             Ok(_) => {}
             Err(e) => {
                 self.apply_errors += 1;
-                tracing::error!(error = %e, "cannot verify the kernel against the store");
-            }
-        }
-    }
-
-    /// Someone else changed floodgate's table (the nftables watch): checked against the store and repaired now.
-    pub fn repair(&mut self) {
-        if self.dry_run {
-            return;
-        }
-        self.last_verify = Instant::now();
-        match self.enforcer.verify(&mut self.store, Utc::now()) {
-            Ok(r) => {
-                let c = &r.changes;
-                tracing::warn!(
-                    repaired = r.installed,
-                    restored = c.added,
-                    refreshed = c.refreshed,
-                    "the table was changed outside floodgate; checked and repaired"
-                );
-            }
-            Err(e) => {
-                self.apply_errors += 1;
-                tracing::error!(error = %e, "cannot repair the table after an outside change");
+                tracing::error!(error = %e, "cannot verify the kernel against the store ({why})");
             }
         }
     }

@@ -311,14 +311,7 @@ impl Enforcer {
                 },
             };
             let is_ban = [BAN4, BAN6, BAN4_NET, BAN6_NET].contains(set);
-            let keep = |key: &Key| {
-                let piece = match *key {
-                    Key::Addr(a) => Cidr::host(a),
-                    Key::Net(c) => c,
-                    Key::Port(_) | Key::Range(..) => return false,
-                };
-                is_ban && !release.iter().any(|r| r.covers(&piece))
-            };
+            let keep = |key: &Key| is_ban && key.cidr().is_some_and(|piece| !release.iter().any(|r| r.covers(&piece)));
             plan::diff(set, want, &actual, &keep, &mut ops, &mut report.changes);
         }
         if let Err(e) = self.kernel.apply(&self.ruleset.table, &ops) {
@@ -406,11 +399,7 @@ impl Enforcer {
         let decisions: Vec<Decision> = kept
             .iter()
             .filter_map(|(key, left)| {
-                let cidr = match *key {
-                    Key::Addr(a) => Cidr::host(a),
-                    Key::Net(c) => c,
-                    Key::Port(_) | Key::Range(..) => return None,
-                };
+                let cidr = key.cidr()?;
                 let until =
                     left.and_then(|l| chrono::Duration::from_std(l).ok()).and_then(|l| now.checked_add_signed(l));
                 Some(Decision::Ban {
@@ -597,11 +586,7 @@ impl Enforcer {
         let mut covered: std::collections::HashSet<Cidr> = std::collections::HashSet::new();
         for set in [BAN4, BAN6, BAN4_NET, BAN6_NET] {
             for e in self.kernel.elements(&table, set)? {
-                let piece = match e.key {
-                    Key::Addr(a) => Cidr::host(a),
-                    Key::Net(c) => c,
-                    Key::Port(_) | Key::Range(..) => continue,
-                };
+                let Some(piece) = e.key.cidr() else { continue };
                 // The ban this piece comes from: the same prefix, or the narrowest stored ban around it.
                 let owner = (0..=piece.prefix_len())
                     .rev()

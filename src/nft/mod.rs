@@ -31,6 +31,17 @@ pub enum Key {
     Range(IpAddr, IpAddr),
 }
 
+impl Key {
+    /// The addresses a ban set's element covers (an address is a /32 or /128); None for ports and ranges.
+    pub fn cidr(&self) -> Option<Cidr> {
+        match *self {
+            Key::Addr(a) => Some(Cidr::host(a)),
+            Key::Net(c) => Some(c),
+            Key::Port(_) | Key::Range(..) => None,
+        }
+    }
+}
+
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -51,6 +51,17 @@ fn holder(addr: IpAddr) -> Cidr {
     Cidr::new(addr, len).unwrap_or_else(|| Cidr::host(addr))
 }
 
+/// One pair of `addr`'s prefix is no longer tracked.
+fn untrack(per_prefix: &mut HashMap<Cidr, usize>, addr: IpAddr) {
+    let p = holder(addr);
+    if let Some(c) = per_prefix.get_mut(&p) {
+        *c -= 1;
+        if *c == 0 {
+            per_prefix.remove(&p);
+        }
+    }
+}
+
 impl Jail {
     pub fn new(default: Rule, per_service: HashMap<Arc<str>, Rule>) -> Jail {
         Jail {
@@ -110,13 +121,7 @@ impl Jail {
 
     fn forget(&mut self, key: &Pair) {
         if self.failures.remove(key).is_some() {
-            let p = holder(key.0);
-            if let Some(c) = self.per_prefix.get_mut(&p) {
-                *c -= 1;
-                if *c == 0 {
-                    self.per_prefix.remove(&p);
-                }
-            }
+            untrack(&mut self.per_prefix, key.0);
         }
     }
 
@@ -205,14 +210,14 @@ impl Policy for Jail {
     fn tick(&mut self, now: DateTime<Utc>, _out: &mut Vec<Decision>) {
         let longest = self.per_service.values().map(|r| r.findtime).chain([self.default.findtime]).max();
         let horizon = now - span(longest.unwrap_or_default());
-        self.failures.retain(|_, times| times.back().is_some_and(|t| *t >= horizon));
-        if self.per_prefix.values().sum::<usize>() != self.failures.len() {
-            let mut per_prefix: HashMap<Cidr, usize> = HashMap::new();
-            for (a, _) in self.failures.keys() {
-                *per_prefix.entry(holder(*a)).or_default() += 1;
+        let per_prefix = &mut self.per_prefix;
+        self.failures.retain(|(addr, _), times| {
+            let keep = times.back().is_some_and(|t| *t >= horizon);
+            if !keep {
+                untrack(per_prefix, *addr);
             }
-            self.per_prefix = per_prefix;
-        }
+            keep
+        });
     }
 
     fn tracked(&self) -> usize {
