@@ -111,8 +111,42 @@ pub struct PolicyConfig {
     pub repeat_multiplier: u32,
     #[serde(deserialize_with = "de_duration")]
     pub max_bantime: Duration,
-    /// Banned addresses within one /24 (IPv4) or /64 (IPv6) after which the whole prefix is banned (0: never).
+    /// Banned addresses within one prefix (`prefix_v4` / `prefix_v6`) after which the whole prefix is banned
+    /// (0: never).
     pub prefix_after: u32,
+    /// The short horizon rates are also measured over (whole seconds): a flood's start shows in its real rate
+    /// within this, where the window's average would still be diluted by the calm before it.
+    #[serde(deserialize_with = "de_duration")]
+    pub rate_horizon: Duration,
+    /// New connections per second from one network (all its hosts, all ports) that make it a DoS: the field
+    /// report's ISP, several hosts each under `dos_source_rate`. Its proven-real hosts are banned (0: off).
+    pub prefix_rate: f64,
+    /// What a network is for `prefix_rate` and `prefix_after`: IPv4 and IPv6 prefix lengths.
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    /// What a network over `prefix_rate` gets: `hosts` (its proven-real hosts are banned; with `prefix_after` of
+    /// them the prefix follows) or `prefix` (the prefix at once, once one of its hosts is proven real).
+    pub prefix_ban: PrefixBan,
+}
+
+/// See `PolicyConfig::prefix_ban`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefixBan {
+    Hosts,
+    Prefix,
+}
+
+/// Whether a service's port may be switched to the kernel's SYN proxy (`[services.NAME] synproxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynproxyMode {
+    /// Under a spoofed flood on a port exempt from the global limit, when the kernel's prerequisites hold.
+    #[default]
+    Auto,
+    Never,
+    /// While floodgate runs (still only when the prerequisites hold).
+    Always,
 }
 
 impl Default for PolicyConfig {
@@ -131,6 +165,12 @@ impl Default for PolicyConfig {
             repeat_multiplier: 4,
             max_bantime: Duration::from_secs(7 * 86400),
             prefix_after: 5,
+            rate_horizon: Duration::from_secs(3),
+            // The field report's ISP: ~20 new connections a second from several hosts together.
+            prefix_rate: 15.0,
+            prefix_v4: 24,
+            prefix_v6: 64,
+            prefix_ban: PrefixBan::Hosts,
         }
     }
 }
@@ -318,6 +358,9 @@ pub struct Service {
     /// These countries may not.
     #[serde(default)]
     pub deny_countries: Vec<crate::geo::Country>,
+    /// The kernel's SYN proxy for this service's ports: `auto`, `never` or `always` (see `SynproxyMode`).
+    #[serde(default)]
+    pub synproxy: SynproxyMode,
 }
 
 impl Service {
@@ -345,6 +388,7 @@ impl Default for Config {
             global_burst: None,
             countries: Vec::new(),
             deny_countries: Vec::new(),
+            synproxy: SynproxyMode::Auto,
         };
         // The field report's mail server: SMTP must accept the world, so it tolerates more before a ban;
         // the authenticated services are stricter.
@@ -540,6 +584,15 @@ impl Config {
         if !(0.0..=1.0).contains(&p.concentrated_share) {
             return Err("policy.concentrated_share: a share between 0 and 1".into());
         }
+        if p.rate_horizon < Duration::from_secs(1) || p.rate_horizon > p.window || p.rate_horizon.subsec_nanos() != 0 {
+            return Err("policy.rate_horizon: whole seconds, at least 1s and at most the window".into());
+        }
+        if !(p.prefix_rate >= 0.0 && p.prefix_rate.is_finite()) {
+            return Err("policy.prefix_rate: a rate of zero (off) or more".into());
+        }
+        if !(8..=32).contains(&p.prefix_v4) || !(16..=128).contains(&p.prefix_v6) {
+            return Err("policy.prefix_v4 / policy.prefix_v6: between 8 and 32 / 16 and 128".into());
+        }
         if p.limit_for < Duration::from_secs(10) {
             return Err("policy.limit_for: at least 10s (it is refreshed at half its life)".into());
         }
@@ -562,6 +615,11 @@ impl Config {
             return Err(format!("allowlist: `{c}` would exempt every address"));
         }
         Ok(())
+    }
+
+    /// Each configured port's SYN proxy setting.
+    pub fn synproxy_modes(&self) -> BTreeMap<u16, SynproxyMode> {
+        self.services.values().flat_map(|s| s.ports.iter().map(|&p| (p, s.synproxy))).collect()
     }
 
     /// The limits of every configured port, for the ruleset.
@@ -593,7 +651,22 @@ impl Config {
                 Some(GeoRule { service: name.clone(), ports: s.ports.clone(), deny })
             })
             .collect();
-        Ruleset { table: self.enforce.table.clone(), ports: self.port_limits(), geo, owner: None }
+        let mut synproxy_ports: Vec<u16> = self
+            .services
+            .values()
+            .filter(|s| s.synproxy != SynproxyMode::Never)
+            .flat_map(|s| s.ports.iter().copied())
+            .collect();
+        synproxy_ports.sort_unstable();
+        Ruleset {
+            table: self.enforce.table.clone(),
+            ports: self.port_limits(),
+            geo,
+            owner: None,
+            track: self.sources.conntrack,
+            // The shape of a standard Ethernet host; the daemon measures the real one (enforce::synproxy).
+            synproxy: crate::nft::ruleset::Synproxy::standard(synproxy_ports),
+        }
     }
 
     pub fn service_ports(&self) -> ServicePorts {

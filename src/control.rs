@@ -318,8 +318,9 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
             let modes: &[LimitMode] = match mode.as_str() {
                 "source" => &[LimitMode::Source],
                 "global" => &[LimitMode::Global],
-                "off" => &[LimitMode::Source, LimitMode::Global],
-                m => bail!("unknown limit mode `{m}` (source, global or off)"),
+                "synproxy" => &[LimitMode::Synproxy],
+                "off" => &[LimitMode::Source, LimitMode::Global, LimitMode::Synproxy],
+                m => bail!("unknown limit mode `{m}` (source, global, synproxy or off)"),
             };
             let until = now + chrono::Duration::from_std(d).context("--for")?;
             let decisions: Vec<Decision> = ports

@@ -31,10 +31,13 @@ pub enum Kind {
     /// A kernel SNMP counter that rose (TCPReqQFullDoCookies, ListenOverflows, ...): `rule` names the counter,
     /// `count` the increase over the polling interval. What measures a SYN flood after its one kernel line.
     KernelCounter,
+    /// A connection completed its TCP handshake (conntrack set ASSURED): its source is real, known within
+    /// milliseconds of the handshake rather than when the entry dies.
+    ConnAssured,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::AuthFailure,
         Kind::RelayDenied,
         Kind::UnknownRecipient,
@@ -53,6 +56,7 @@ impl Kind {
         Kind::ConnNew,
         Kind::ConnDestroy,
         Kind::KernelCounter,
+        Kind::ConnAssured,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +79,7 @@ impl Kind {
             Kind::ConnNew => "conn_new",
             Kind::ConnDestroy => "conn_destroy",
             Kind::KernelCounter => "kernel_counter",
+            Kind::ConnAssured => "conn_assured",
         }
     }
 
@@ -106,7 +111,7 @@ impl Kind {
 
     /// High-volume kinds that the store aggregates per source, port and minute.
     pub fn is_aggregated(self) -> bool {
-        matches!(self, Kind::ConnNew | Kind::ConnDestroy)
+        matches!(self, Kind::ConnNew | Kind::ConnDestroy | Kind::ConnAssured)
     }
 }
 

@@ -171,7 +171,7 @@ fn reconcile_restores_bans_with_their_remaining_time_and_removes_strays() {
     assert!(env.connects("198.51.100.2"));
     let out = env.fg(&["list"]);
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("chain prerouting has 0 rule(s), 9 expected"), "list warns of the flushed rules: {e}");
+    assert!(e.contains("chain prerouting has 0 rule(s), 10 expected"), "list warns of the flushed rules: {e}");
     env.ok(&["reconcile"]);
     assert!(!String::from_utf8_lossy(&env.fg(&["list"]).stderr).contains("warning"));
     assert!(!env.connects("198.51.100.2"));

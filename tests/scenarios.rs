@@ -85,6 +85,10 @@ fn replay_trace(name: &str) {
     let t = trace::load(&path, t0()).unwrap_or_else(|e| panic!("{e}"));
     let cfg = Config { allowlist: t.allow.clone(), ..Default::default() };
     let mut e = Engine::new(floodgate::config::PolicyConfig::default(), Jail::from_config(&cfg), t.allow.clone());
+    e.set_synproxy_modes(cfg.synproxy_modes());
+    if t.synproxy_ready {
+        e.set_synproxy_ready(Ok(()));
+    }
     let r = replay(&mut e, &t.events, Duration::from_secs(1), t0() + chrono::Duration::from_std(t.until).unwrap());
     use floodgate::policy::Policy;
     let outcome = trace::Outcome { replay: &r, t0: t0(), mode: &|p| e.mode(p), tracked: e.tracked() };
@@ -117,6 +121,9 @@ scenarios!(
     convergence,
     limit_holds_back_flood,
     convergence_summary_counts_the_attack_only,
+    isp_hosts_together,
+    isp_spoofed_network,
+    smtp_synproxy,
 );
 
 #[test]

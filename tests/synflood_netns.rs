@@ -62,11 +62,8 @@ impl Env {
         // thousand of them, against neighbour-table limits the namespace may share with the host). Through the
         // attacker's address instead, the SYN-ACKs leave by one neighbour and the attacker drops them.
         s.ip(&["route", "replace", "198.18.0.0/15", "via", "198.51.100.2", "dev", v]);
-        // Conntrack only tracks in a namespace once some rule uses `ct`; floodgate's own table has none.
-        // Priority 0: after floodgate's raw-priority chain, so what floodgate drops is never tracked.
-        s.nft(&["add", "table", "inet", "fgtest"]);
-        s.nft(&["add", "chain", "inet", "fgtest", "c", "{ type filter hook prerouting priority 0; }"]);
-        s.nft(&["add", "rule", "inet", "fgtest", "c", "ct", "state", "new", "counter"]);
+        // Nothing else: no `ct` rule of the test's own. With `[sources] conntrack = true` floodgate's table makes
+        // the kernel track, as it must on a bare host.
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -166,8 +163,8 @@ impl Env {
         let n = events.lines().count();
         let first: Vec<&str> = events.lines().take(5).collect();
         format!(
-            "conn_new events in the store: {n}, first: {first:#?}\nfgtest counter: {}\ndaemon log:\n{}",
-            self.pair.server.nft(&["list", "chain", "inet", "fgtest", "c"]),
+            "conn_new events in the store: {n}, first: {first:#?}\nfloodgate's track chain: {}\ndaemon log:\n{}",
+            self.pair.server.nft(&["list", "chain", "inet", "floodgate", "track"]),
             self.daemon_log()
         )
     }

@@ -69,7 +69,31 @@ pub struct Pipeline {
     last_nag: Option<Instant>,
     /// The store file's identity at start (device, inode): a file deleted or replaced under the daemon is noticed.
     store_file: Option<(u64, u64)>,
+    /// When the SYN proxy's prerequisites were last checked, and what was found.
+    synproxy_checked: Option<Instant>,
+    synproxy_ready: Result<(), String>,
+    /// Whether the conntrack source delivers what the kernel tracks (see `check_conntrack`).
+    conntrack_health: ConntrackHealth,
 }
+
+/// The conntrack source can be configured and still deliver nothing (events switched off with
+/// net.netfilter.nf_conntrack_events = 0, a socket the kernel stopped serving): compared, every
+/// `CONNTRACK_CHECK`, with the connections the kernel created (the `track` chain's counter).
+#[derive(Debug, Default)]
+struct ConntrackHealth {
+    last: Option<(Instant, u64, u64)>,
+    problem: Option<String>,
+    last_logged: Option<Instant>,
+}
+
+/// How often the SYN proxy's prerequisites are read again (an admin fixing a sysctl is noticed within this).
+const SYNPROXY_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+/// The period over which conntrack's events are compared with the connections the kernel created.
+const CONNTRACK_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+/// New connections within one period that make a silent source a problem (a few could be lost to timing).
+const CONNTRACK_SILENT_AFTER: u64 = 10;
+/// How often a lasting conntrack problem is logged again.
+const CONNTRACK_NAG: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn file_id(path: &str) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -93,7 +117,7 @@ impl Pipeline {
         let policy = Engine::from_config(&config);
         let throttle = Throttle::new(&config.notify);
         let store_file = file_id(store.path());
-        Ok(Pipeline {
+        let mut pipeline = Pipeline {
             config,
             config_path,
             parser,
@@ -119,7 +143,12 @@ impl Pipeline {
             unrecorded: Vec::new(),
             last_nag: None,
             store_file,
-        })
+            synproxy_checked: None,
+            synproxy_ready: Err("not checked yet".into()),
+            conntrack_health: ConntrackHealth::default(),
+        };
+        pipeline.check_synproxy();
+        Ok(pipeline)
     }
 
     /// Takes one batch from a source: lines are parsed, events shown to the policy. Nothing is written yet.
@@ -299,6 +328,16 @@ impl Pipeline {
             out.extend(self.throttle.offer(notice(&a), now));
         }
         out.extend(self.throttle.tick(now));
+        self.send_notices(out);
+    }
+
+    /// What the throttle releases now, sent (before a reload replaces it).
+    fn flush_notices(&mut self, now: DateTime<Utc>) {
+        let out = self.throttle.tick(now);
+        self.send_notices(out);
+    }
+
+    fn send_notices(&self, out: Vec<Notice>) {
         if out.is_empty() || !self.config.notify.is_enabled() {
             return;
         }
@@ -344,10 +383,85 @@ impl Pipeline {
         }
     }
 
+    /// Reads the SYN proxy's prerequisites again (every `SYNPROXY_CHECK`) and tells the policy; a change is logged.
+    fn check_synproxy(&mut self) {
+        if self.synproxy_checked.is_some_and(|t| t.elapsed() < SYNPROXY_CHECK) {
+            return;
+        }
+        self.synproxy_checked = Some(Instant::now());
+        let ready = self.enforcer.synproxy_ready();
+        if ready != self.synproxy_ready {
+            match &ready {
+                Ok(()) => tracing::info!(
+                    "the SYN proxy can be used (synproxy = \"auto\" ports switch to it under a spoofed flood)"
+                ),
+                Err(why) => {
+                    tracing::warn!(%why, "the SYN proxy cannot be used; a spoofed flood on a port exempt from the global limit gets the per-source limit only")
+                }
+            }
+        }
+        self.synproxy_ready = ready.clone();
+        self.policy.set_synproxy_ready(ready);
+    }
+
+    /// Conntrack configured, the kernel creating connections, and no event arriving: said loudly (log and status).
+    fn check_conntrack(&mut self) {
+        if !self.config.sources.conntrack || self.dry_run {
+            return;
+        }
+        let Some(src) = self.sources.iter().find(|s| s.name == "conntrack") else { return };
+        let events = src.stats.events.load(Ordering::Relaxed);
+        let waiting = src.stats.waiting.load(Ordering::Relaxed);
+        let Ok(tracked) = self.enforcer.tracked_connections() else { return };
+        let h = &mut self.conntrack_health;
+        let Some((at, tracked0, events0)) = h.last else {
+            h.last = Some((Instant::now(), tracked, events));
+            return;
+        };
+        if at.elapsed() < CONNTRACK_CHECK {
+            return;
+        }
+        h.last = Some((Instant::now(), tracked, events));
+        let created = tracked.saturating_sub(tracked0);
+        let delivered = events.saturating_sub(events0);
+        h.problem = if waiting {
+            Some(
+                "the conntrack source cannot subscribe to the kernel's events (CAP_NET_ADMIN, nf_conntrack_netlink?)"
+                    .into(),
+            )
+        } else if created >= CONNTRACK_SILENT_AFTER && delivered == 0 {
+            let events_sysctl = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_events")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            let hint = if events_sysctl == "0" {
+                "net.netfilter.nf_conntrack_events is 0: the kernel sends no events (sysctl -w net.netfilter.nf_conntrack_events=1)".to_string()
+            } else {
+                format!("net.netfilter.nf_conntrack_events is {events_sysctl:?}")
+            };
+            Some(format!(
+                "conntrack delivers nothing: the kernel created {created} new TCP connections in the last {}s and the \
+                 conntrack source received no event; {hint}",
+                CONNTRACK_CHECK.as_secs()
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = &h.problem {
+            if h.last_logged.is_none_or(|t| t.elapsed() >= CONNTRACK_NAG) {
+                h.last_logged = Some(Instant::now());
+                tracing::error!(problem = %p, "the conntrack source sees nothing; DoS sources cannot be proven real by their handshakes");
+            }
+        } else {
+            h.last_logged = None;
+        }
+    }
+
     /// Housekeeping: windows slide, ended bans leave the store, rates are measured.
     pub fn tick(&mut self) {
         let now = Utc::now();
         self.parser.ctx.reference = now;
+        self.check_synproxy();
+        self.check_conntrack();
         self.read_drops(now);
         self.policy.tick(now, &mut self.decisions);
         self.record_unrecorded(now);
@@ -477,7 +591,11 @@ impl Pipeline {
         }
         self.enforcer.reconfigure(&config).context("reload: applying the new table shape")?;
         let same_policy = config.same_policy(&self.config);
-        self.throttle = Throttle::new(&config.notify);
+        if config.notify != self.config.notify {
+            // Held notices of the old throttle go out now rather than be lost with it.
+            self.flush_notices(Utc::now());
+            self.throttle = Throttle::new(&config.notify);
+        }
         self.parser = parser;
         self.config = config;
         if same_policy {
@@ -486,6 +604,7 @@ impl Pipeline {
         } else {
             // A new policy starts from the store's record of recent failures, not from nothing.
             self.policy = Engine::from_config(&self.config);
+            self.policy.set_synproxy_ready(self.synproxy_ready.clone());
             let replayed = self.rebuild_windows().context("reload: rebuilding the failure windows")?;
             tracing::info!(replayed, "configuration and rules reloaded; failure windows rebuilt from the store");
         }
@@ -519,9 +638,10 @@ impl Pipeline {
         for (service, s) in &self.config.services {
             for &port in &s.ports {
                 let on = |m: LimitMode| limits.iter().find(|l| l.port == port && l.mode == m);
-                let (mode, until) = match (on(LimitMode::Global), on(LimitMode::Source)) {
-                    (Some(g), _) => ("global limit", Some(g.until)),
-                    (None, Some(s)) => ("per-source limit", Some(s.until)),
+                let (mode, until) = match (on(LimitMode::Global), on(LimitMode::Synproxy), on(LimitMode::Source)) {
+                    (Some(g), _, _) => ("global limit", Some(g.until)),
+                    (None, Some(p), _) => ("SYN proxy", Some(p.until)),
+                    (None, None, Some(s)) => ("per-source limit", Some(s.until)),
                     _ => ("normal", None),
                 };
                 ports.push(PortStatus { port, service: service.clone(), mode: mode.into(), until });
@@ -561,6 +681,11 @@ impl Pipeline {
             evicted: self.policy.evicted(),
             tracked_sources: self.policy.tracked(),
             ports,
+            problems: self.conntrack_health.problem.iter().cloned().collect(),
+            synproxy: match &self.synproxy_ready {
+                Ok(()) => "ready".into(),
+                Err(why) => format!("not possible: {why}"),
+            },
         })
     }
 
@@ -588,6 +713,7 @@ fn notice(a: &Alert) -> Notice {
         _ => NoticeKind::DosDetected,
     };
     let subject = format!("floodgate on {}: {}", crate::notify::hostname(), a.summary);
+    let body = if a.detail.is_empty() { a.summary.clone() } else { format!("{}\n\n{}", a.summary, a.detail) };
     // The figures travel beside the body: the mail prints them once, the hook gets them as JSON.
-    Notice::new(kind, a.time, subject, a.summary.clone(), a.figures.clone())
+    Notice::new(kind, a.time, subject, body, a.figures.clone()).about(a.key.clone())
 }

@@ -55,6 +55,12 @@ pub struct Status {
     pub evicted: u64,
     pub tracked_sources: usize,
     pub ports: Vec<PortStatus>,
+    /// Things that are wrong and need the admin (a configured source that delivers nothing).
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Whether the SYN proxy can be used here, or why not.
+    #[serde(default)]
+    pub synproxy: String,
 }
 
 impl Status {
@@ -78,6 +84,12 @@ impl Status {
             "bans: {} active, {} made since start; {} refused (allowlisted); {} apply errors; {} sources tracked",
             self.bans_active, self.bans_made, self.refused_allowlisted, self.apply_errors, self.tracked_sources
         );
+        for p in &self.problems {
+            let _ = writeln!(s, "PROBLEM: {p}");
+        }
+        if !self.synproxy.is_empty() {
+            let _ = writeln!(s, "SYN proxy: {}", self.synproxy);
+        }
         if self.unrecorded > 0 {
             let _ = writeln!(
                 s,

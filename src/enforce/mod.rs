@@ -5,15 +5,19 @@
 pub mod geo;
 pub mod host;
 pub mod plan;
+pub mod synproxy;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use crate::addr::Cidr;
 use crate::config::Config;
-use crate::nft::ruleset::{ALLOW4, ALLOW6, BAN4, BAN4_NET, BAN6, BAN6_NET, GLOBAL_PORTS, OWNER_PREFIX, SOURCE_PORTS};
+use crate::nft::ruleset::{
+    ALLOW4, ALLOW6, BAN4, BAN4_NET, BAN6, BAN6_NET, GLOBAL_PORTS, OWNER_PREFIX, SOURCE_PORTS, SYNPROXY_PORTS,
+};
 use crate::nft::{Element, Kernel, Key, NftError, Ruleset};
 use crate::store::{Decision, Enforced, LimitMode, Store, StoreError};
 use plan::{Changes, Want, FOREVER};
@@ -80,6 +84,17 @@ pub struct Enforcer {
     geo: geo::GeoPlan,
     /// The host's own addresses (never banned), refreshed at open, reconfigure and verify.
     own: Vec<std::net::IpAddr>,
+    /// Set when the kernel refused the SYN proxy's rules (no nft_synproxy): the table went in without them.
+    synproxy_refused: Option<String>,
+}
+
+/// The SYN proxy's shape measured on this host, for the ports that may use it.
+fn measured_synproxy(mut ruleset: Ruleset) -> Ruleset {
+    if let Some(sp) = &mut ruleset.synproxy {
+        let p = synproxy::probe(Path::new("/proc"), synproxy::smallest_mtu());
+        (sp.mss4, sp.mss6, sp.wscale) = (p.mss4, p.mss6, p.wscale);
+    }
+    ruleset
 }
 
 /// The host's addresses; on error (no getifaddrs) none, logged: loopback and the other special addresses are
@@ -101,7 +116,7 @@ fn remaining(until: i64, now: DateTime<Utc>) -> Option<Duration> {
 
 impl Enforcer {
     pub fn open(config: &Config) -> Result<Enforcer, EnforceError> {
-        let ruleset = config.ruleset();
+        let ruleset = measured_synproxy(config.ruleset());
         Ok(Enforcer {
             kernel: Kernel::open()?,
             mirror: None,
@@ -113,7 +128,25 @@ impl Enforcer {
             widest_v6: config.enforce.widest_prefix_v6,
             geo: geo::GeoPlan::from_config(config),
             own: own_addresses_logged(),
+            synproxy_refused: None,
         })
+    }
+
+    /// Whether the SYN proxy can work now (its rules in the table, the sysctls it needs), or why not.
+    pub fn synproxy_ready(&self) -> Result<(), String> {
+        if self.ruleset.synproxy.is_none() {
+            return Err("no service may use it (synproxy = \"never\" everywhere)".into());
+        }
+        if let Some(why) = &self.synproxy_refused {
+            return Err(why.clone());
+        }
+        synproxy::probe(Path::new("/proc"), synproxy::smallest_mtu()).ready
+    }
+
+    /// New TCP connections conntrack created so far (the `track` chain's counter; 0 without `[sources] conntrack`).
+    pub fn tracked_connections(&mut self) -> Result<u64, EnforceError> {
+        let table = self.ruleset.table.clone();
+        Ok(self.kernel.chain_packets(&table, crate::nft::ruleset::TRACK_CHAIN)?)
     }
 
     /// Packets dropped so far by each port's limit rules (counters of the limit chains).
@@ -123,6 +156,7 @@ impl Enforcer {
         for (chain, mode) in [
             (crate::nft::ruleset::SOURCE_CHAIN, LimitMode::Source),
             (crate::nft::ruleset::GLOBAL_CHAIN, LimitMode::Global),
+            (crate::nft::ruleset::SYNPROXY_CHAIN, LimitMode::Synproxy),
         ] {
             for (port, packets) in self.kernel.limit_drops(&table, chain)? {
                 out.push((port, mode, packets));
@@ -165,7 +199,7 @@ impl Enforcer {
 
     /// Takes a new config (reload). The table's shape is installed again when it changed.
     pub fn reconfigure(&mut self, config: &Config) -> Result<(), EnforceError> {
-        let mut ruleset = config.ruleset();
+        let mut ruleset = measured_synproxy(config.ruleset());
         ruleset.owner = self.ruleset.owner.clone();
         let changed = ruleset != self.ruleset;
         self.limit_ports = ruleset.ports.iter().map(|p| p.port).collect();
@@ -261,7 +295,8 @@ impl Enforcer {
                 allow6.push(w)
             }
         }
-        let (mut source, mut global) = (Vec::new(), Vec::new());
+        let (mut source, mut global, mut synproxy) = (Vec::new(), Vec::new(), Vec::new());
+        let proxied = self.ruleset.synproxy.as_ref().map_or(&[][..], |s| &s.ports[..]);
         for l in &state.limits {
             if !self.limit_ports.contains(&l.port) {
                 continue;
@@ -270,6 +305,9 @@ impl Enforcer {
             match l.mode {
                 LimitMode::Source => source.push(w),
                 LimitMode::Global => global.push(w),
+                // Only a port whose proxy rules exist: elsewhere an untracked SYN would reach nothing that answers.
+                LimitMode::Synproxy if proxied.contains(&l.port) => synproxy.push(w),
+                LimitMode::Synproxy => {}
             }
         }
         vec![
@@ -281,6 +319,7 @@ impl Enforcer {
             (BAN6_NET, ban6_net),
             (SOURCE_PORTS, source),
             (GLOBAL_PORTS, global),
+            (SYNPROXY_PORTS, synproxy),
         ]
     }
 
@@ -342,6 +381,20 @@ impl Enforcer {
 
     /// Installs or repairs the table's shape; one whose sets were redefined by hand is rebuilt.
     pub(crate) fn install(&mut self) -> Result<(), EnforceError> {
+        match self.install_shape() {
+            Err(e) if self.ruleset.synproxy.is_some() => {
+                // A kernel without nft_synproxy refuses the whole table: protection first, without the proxy.
+                let why = format!("the kernel refused the SYN proxy's rules ({e}); is nft_synproxy available?");
+                tracing::error!(%why, "installing floodgate's table without the SYN proxy");
+                self.synproxy_refused = Some(why);
+                self.ruleset.synproxy = None;
+                self.install_shape()
+            }
+            other => other,
+        }
+    }
+
+    fn install_shape(&mut self) -> Result<(), EnforceError> {
         match self.kernel.install(&self.ruleset) {
             Ok(()) => Ok(()),
             Err(NftError::Rejected { what, errno, .. }) => {
@@ -623,7 +676,11 @@ impl Enforcer {
                 });
             }
         }
-        for (set, mode) in [(SOURCE_PORTS, LimitMode::Source), (GLOBAL_PORTS, LimitMode::Global)] {
+        for (set, mode) in [
+            (SOURCE_PORTS, LimitMode::Source),
+            (GLOBAL_PORTS, LimitMode::Global),
+            (SYNPROXY_PORTS, LimitMode::Synproxy),
+        ] {
             for e in self.kernel.elements(&table, set)? {
                 let Key::Port(port) = e.key else { continue };
                 let row = state.limits.iter().find(|l| l.port == port && l.mode == mode);

@@ -380,6 +380,14 @@ pub fn get_rules_request(table: &str, chain: &str, seq: u32) -> Vec<u8> {
 /// What a rule of a limit chain counted: the port its `tcp dport` compares with, and its counter's packets.
 /// None for a rule without both.
 pub fn parse_rule_port_counter(msg: &[u8]) -> Option<(u16, u64)> {
+    match parse_rule_counter(msg)? {
+        (Some(port), packets) => Some((port, packets)),
+        _ => None,
+    }
+}
+
+/// A rule's counter, with its `tcp dport == PORT` if it has one.
+pub fn parse_rule_counter(msg: &[u8]) -> Option<(Option<u16>, u64)> {
     unsafe {
         let r = sys::nftnl_rule_alloc();
         if sys::nftnl_rule_nlmsg_parse(msg.as_ptr().cast(), r) < 0 {
@@ -409,7 +417,7 @@ pub fn parse_rule_port_counter(msg: &[u8]) -> Option<(u16, u64)> {
         }
         sys::nftnl_expr_iter_destroy(it);
         sys::nftnl_rule_free(r);
-        Some((port?, packets?))
+        Some((port, packets?))
     }
 }
 

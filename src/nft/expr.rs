@@ -59,11 +59,28 @@ pub enum Expr {
     },
     /// `limit rate over ...`: continues only when the one shared bucket is empty.
     LimitOver(Limit),
+    /// `ct state` has one of the bits of `mask` (NF_CT_STATE_*_BIT), else the rule stops.
+    CtState(u32),
+    /// `notrack`: conntrack leaves the packet alone (it reaches `synproxy` as untracked).
+    Notrack,
+    /// `synproxy mss M wscale W timestamp sack-perm`: the kernel answers the SYN with a cookie and hands the
+    /// listener only a completed handshake.
+    Synproxy {
+        mss: u16,
+        wscale: u8,
+    },
     Counter,
     Accept,
     Drop,
     Jump(String),
 }
+
+/// NF_CT_STATE_INVALID_BIT, NF_CT_STATE_BIT(IP_CT_NEW), NF_CT_STATE_UNTRACKED_BIT (linux/netfilter/nf_conntrack_common.h).
+pub const CT_INVALID: u32 = 1;
+pub const CT_NEW: u32 = 1 << 3;
+pub const CT_UNTRACKED: u32 = 1 << 6;
+/// NF_SYNPROXY_OPT_MSS | _WSCALE | _SACK_PERM | _TIMESTAMP: what `mss .. wscale .. timestamp sack-perm` sets.
+const SYNPROXY_FLAGS: u32 = 0x01 | 0x02 | 0x04 | 0x08;
 
 const REG1: u32 = libc::NFT_REG_1 as u32;
 
@@ -131,6 +148,22 @@ pub unsafe fn build(e: &Expr, push: &mut dyn FnMut(*mut sys::nftnl_expr)) {
                 push(x);
             }
             Expr::LimitOver(limit) => push(limit_over(limit)),
+            Expr::CtState(mask) => {
+                let x = alloc("ct");
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_CT_KEY as u16, libc::NFT_CT_STATE as u32);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_CT_DREG as u16, REG1);
+                push(x);
+                build(&Expr::Mask(mask.to_ne_bytes().to_vec()), push);
+                push(cmp(libc::NFT_CMP_NEQ as u32, &[0; 4]));
+            }
+            Expr::Notrack => push(alloc("notrack")),
+            Expr::Synproxy { mss, wscale } => {
+                let x = alloc("synproxy");
+                sys::nftnl_expr_set_u16(x, sys::NFTNL_EXPR_SYNPROXY_MSS as u16, *mss);
+                sys::nftnl_expr_set_u8(x, sys::NFTNL_EXPR_SYNPROXY_WSCALE as u16, *wscale);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_SYNPROXY_FLAGS as u16, SYNPROXY_FLAGS);
+                push(x);
+            }
             Expr::Counter => push(alloc("counter")),
             Expr::Accept => push(verdict(libc::NF_ACCEPT, None)),
             Expr::Drop => push(verdict(libc::NF_DROP, None)),
@@ -159,10 +192,14 @@ unsafe fn meta(key: u32) -> *mut sys::nftnl_expr {
 }
 
 unsafe fn cmp_eq(data: &[u8]) -> *mut sys::nftnl_expr {
+    unsafe { cmp(libc::NFT_CMP_EQ as u32, data) }
+}
+
+unsafe fn cmp(op: u32, data: &[u8]) -> *mut sys::nftnl_expr {
     unsafe {
         let x = alloc("cmp");
         sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_CMP_SREG as u16, REG1);
-        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_CMP_OP as u16, libc::NFT_CMP_EQ as u32);
+        sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_CMP_OP as u16, op);
         sys::nftnl_expr_set(x, sys::NFTNL_EXPR_CMP_DATA as u16, data.as_ptr().cast(), data.len() as u32);
         x
     }

@@ -272,6 +272,20 @@ impl Kernel {
         Ok(out)
     }
 
+    /// The packets all counters of a chain counted (0 for a missing chain).
+    pub fn chain_packets(&mut self, table: &str, chain: &str) -> Result<u64, NftError> {
+        let mut total = 0u64;
+        self.query(
+            |seq| batch::get_rules_request(table, chain, seq),
+            |msg| {
+                if let Some((_, packets)) = batch::parse_rule_counter(msg) {
+                    total = total.saturating_add(packets);
+                }
+            },
+        )?;
+        Ok(total)
+    }
+
     /// A set's flags (NFT_SET_INTERVAL, NFT_SET_TIMEOUT, ...).
     pub fn set_flags(&mut self, table: &str, set: &str) -> Result<u32, NftError> {
         let mut flags = None;

@@ -25,11 +25,21 @@ pub const SOURCE_PORTS: &str = "limit_source_ports";
 /// Ports whose global (limit-style) limit is on; each element times out unless refreshed.
 pub const GLOBAL_PORTS: &str = "limit_global_ports";
 
+/// Ports switched to the kernel's SYN proxy; each element times out unless refreshed, like the limits.
+pub const SYNPROXY_PORTS: &str = "synproxy_ports";
+
 const BASE_CHAIN: &str = "prerouting";
 pub const SOURCE_CHAIN: &str = "limit_source";
 pub const GLOBAL_CHAIN: &str = "limit_global";
+/// Per SYN-proxy-able port: its SYNs counted (the measure of a flood the proxy absorbs) and left untracked.
+pub const SYNPROXY_CHAIN: &str = "synproxy_syn";
+/// Input hook, after conntrack: the SYN proxy itself.
+pub const INPUT_CHAIN: &str = "input";
+/// Input hook: `ct state new` counted, which is also what switches conntrack on (see `Ruleset::track`).
+pub const TRACK_CHAIN: &str = "track";
 /// Raw priority: before conntrack (see the module comment).
 const PRIORITY_RAW: i32 = -300;
+const PRIORITY_FILTER: i32 = 0;
 
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
@@ -100,6 +110,31 @@ pub struct Ruleset {
     /// (a second daemon, a replaced database) notices it is not the owner instead of treating the first one's
     /// bans as strays.
     pub owner: Option<String>,
+    /// `[sources] conntrack` is on: a rule with a `ct` expression, because the kernel tracks connections in a
+    /// network namespace only once some rule asks for it, and a host without a stateful ruleset would otherwise
+    /// send floodgate no conntrack events at all. Its counter (new connections conntrack created) is what the
+    /// daemon compares with the events it receives.
+    pub track: bool,
+    /// The SYN proxy's machinery, for the ports that may use it (`synproxy` not `never`). Its rules hold a `ct`
+    /// and a `synproxy` expression, so they too switch conntrack on.
+    pub synproxy: Option<Synproxy>,
+}
+
+/// What the SYN proxy answers a SYN with: the MSS the interfaces allow, and the window scale the host's own
+/// listeners would choose (the proxy's choice must match theirs, it does not rewrite windows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synproxy {
+    pub ports: Vec<u16>,
+    pub mss4: u16,
+    pub mss6: u16,
+    pub wscale: u8,
+}
+
+impl Synproxy {
+    /// A standard Ethernet host (MTU 1500, Linux's default buffers): what `floodgate.nft` shows.
+    pub fn standard(ports: Vec<u16>) -> Option<Synproxy> {
+        (!ports.is_empty()).then_some(Synproxy { ports, mss4: 1460, mss6: 1440, wscale: 7 })
+    }
 }
 
 /// Owner markers are chains named `OWNER_PREFIX` + the store's id.
@@ -154,6 +189,7 @@ impl Ruleset {
             (BAN6_NET, TYPE_IPV6, 16, interval | timeout),
             (SOURCE_PORTS, TYPE_SERVICE, 2, timeout),
             (GLOBAL_PORTS, TYPE_SERVICE, 2, timeout),
+            (SYNPROXY_PORTS, TYPE_SERVICE, 2, timeout),
         ];
         let geo = self.geo.iter().flat_map(|g| {
             [(g.set4(), TYPE_IPV4, 4, interval), (g.set6(), TYPE_IPV6, 16, interval), (g.switch(), TYPE_SERVICE, 2, 0)]
@@ -180,11 +216,20 @@ impl Ruleset {
         b.add_chain(t, BASE_CHAIN, Some(&Hook { hooknum: libc::NF_INET_PRE_ROUTING as u32, priority: PRIORITY_RAW }));
         b.add_chain(t, SOURCE_CHAIN, None);
         b.add_chain(t, GLOBAL_CHAIN, None);
+        b.add_chain(t, SYNPROXY_CHAIN, None);
+        // Always there, empty when unused: a reload that turns them off flushes them, and an empty chain holds no
+        // `ct` expression, so conntrack is not kept on for nothing.
+        let input = Hook { hooknum: libc::NF_INET_LOCAL_IN as u32, priority: PRIORITY_FILTER };
+        b.add_chain(t, INPUT_CHAIN, Some(&input));
+        b.add_chain(t, TRACK_CHAIN, Some(&input));
         if let Some(id) = &self.owner {
             b.add_chain(t, &format!("{OWNER_PREFIX}{id}"), None);
         }
-        for chain in [BASE_CHAIN, SOURCE_CHAIN, GLOBAL_CHAIN] {
+        for chain in [BASE_CHAIN, SOURCE_CHAIN, GLOBAL_CHAIN, SYNPROXY_CHAIN, INPUT_CHAIN, TRACK_CHAIN] {
             b.flush_chain(t, chain);
+        }
+        for (chain, text, exprs) in self.rules_conntrack() {
+            b.add_rule(t, chain, &exprs, &text);
         }
         for (text, exprs) in self.rules_base() {
             b.add_rule(t, BASE_CHAIN, &exprs, &text);
@@ -200,8 +245,64 @@ impl Ruleset {
     }
 
     /// The number of rules each chain holds when the table is intact.
-    pub fn expected_rules(&self) -> [(&'static str, usize); 3] {
-        [(BASE_CHAIN, self.rules_base().len()), (SOURCE_CHAIN, 2 * self.ports.len()), (GLOBAL_CHAIN, self.ports.len())]
+    pub fn expected_rules(&self) -> Vec<(&'static str, usize)> {
+        let mut out = vec![
+            (BASE_CHAIN, self.rules_base().len()),
+            (SOURCE_CHAIN, 2 * self.ports.len()),
+            (GLOBAL_CHAIN, self.ports.len()),
+        ];
+        for chain in [SYNPROXY_CHAIN, INPUT_CHAIN, TRACK_CHAIN] {
+            out.push((chain, self.rules_conntrack().iter().filter(|(c, _, _)| *c == chain).count()));
+        }
+        out
+    }
+
+    /// The rules that need conntrack (and so switch it on): the SYN proxy's and the tracking counter.
+    ///
+    /// The SYN proxy (notes: nft wiki, "Synproxy"): at raw priority a SYN to a proxied port is left untracked;
+    /// after conntrack, on input, the untracked SYN and the invalid final ACK (no entry: tcp_loose=0) go to
+    /// `synproxy`, which answers with a cookie, checks the ACK and only then opens the real connection to the
+    /// listener. Any other invalid packet to the port is dropped.
+    fn rules_conntrack(&self) -> Vec<(&'static str, String, Vec<Expr>)> {
+        let mut out = Vec::new();
+        if let Some(sp) = &self.synproxy {
+            for &port in &sp.ports {
+                let exprs = vec![
+                    Expr::L4proto(TCP),
+                    dport(),
+                    Expr::Equals(port.to_be_bytes().to_vec()),
+                    Expr::Counter,
+                    Expr::Notrack,
+                ];
+                out.push((SYNPROXY_CHAIN, format!("tcp dport {port} counter notrack"), exprs));
+            }
+            for (proto, mss, ip) in [(NFPROTO_IPV4, sp.mss4, "ipv4"), (NFPROTO_IPV6, sp.mss6, "ipv6")] {
+                let exprs = vec![
+                    Expr::Nfproto(proto),
+                    Expr::L4proto(TCP),
+                    dport(),
+                    Expr::Lookup(SYNPROXY_PORTS.into()),
+                    Expr::CtState(super::expr::CT_INVALID | super::expr::CT_UNTRACKED),
+                    Expr::Synproxy { mss, wscale: sp.wscale },
+                ];
+                out.push((INPUT_CHAIN, format!("meta nfproto {ip} tcp dport @{SYNPROXY_PORTS} synproxy"), exprs));
+            }
+            let exprs = vec![
+                Expr::L4proto(TCP),
+                dport(),
+                Expr::Lookup(SYNPROXY_PORTS.into()),
+                Expr::CtState(super::expr::CT_INVALID),
+                Expr::Counter,
+                Expr::Drop,
+            ];
+            out.push((INPUT_CHAIN, format!("tcp dport @{SYNPROXY_PORTS} ct state invalid drop"), exprs));
+        }
+        if self.track {
+            let mut exprs = tcp_syn();
+            exprs.extend([Expr::CtState(super::expr::CT_NEW), Expr::Counter]);
+            out.push((TRACK_CHAIN, "tcp flags syn ct state new counter".into(), exprs));
+        }
+        out
     }
 
     /// Loopback and the allowlist first, then bans, then the country restrictions, then the switches into the limit chains.
@@ -249,6 +350,9 @@ impl Ruleset {
         }
         rules.push(switch(SOURCE_PORTS, SOURCE_CHAIN));
         rules.push(switch(GLOBAL_PORTS, GLOBAL_CHAIN));
+        if self.synproxy.is_some() {
+            rules.push(switch(SYNPROXY_PORTS, SYNPROXY_CHAIN));
+        }
         rules
     }
 

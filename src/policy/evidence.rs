@@ -36,6 +36,7 @@ impl Evidence {
         let Some(addr) = ev.addr else { return };
         let proves = match ev.kind {
             Kind::ConnDestroy => ev.assured == Some(true),
+            Kind::ConnAssured => true,
             Kind::ConnNew | Kind::SynFlood | Kind::KernelCounter | Kind::ConntrackTableFull => false,
             // Every log event of an MTA, IMAP/POP server or sshd comes after a completed handshake.
             _ => true,

@@ -1,7 +1,14 @@
-//! The conntrack source: the kernel's connection-tracking NEW and DESTROY events, read live from a
-//! NETLINK_NETFILTER socket and turned into `conn_new` / `conn_destroy` events carrying the same fields as the
-//! `conntrack -E` text rules (rules/conntrack.toml): `addr` the original source, `local_addr` the original
-//! destination, `port` the original destination port, `assured` on destroy.
+//! The conntrack source: the kernel's connection-tracking NEW, UPDATE and DESTROY events, read live from a
+//! NETLINK_NETFILTER socket and turned into `conn_new` / `conn_assured` / `conn_destroy` events carrying the same
+//! fields as the `conntrack -E` text rules (rules/conntrack.toml): `addr` the original source, `local_addr` the
+//! original destination, `port` the original destination port, `assured` on destroy.
+//!
+//! Why UPDATE: a source is proven real by a completed handshake, and the kernel says so in the update that sets
+//! ASSURED, tens of milliseconds after the connect. DESTROY says it too, but only after TIME_WAIT (120 s) or
+//! CLOSE (10 s): a host hammering every port with full handshakes would stay unproven for its whole attack.
+//! Updates are many (every TCP state change of every connection, and a spoofed SYN's SYN_RECV), so they are
+//! reduced here: only an update with ASSURED set becomes an event, and only the first per source within
+//! `ASSURED_EVERY` (one proof per source is all the policy needs; the dedup table is bounded).
 //!
 //! Under a SYN flood this is the loudest input there is, so nothing here waits for the pipeline: events are
 //! offered in batches and shed when it is full, and a receive buffer the kernel overran (ENOBUFS) is counted as
@@ -30,9 +37,15 @@ const RCVBUF_BYTES: libc::c_int = 16 << 20;
 const READ_BYTES: usize = 64 << 10;
 /// How often at most a lost-events warning is logged: under a flood ENOBUFS comes back on every read.
 const LOSS_LOG_EVERY: Duration = Duration::from_secs(1);
+/// A source's handshake is reported at most this often: proof lasts hours in the policy, and a real client's
+/// every connection would otherwise be an event (a busy server's steady stream).
+const ASSURED_EVERY: Duration = Duration::from_secs(10);
+/// Sources remembered for that dedup at most; a full table is cleared (the cost: one more event per source).
+const ASSURED_MEMORY: usize = 65_536;
 
 // Multicast groups (linux/netfilter/nfnetlink.h), bound through the legacy bitmask: group g is bit g-1.
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
+const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
 const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 
 // Message types (linux/netfilter/nfnetlink*.h): nlmsg_type = subsystem << 8 | message.
@@ -71,6 +84,7 @@ const IPPROTO_TCP: u8 = 6;
 /// The rule ids of the text rules in rules/conntrack.toml, so a live event and a replayed one look alike.
 const RULE_NEW: &str = "conntrack.new";
 const RULE_DESTROY: &str = "conntrack.destroy";
+const RULE_ASSURED: &str = "conntrack.assured";
 const INPUT: &str = "conntrack";
 
 /// Reads conntrack events from the kernel of the calling thread's network namespace.
@@ -106,6 +120,7 @@ impl ConntrackSource {
         let mut batch: Vec<Event> = Vec::new();
         let mut batch_since = Instant::now();
         let mut loss = LossLog::default();
+        let mut assured = AssuredOnce::default();
 
         while !stop.is_stopped() && !sink.is_closed() {
             let wait = if batch.is_empty() { Stop::POLL } else { BATCH_AGE.saturating_sub(batch_since.elapsed()) };
@@ -126,7 +141,8 @@ impl ConntrackSource {
                         let now = Utc::now();
                         let datagram = &as_bytes_mut(&mut words)[..n];
                         let conns = messages(datagram).filter_map(|(h, payload)| parse_message(&h, payload));
-                        batch.extend(conns.filter_map(|c| c.into_event(now)));
+                        let at = Instant::now();
+                        batch.extend(conns.filter(|c| assured.keep(c, at)).filter_map(|c| c.into_event(now)));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -150,6 +166,35 @@ impl ConntrackSource {
         if !batch.is_empty() {
             sink.offer_events(&input, batch);
         }
+    }
+}
+
+/// Lets through the first ASSURED update per source within `ASSURED_EVERY`, and no other update.
+#[derive(Default)]
+struct AssuredOnce {
+    seen: std::collections::HashMap<IpAddr, Instant>,
+}
+
+impl AssuredOnce {
+    fn keep(&mut self, c: &ConnMessage, now: Instant) -> bool {
+        if c.change != Change::Update {
+            return true;
+        }
+        if !c.assured || c.proto != IPPROTO_TCP {
+            return false;
+        }
+        let src = crate::addr::normalise(c.src);
+        if self.seen.get(&src).is_some_and(|t| now.duration_since(*t) < ASSURED_EVERY) {
+            return false;
+        }
+        if self.seen.len() >= ASSURED_MEMORY {
+            self.seen.retain(|_, t| now.duration_since(*t) < ASSURED_EVERY);
+            if self.seen.len() >= ASSURED_MEMORY {
+                self.seen.clear();
+            }
+        }
+        self.seen.insert(src, now);
+        true
     }
 }
 
@@ -186,7 +231,9 @@ fn as_bytes_mut(words: &mut [u32]) -> &mut [u8] {
 
 fn open_socket() -> io::Result<mnl::Socket> {
     let socket = mnl::Socket::open(mnl::Bus::Netfilter)?;
-    let groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1));
+    let groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1))
+        | (1 << (NFNLGRP_CONNTRACK_UPDATE - 1))
+        | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1));
     // Binding a multicast group is what needs CAP_NET_ADMIN (and loads nf_conntrack_netlink on demand).
     socket.bind(groups, 0)?;
     let fd = socket.as_raw_fd();
@@ -236,6 +283,8 @@ fn poll_readable(fd: libc::c_int, timeout: Duration) -> io::Result<bool> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
     New,
+    /// A state change of an existing entry (the handshake completing among them).
+    Update,
     Destroy,
 }
 
@@ -260,6 +309,7 @@ impl ConnMessage {
         }
         let (kind, rule, assured) = match self.change {
             Change::New => (Kind::ConnNew, RULE_NEW, None),
+            Change::Update => (Kind::ConnAssured, RULE_ASSURED, Some(true)),
             Change::Destroy => (Kind::ConnDestroy, RULE_DESTROY, Some(self.assured)),
         };
         Some(Event {
@@ -337,8 +387,8 @@ fn be_u32(p: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
 }
 
-/// Parses one ctnetlink message. None for anything that is not a conntrack creation or destruction with a
-/// complete original tuple (updates, control messages, expectations, truncated input).
+/// Parses one ctnetlink message. None for anything that is not a conntrack creation, update or destruction with
+/// a complete original tuple (control messages, expectations, truncated input).
 pub(crate) fn parse_message(h: &MsgHeader, payload: &[u8]) -> Option<ConnMessage> {
     if h.kind < NLMSG_MIN_TYPE || h.kind >> 8 != NFNL_SUBSYS_CTNETLINK {
         return None;
@@ -346,6 +396,7 @@ pub(crate) fn parse_message(h: &MsgHeader, payload: &[u8]) -> Option<ConnMessage
     let change = match h.kind & 0xff {
         // The NEW message type also carries updates; only a creation has NLM_F_CREATE.
         IPCTNL_MSG_CT_NEW if h.flags & NLM_F_CREATE != 0 => Change::New,
+        IPCTNL_MSG_CT_NEW => Change::Update,
         IPCTNL_MSG_CT_DELETE => Change::Destroy,
         _ => return None,
     };
@@ -487,9 +538,53 @@ mod tests {
     }
 
     #[test]
-    fn updates_control_messages_and_other_subsystems_are_ignored() {
+    fn the_first_assured_update_per_source_becomes_an_event() {
         // An update is a NEW message without NLM_F_CREATE.
-        assert!(parse_all(&ct_event(IPCTNL_MSG_CT_NEW, 0, "203.0.113.7", "198.51.100.1", 6, 0)).is_empty());
+        let syn_recv = ct_event(IPCTNL_MSG_CT_NEW, 0, "198.18.0.9", "198.51.100.1", 6, 0x8);
+        let established = ct_event(IPCTNL_MSG_CT_NEW, 0, "203.0.113.7", "198.51.100.1", 6, IPS_ASSURED | 0xa);
+        let got = parse_all(&[syn_recv, established.clone(), established.clone()].concat());
+        assert_eq!(got.iter().map(|c| c.change).collect::<Vec<_>>(), [Change::Update; 3]);
+        let mut once = AssuredOnce::default();
+        let t = Instant::now();
+        let kept: Vec<Event> =
+            got.into_iter().filter(|c| once.keep(c, t)).filter_map(|c| c.into_event(Utc::now())).collect();
+        assert_eq!(kept.len(), 1, "a handshake that never completed proves nothing; a repeat is not news: {kept:?}");
+        assert_eq!(
+            (kept[0].kind, &*kept[0].rule, kept[0].assured),
+            (Kind::ConnAssured, "conntrack.assured", Some(true))
+        );
+        assert_eq!(kept[0].addr, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(kept[0].port, Some(25));
+        // After ASSURED_EVERY the same source is reported again; NEW and DESTROY always pass.
+        let again = parse_all(&established).pop().unwrap();
+        assert!(once.keep(&again, t + ASSURED_EVERY));
+        let new =
+            parse_all(&ct_event(IPCTNL_MSG_CT_NEW, CREATE_EXCL, "203.0.113.7", "198.51.100.1", 6, 0)).pop().unwrap();
+        assert!(once.keep(&new, t) && once.keep(&new, t));
+    }
+
+    #[test]
+    fn the_assured_dedup_table_stays_bounded() {
+        let mut once = AssuredOnce::default();
+        let t = Instant::now();
+        for i in 0..(ASSURED_MEMORY as u32 + 10) {
+            let src = IpAddr::V4(Ipv4Addr::from(0xc612_0000u32 + i));
+            let c = ConnMessage {
+                change: Change::Update,
+                proto: IPPROTO_TCP,
+                src,
+                dst: "198.51.100.1".parse().unwrap(),
+                sport: 1,
+                dport: 25,
+                assured: true,
+            };
+            assert!(once.keep(&c, t), "every new source is news");
+        }
+        assert!(once.seen.len() <= ASSURED_MEMORY);
+    }
+
+    #[test]
+    fn control_messages_and_other_subsystems_are_ignored() {
         // NLMSG_ERROR, and an expectation (subsystem 2) with a conntrack-like body.
         let mut err = ct_event(IPCTNL_MSG_CT_NEW, CREATE_EXCL, "203.0.113.7", "198.51.100.1", 6, 0);
         err[4..6].copy_from_slice(&2u16.to_ne_bytes());

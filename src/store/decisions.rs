@@ -15,6 +15,8 @@ pub enum LimitMode {
     Source,
     /// Global (limit-style): one rate for everyone but the allowlist.
     Global,
+    /// The kernel's SYN proxy: SYNs answered with cookies, the listener sees completed handshakes only.
+    Synproxy,
 }
 
 impl LimitMode {
@@ -22,6 +24,7 @@ impl LimitMode {
         match self {
             LimitMode::Source => "source",
             LimitMode::Global => "global",
+            LimitMode::Synproxy => "synproxy",
         }
     }
 
@@ -29,6 +32,7 @@ impl LimitMode {
         match s {
             "source" => Some(LimitMode::Source),
             "global" => Some(LimitMode::Global),
+            "synproxy" => Some(LimitMode::Synproxy),
             _ => None,
         }
     }

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_enforcement", include_str!("../../migrations/0002_enforcement.sql")),
     ("0003_kernel_counter", include_str!("../../migrations/0003_kernel_counter.sql")),
     ("0004_store_id", include_str!("../../migrations/0004_store_id.sql")),
+    ("0005_conn_assured", include_str!("../../migrations/0005_conn_assured.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -354,6 +355,7 @@ impl Store {
                 // An aggregated conn_destroy row counts how many of its connections were assured.
                 Kind::ConnDestroy if aggregated => (None, detail.map(|d| d > 0)),
                 Kind::ConnDestroy => (None, detail.map(|d| d != 0)),
+                Kind::ConnAssured => (None, Some(true)),
                 _ => (None, None),
             };
             let rule: Option<String> = r.get(6)?;

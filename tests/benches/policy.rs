@@ -502,6 +502,7 @@ fn throughput() {
             Mode::Normal => "normal",
             Mode::PerSource => "per source",
             Mode::Global => "global",
+            Mode::Synproxy => "SYN proxy",
         };
         row(&format!("trace: port {port}: alerts at (mm:ss), mode at the end"), format!("{}; {mode}", seen.join(", ")));
     }

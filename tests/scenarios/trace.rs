@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! until 130s                                   # replay until this virtual time (ticks every second)
+//! synproxy ready                               # the kernel can proxy SYNs (default: it cannot)
 //! allow 203.0.113.10                           # the admin allowlist (any number of lines)
 //! 10s        auth_failure 198.51.100.7 993 service=imap
 //! 0s..50s/10s auth_failure 198.51.100.7 993 service=imap    # a series: start..end/step, end excluded
@@ -34,6 +35,8 @@ const SERVER: &str = "198.51.100.1";
 
 pub struct Trace {
     pub until: Duration,
+    /// `synproxy ready`: the kernel can proxy SYNs (the policy's `synproxy = "auto"` ports may switch to it).
+    pub synproxy_ready: bool,
     pub allow: Vec<Cidr>,
     pub events: Vec<Event>,
     pub expects: Vec<Expect>,
@@ -96,8 +99,10 @@ enum Check {
     /// `expect tracked < 1000`: per-source state the engine holds at the end.
     Tracked(Cmp, usize),
     /// `expect summary converged has peak distinct` (words) or `has "0 bans"` (a phrase): in the first such
-    /// alert's summary.
+    /// alert's summary or its detail (what was done, what it stops).
     Summary(String, Vec<String>),
+    /// `expect first_ban <= 3s`: the first ban's virtual time.
+    FirstBan(Cmp, Duration),
 }
 
 /// The parts of a replay that expectations look at.
@@ -206,8 +211,17 @@ impl Expect {
                 let Some(a) = o.replay.alerts.iter().find(|a| a.kind == kind.as_str()) else {
                     return fail(format!("no {kind} alert"));
                 };
-                if let Some(w) = words.iter().find(|w| !a.summary.contains(w.as_str())) {
-                    return fail(format!("`{w}` missing from: {}", a.summary));
+                let text = format!("{}\n{}", a.summary, a.detail);
+                if let Some(w) = words.iter().find(|w| !text.contains(w.as_str())) {
+                    return fail(format!("`{w}` missing from: {text}"));
+                }
+            }
+            Check::FirstBan(cmp, d) => {
+                let first =
+                    o.replay.decisions.iter().find_map(|(t, d)| matches!(d, Decision::Ban { .. }).then_some(*t));
+                let Some(t) = first else { return fail("no ban".into()) };
+                if !cmp.holds((t - o.t0).to_std().unwrap_or_default(), *d) {
+                    return fail(format!("first ban at {}", offset(o.t0, t)));
                 }
             }
         }
@@ -237,7 +251,13 @@ pub fn load(path: &Path, t0: DateTime<Utc>) -> Result<Trace, String> {
 }
 
 pub fn parse(text: &str, t0: DateTime<Utc>) -> Result<Trace, (usize, String)> {
-    let mut trace = Trace { until: Duration::ZERO, allow: Vec::new(), events: Vec::new(), expects: Vec::new() };
+    let mut trace = Trace {
+        until: Duration::ZERO,
+        synproxy_ready: false,
+        allow: Vec::new(),
+        events: Vec::new(),
+        expects: Vec::new(),
+    };
     let mut until = None;
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
@@ -250,6 +270,10 @@ pub fn parse(text: &str, t0: DateTime<Utc>) -> Result<Trace, (usize, String)> {
             "until" => {
                 let [_, d] = words[..] else { return Err((n, "`until TIME`".into())) };
                 until = Some(duration(d).map_err(|e| (n, format!("until: {e}")))?);
+            }
+            "synproxy" => {
+                let [_, "ready"] = words[..] else { return Err((n, "`synproxy ready`".into())) };
+                trace.synproxy_ready = true;
             }
             "allow" => {
                 let [_, a] = words[..] else { return Err((n, "`allow ADDR|CIDR`".into())) };
@@ -421,7 +445,8 @@ fn expectation(w: &[&str]) -> Result<Check, String> {
     let mode = |s: &str| match s {
         "source" => Ok(LimitMode::Source),
         "global" => Ok(LimitMode::Global),
-        _ => Err(format!("`{s}`: a limit is source or global")),
+        "synproxy" => Ok(LimitMode::Synproxy),
+        _ => Err(format!("`{s}`: a limit is source, global or synproxy")),
     };
     Ok(match w {
         ["bans", op @ ("=" | "has" | "lacks"), rest @ ..] => {
@@ -449,10 +474,12 @@ fn expectation(w: &[&str]) -> Result<Check, String> {
                 "normal" => Mode::Normal,
                 "source" => Mode::PerSource,
                 "global" => Mode::Global,
-                _ => return Err(format!("`{m}`: a mode is normal, source or global")),
+                "synproxy" => Mode::Synproxy,
+                _ => return Err(format!("`{m}`: a mode is normal, source, global or synproxy")),
             },
         ),
         ["tracked", c, n] => Check::Tracked(cmp(c)?, num(n)?),
+        ["first_ban", c, t] => Check::FirstBan(cmp(c)?, duration(t)?),
         ["summary", kind, "has", words @ ..] if !words.is_empty() => {
             // Words each, or one "quoted phrase".
             let joined = words.join(" ");
@@ -464,7 +491,7 @@ fn expectation(w: &[&str]) -> Result<Check, String> {
         }
         _ => {
             return Err("unknown expectation (known: bans, bans_within, host_bans, limits, alerts, lift, mode, \
-                        tracked, summary)"
+                        tracked, summary, first_ban)"
                 .into())
         }
     })
