@@ -315,6 +315,14 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
                     );
                 }
             }
+            if mode == "synproxy" {
+                if let Err(why) = enforcer.synproxy_ready() {
+                    bail!("the SYN proxy cannot be used here: {why}");
+                }
+                if let Some(p) = ports.iter().find(|p| !enforcer.synproxy_ports().contains(p)) {
+                    bail!("port {p} may not use the SYN proxy (its service has synproxy = \"never\")");
+                }
+            }
             let modes: &[LimitMode] = match mode.as_str() {
                 "source" => &[LimitMode::Source],
                 "global" => &[LimitMode::Global],

@@ -235,10 +235,13 @@ fn a_poorly_set_namespace_after_a_spoofed_burst_gets_every_problem_reported() {
             .find(|f| f["subject"].as_str().unwrap().starts_with(&format!("port {port} ")))
             .unwrap_or_else(|| panic!("no repeated_syn_floods for {port}: {repeated:#?}"))
     };
-    assert_eq!(on("587")["recommended"], "the global-limit policy for port 587 and nft synproxy");
+    assert_eq!(
+        on("587")["recommended"],
+        "the global-limit policy for port 587 (synproxy = \"always\" if it must stay open)"
+    );
     assert_eq!(on("587")["severity"], "warning");
     let smtp = on("25");
-    assert!(smtp["recommended"].as_str().unwrap().starts_with("nft synproxy for port 25"), "{smtp:#}");
+    assert!(smtp["recommended"].as_str().unwrap().starts_with("floodgate's SYN proxy for port 25"), "{smtp:#}");
     assert!(smtp["current"].as_str().unwrap().contains("2 with cookies off"), "{smtp:#}");
     // The nftables snippet is real nftables: the kernel's own parser checks it (nothing is applied).
     let snippet = on("587")["snippet"].as_str().unwrap();

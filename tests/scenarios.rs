@@ -79,6 +79,27 @@ fn banned(r: &Replay) -> HashSet<Cidr> {
         .collect()
 }
 
+/// The replay's alerts as the admin gets them: offered to the default notify throttle at their own time, the
+/// throttle ticked every virtual second (as the daemon does), until `until`.
+fn told(r: &Replay, until: DateTime<Utc>) -> Vec<(DateTime<Utc>, floodgate::notify::Notice)> {
+    let mut throttle = floodgate::notify::Throttle::new(&floodgate::notify::NotifyConfig::default());
+    let mut alerts = r.alerts.clone();
+    alerts.sort_by_key(|a| a.time);
+    let mut out = Vec::new();
+    let mut next = 0;
+    let mut now = t0();
+    while now <= until {
+        while next < alerts.len() && alerts[next].time <= now {
+            let n = floodgate::notify::Notice::from_alert(&alerts[next]);
+            out.extend(throttle.offer(n, now).into_iter().map(|m| (now, m)));
+            next += 1;
+        }
+        out.extend(throttle.tick(now).into_iter().map(|m| (now, m)));
+        now += chrono::Duration::seconds(1);
+    }
+    out
+}
+
 /// Replays `tests/scenarios/NAME.trace` on a virtual clock (a tick every second) and checks its expectations.
 fn replay_trace(name: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios").join(format!("{name}.trace"));
@@ -91,7 +112,9 @@ fn replay_trace(name: &str) {
     }
     let r = replay(&mut e, &t.events, Duration::from_secs(1), t0() + chrono::Duration::from_std(t.until).unwrap());
     use floodgate::policy::Policy;
-    let outcome = trace::Outcome { replay: &r, t0: t0(), mode: &|p| e.mode(p), tracked: e.tracked() };
+    let notices = told(&r, t0() + chrono::Duration::from_std(t.until).unwrap());
+    let outcome =
+        trace::Outcome { replay: &r, notices: &notices, t0: t0(), mode: &|p| e.mode(p), tracked: e.tracked() };
     let failed: Vec<String> = t
         .expects
         .iter()
@@ -124,6 +147,7 @@ scenarios!(
     isp_hosts_together,
     isp_spoofed_network,
     smtp_synproxy,
+    four_ports_notices,
 );
 
 #[test]

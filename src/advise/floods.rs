@@ -1,6 +1,6 @@
 //! Rules about floods that already happened: the SNMP counters since boot, and the store's history of
 //! SYN-flood lines and counter rises. A port flooded again and again gets the standing defences: the global
-//! limit (or, for SMTP, the per-source limit) and nft synproxy, with snippets to adapt.
+//! limit (or, for SMTP, floodgate's SYN proxy with the kernel settings it needs), with snippets to adapt.
 
 use super::history::History;
 use super::{grouped, service_of, Finding, Machine, Severity};
@@ -110,17 +110,22 @@ fn past(h: &History, config: &Config, out: &mut Vec<Finding>) {
         let exempt = config.policy.global_exempt.contains(&p.port) || p.port == SMTP;
         let (recommended, limit) = if exempt {
             (
-                format!("nft synproxy for port {}; keep it off the global limit (policy.global_exempt)", p.port),
                 format!(
-                    "Port {} stays off the global limit: {}, so floodgate answers a flood there with the \
-                     per-source limit.",
+                    "floodgate's SYN proxy for port {} (synproxy = \"auto\", with the kernel settings below); keep \
+                     it off the global limit (policy.global_exempt)",
+                    p.port
+                ),
+                format!(
+                    "Port {} stays off the global limit: {}, so floodgate answers a spoofed flood there with the \
+                     kernel's SYN proxy when the kernel allows it, else with the per-source limit, which spoofed \
+                     sources never trip.",
                     p.port,
                     if p.port == SMTP { "it must keep receiving mail from the world" } else { "the config exempts it" }
                 ),
             )
         } else {
             (
-                format!("the global-limit policy for port {} and nft synproxy", p.port),
+                format!("the global-limit policy for port {} (synproxy = \"always\" if it must stay open)", p.port),
                 format!(
                     "A spoofed flood cannot be narrowed down by source: the global limit (everyone but the \
                      allowlist) is what holds it, so port {} must be in a service and not in \
@@ -130,9 +135,12 @@ fn past(h: &History, config: &Config, out: &mut Vec<Finding>) {
             )
         };
         let why = format!(
-            "Floods come back to this port. {limit} nft synproxy (kernel 5.3+) answers SYNs for the service \
-             from netfilter with cookies that keep window scaling and SACK, and hands the service only \
-             completed handshakes: a spoofed flood never reaches its queue."
+            "Floods come back to this port. {limit} The SYN proxy (nft synproxy, kernel 5.3+) answers SYNs for \
+             the service from netfilter with cookies that keep window scaling and SACK, and hands the service \
+             only completed handshakes: a spoofed flood never reaches its queue, every real client is served. \
+             floodgate switches it on and off in its own table; the kernel needs \
+             net.netfilter.nf_conntrack_tcp_loose = 0 (conntrack then no longer picks up connections in mid-stream, \
+             e.g. after a conntrack flush) and net.ipv4.tcp_timestamps = 1. `floodgate status` says whether it can."
         );
         let mut snippet = String::new();
         if !exempt {
@@ -205,22 +213,14 @@ fn global_limit_snippet(port: u16, config: &Config) -> String {
     )
 }
 
-/// An nftables synproxy for `port` in a table of its own (floodgate never touches other tables).
+/// What floodgate's SYN proxy for `port` needs: the kernel settings, and the service setting that keeps it.
 fn synproxy_snippet(port: u16) -> String {
     format!(
-        "# nftables synproxy for port {port} (kernel 5.3+); needs net.ipv4.tcp_timestamps = 1 and\n\
-         # net.netfilter.nf_conntrack_tcp_loose = 0; mss is your interface's MTU - 40\n\
-         table inet synproxy_{port} {{\n\
-         \x20   chain prerouting {{\n\
-         \x20       type filter hook prerouting priority raw; policy accept;\n\
-         \x20       tcp dport {port} tcp flags & (syn | ack) == syn notrack\n\
-         \x20   }}\n\
-         \x20   chain input {{\n\
-         \x20       type filter hook input priority filter; policy accept;\n\
-         \x20       tcp dport {port} ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm\n\
-         \x20       tcp dport {port} ct state invalid drop\n\
-         \x20   }}\n\
-         }}\n"
+        "# floodgate's SYN proxy for port {port}: synproxy = \"auto\" (the default) in the port's [services.NAME]\n\
+         # switches it on under a spoofed flood, \"always\" keeps it on. The kernel must allow it:\n\
+         # /etc/sysctl.d/90-floodgate-synproxy.conf, then `sysctl --system`\n\
+         net.netfilter.nf_conntrack_tcp_loose = 0\n\
+         net.ipv4.tcp_timestamps = 1\n"
     )
 }
 
@@ -282,9 +282,9 @@ mod tests {
         assert_eq!(r.severity, Severity::Warning);
         assert_eq!(r.subject, "port 587 (submission)");
         assert!(r.current.starts_with("2 SYN floods on 2 days"), "{}", r.current);
-        assert_eq!(r.recommended, "the global-limit policy for port 587 and nft synproxy");
+        assert_eq!(r.recommended, "the global-limit policy for port 587 (synproxy = \"always\" if it must stay open)");
         let snippet = r.snippet.as_deref().unwrap();
-        assert!(snippet.contains("tcp dport 587 ct state invalid,untracked synproxy"), "{snippet}");
+        assert!(snippet.contains("net.netfilter.nf_conntrack_tcp_loose = 0"), "{snippet}");
         assert!(snippet.contains("global_rate = \"200/second\""), "{snippet}");
         // A single flood is informational.
         let once = f.iter().find(|f| f.id == "syn_flood_seen").unwrap();
@@ -314,10 +314,10 @@ mod tests {
         let r = find(&f, "repeated_syn_floods");
         assert_eq!(r.subject, "port 25 (smtp)");
         assert!(r.current.contains("1 with cookies off"), "{}", r.current);
-        assert!(r.recommended.starts_with("nft synproxy for port 25"), "{}", r.recommended);
+        assert!(r.recommended.starts_with("floodgate's SYN proxy for port 25"), "{}", r.recommended);
         let snippet = r.snippet.as_deref().unwrap();
         assert!(!snippet.contains("[policy]"), "no global limit for SMTP: {snippet}");
-        assert!(snippet.contains("table inet synproxy_25"));
+        assert!(snippet.contains("SYN proxy for port 25") && snippet.contains("nf_conntrack_tcp_loose = 0"));
     }
 
     #[test]
@@ -326,7 +326,7 @@ mod tests {
         let h = history(&[syn_line(25, 0, SynAction::Cookies), syn_line(25, 5, SynAction::Cookies)]);
         let f = run(&good(), &h, &c);
         let r = find(&f, "repeated_syn_floods");
-        assert!(r.recommended.starts_with("nft synproxy for port 25"), "{}", r.recommended);
+        assert!(r.recommended.starts_with("floodgate's SYN proxy for port 25"), "{}", r.recommended);
         assert!(!r.snippet.as_deref().unwrap().contains("[policy]"));
     }
 

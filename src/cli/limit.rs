@@ -1,5 +1,6 @@
 //! `floodgate limit`: switches a port's rate limit on by hand (what the policy does on its own): `source`
-//! limits each source (hashlimit-style), `global` limits everyone together but the allowlist (limit-style).
+//! limits each source (hashlimit-style), `global` limits everyone together but the allowlist (limit-style),
+//! `synproxy` puts the kernel's SYN proxy in front of it (for ports whose service allows it).
 //! A limit always has an end: if nobody refreshes it, it lapses by itself.
 
 use anyhow::Result;
@@ -10,7 +11,9 @@ use crate::control::Request;
 pub enum Mode {
     Source,
     Global,
-    /// Lifts the limits on the ports.
+    /// The kernel's SYN proxy (needs nf_conntrack_tcp_loose = 0; `floodgate status` says whether it can).
+    Synproxy,
+    /// Lifts the limits (and the SYN proxy) on the ports.
     Off,
 }
 
@@ -30,6 +33,7 @@ pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
     let mode = match args.mode {
         Mode::Source => "source",
         Mode::Global => "global",
+        Mode::Synproxy => "synproxy",
         Mode::Off => "off",
     };
     ctx.execute(Request::Limit { mode: mode.into(), ports: args.ports, duration: args.duration, reason: args.reason })?;

@@ -53,7 +53,8 @@ pub enum Command {
     /// The admin allowlist: never banned, exempt from every limit.
     #[command(subcommand)]
     Allow(allow::Args),
-    /// Switch a port's rate limit on (source: per source; global: everyone but the allowlist) or off.
+    /// Switch a port's rate limit on (source: per source; global: everyone but the allowlist; synproxy: the
+    /// kernel's SYN proxy) or off.
     Limit(limit::Args),
     /// Install or repair floodgate's table and make its sets match the store (after a reboot or a flush).
     Reconcile(list::ReconcileArgs),

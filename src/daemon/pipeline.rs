@@ -17,9 +17,9 @@ use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::enforce::{EnforceError, Enforcer};
 use crate::event::Event;
-use crate::notify::{Notice, NoticeKind, Notifier, Throttle};
+use crate::notify::{Notice, Notifier, Throttle};
 use crate::parser::{LineParser, Outcome};
-use crate::policy::engine::{Alert, Engine};
+use crate::policy::engine::Engine;
 use crate::policy::Policy;
 use crate::prefix::TimeContext;
 use crate::source::{Feed, Position, SourceStats};
@@ -325,7 +325,7 @@ impl Pipeline {
         let mut out: Vec<Notice> = Vec::new();
         for a in self.policy.take_alerts() {
             tracing::warn!(kind = a.kind, port = ?a.port, summary = %a.summary, "alert");
-            out.extend(self.throttle.offer(notice(&a), now));
+            out.extend(self.throttle.offer(Notice::from_alert(&a), now));
         }
         out.extend(self.throttle.tick(now));
         self.send_notices(out);
@@ -704,16 +704,4 @@ fn not_after(ev: &mut Event, now: DateTime<Utc>) {
     if ev.time > now {
         ev.time = now;
     }
-}
-
-fn notice(a: &Alert) -> Notice {
-    let kind = match a.kind {
-        "ddos_detected" => NoticeKind::DdosDetected,
-        "converged" => NoticeKind::Converged,
-        _ => NoticeKind::DosDetected,
-    };
-    let subject = format!("floodgate on {}: {}", crate::notify::hostname(), a.summary);
-    let body = if a.detail.is_empty() { a.summary.clone() } else { format!("{}\n\n{}", a.summary, a.detail) };
-    // The figures travel beside the body: the mail prints them once, the hook gets them as JSON.
-    Notice::new(kind, a.time, subject, body, a.figures.clone()).about(a.key.clone())
 }

@@ -143,6 +143,11 @@ impl Enforcer {
         synproxy::probe(Path::new("/proc"), synproxy::smallest_mtu()).ready
     }
 
+    /// The ports whose service may use the SYN proxy (its rules exist for them).
+    pub fn synproxy_ports(&self) -> &[u16] {
+        self.ruleset.synproxy.as_ref().map_or(&[], |s| &s.ports)
+    }
+
     /// New TCP connections conntrack created so far (the `track` chain's counter; 0 without `[sources] conntrack`).
     pub fn tracked_connections(&mut self) -> Result<u64, EnforceError> {
         let table = self.ruleset.table.clone();

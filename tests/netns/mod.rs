@@ -173,6 +173,17 @@ impl Pair {
     }
 }
 
+/// A TCP connection from `from` to the server's `port`, kept open (call inside the attacker namespace).
+pub fn connect_stream(from: &str, port: u16) -> TcpStream {
+    let from: IpAddr = from.parse().unwrap();
+    let to: IpAddr = if from.is_ipv4() { "198.51.100.1".parse().unwrap() } else { "2001:db8::1".parse().unwrap() };
+    let to = SocketAddr::new(to, port);
+    let sock = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(from, 0).into()).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    sock.connect_timeout(&to.into(), Duration::from_secs(2)).unwrap();
+    sock.into()
+}
+
 fn connect_from(from: IpAddr, to: SocketAddr, timeout: Duration) -> bool {
     let sock = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None).unwrap();
     sock.bind(&SocketAddr::new(from, 0).into()).unwrap_or_else(|e| panic!("bind {from}: {e}"));
@@ -183,6 +194,18 @@ fn connect_from(from: IpAddr, to: SocketAddr, timeout: Duration) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// Whether `ok` holds within `timeout` (polled every 25 ms).
+pub fn within(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    true
 }
 
 /// Waits until `ok`, failing the test after `timeout`.

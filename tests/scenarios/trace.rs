@@ -103,11 +103,19 @@ enum Check {
     Summary(String, Vec<String>),
     /// `expect first_ban <= 3s`: the first ban's virtual time.
     FirstBan(Cmp, Duration),
+    /// The alerts as the admin gets them (through the default notify throttle, on the virtual clock):
+    /// `expect notices DdosDetected keys = port 25, port 587` (every key told, each once), `notices DdosDetected
+    /// messages <= 1`, `notices delay <= 3s` (every alert told within, after it happened).
+    NoticeKeys(String, Vec<String>),
+    NoticeMessages(String, Cmp, usize),
+    NoticeDelay(Cmp, Duration),
 }
 
 /// The parts of a replay that expectations look at.
 pub struct Outcome<'a> {
     pub replay: &'a Replay,
+    /// What the default notify throttle released, and when (virtual time).
+    pub notices: &'a [(DateTime<Utc>, floodgate::notify::Notice)],
     pub t0: DateTime<Utc>,
     pub mode: &'a dyn Fn(u16) -> Mode,
     pub tracked: usize,
@@ -214,6 +222,36 @@ impl Expect {
                 let text = format!("{}\n{}", a.summary, a.detail);
                 if let Some(w) = words.iter().find(|w| !text.contains(w.as_str())) {
                     return fail(format!("`{w}` missing from: {text}"));
+                }
+            }
+            Check::NoticeKeys(kind, want) => {
+                let mut keys: Vec<String> = o
+                    .notices
+                    .iter()
+                    .filter(|(_, n)| n.kind.as_str() == kind)
+                    .flat_map(|(_, n)| n.parts.iter().map(|p| p.key.clone().unwrap_or_else(|| "-".into())))
+                    .collect();
+                keys.sort();
+                let mut want = want.clone();
+                want.sort();
+                if keys != want {
+                    return fail(format!("{kind} told about {keys:?}"));
+                }
+            }
+            Check::NoticeMessages(kind, cmp, n) => {
+                let count = o.notices.iter().filter(|(_, m)| m.kind.as_str() == kind).count();
+                if !cmp.holds(count, *n) {
+                    return fail(format!("{count} {kind} messages"));
+                }
+            }
+            Check::NoticeDelay(cmp, d) => {
+                for (at, n) in o.notices {
+                    for p in &n.parts {
+                        let delay = (*at - p.time).to_std().unwrap_or_default();
+                        if !cmp.holds(delay, *d) {
+                            return fail(format!("{:?} told {delay:?} after it happened", p.key));
+                        }
+                    }
                 }
             }
             Check::FirstBan(cmp, d) => {
@@ -480,6 +518,11 @@ fn expectation(w: &[&str]) -> Result<Check, String> {
         ),
         ["tracked", c, n] => Check::Tracked(cmp(c)?, num(n)?),
         ["first_ban", c, t] => Check::FirstBan(cmp(c)?, duration(t)?),
+        ["notices", "delay", c, t] => Check::NoticeDelay(cmp(c)?, duration(t)?),
+        ["notices", kind, "messages", c, n] => Check::NoticeMessages(kind.to_string(), cmp(c)?, num(n)?),
+        ["notices", kind, "keys", "=", rest @ ..] => {
+            Check::NoticeKeys(kind.to_string(), rest.join(" ").split(',').map(|k| k.trim().to_string()).collect())
+        }
         ["summary", kind, "has", words @ ..] if !words.is_empty() => {
             // Words each, or one "quoted phrase".
             let joined = words.join(" ");
@@ -491,7 +534,7 @@ fn expectation(w: &[&str]) -> Result<Check, String> {
         }
         _ => {
             return Err("unknown expectation (known: bans, bans_within, host_bans, limits, alerts, lift, mode, \
-                        tracked, summary, first_ban)"
+                        tracked, summary, first_ban, notices)"
                 .into())
         }
     })
