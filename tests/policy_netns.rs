@@ -20,12 +20,11 @@ mod syn;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netns::{Daemon, Pair};
+use netns::{Daemon, DaemonFiles, Pair};
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -37,7 +36,7 @@ const PORTS: [u16; 5] = [25, 587, 110, 995, 80];
 
 struct Env {
     pair: Pair,
-    dir: tempfile::TempDir,
+    files: DaemonFiles,
 }
 
 impl Env {
@@ -50,8 +49,7 @@ impl Env {
         for port in PORTS {
             smtp_listener(&pair, port);
         }
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env { pair, dir };
+        let env = Env { pair, files: DaemonFiles::new() };
         let s = &env.pair.server;
         let out = netns::run(&["ip", "-n", &s.name, "-br", "link", "show", "type", "veth"]);
         let veth = String::from_utf8_lossy(&out.stdout)
@@ -88,7 +86,7 @@ impl Env {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.files.path(name)
     }
 
     fn sysctl(&self, key: &str, value: &str) {
@@ -97,29 +95,16 @@ impl Env {
     }
 
     fn start(&self) -> Daemon {
-        let (cfg, db, sock, log) =
-            (self.path("floodgate.toml"), self.path("f.db"), self.path("fg.sock"), self.path("daemon.log"));
-        Daemon::start(&self.pair.server, BIN, &cfg, &db, &sock, &log)
+        self.files.start(&self.pair.server)
     }
 
     fn daemon_log(&self) -> String {
-        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+        self.files.daemon_log()
     }
 
-    /// The CLI through the daemon's socket (a db the daemon does not use: the answer comes from the daemon).
+    /// The CLI through the daemon's socket.
     fn fg(&self, args: &[&str]) -> String {
-        let cfg = self.path("floodgate.toml");
-        let db = self.path("not-the-daemons.db");
-        let mut cmd = vec![BIN, "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap()];
-        cmd.extend_from_slice(args);
-        let out: Output = self.pair.server.exec(&cmd);
-        assert!(
-            out.status.success(),
-            "floodgate {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.daemon_log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.files.fg(&self.pair.server, args)
     }
 
     fn status(&self) -> serde_json::Value {

@@ -10,10 +10,10 @@ mod syn;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netns::{Daemon, Pair};
+use netns::{Daemon, DaemonFiles, Pair};
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -25,7 +25,7 @@ const FLOOD_FOR: Duration = Duration::from_millis(3_500);
 
 struct Env {
     pair: Pair,
-    dir: tempfile::TempDir,
+    files: DaemonFiles,
     /// The server's end of the veth pair.
     server_veth: String,
 }
@@ -34,7 +34,7 @@ impl Env {
     fn new(tag: &str) -> Env {
         let pair = Pair::new(tag, &[ALLOWED]);
         pair.listen(PORT);
-        let dir = tempfile::tempdir().unwrap();
+
         let out = netns::run(&["ip", "-n", &pair.server.name, "-br", "link", "show", "type", "veth"]);
         let server_veth = String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
@@ -42,7 +42,7 @@ impl Env {
             .and_then(|n| n.split('@').next())
             .expect("the server's veth")
             .to_string();
-        let env = Env { pair, dir, server_veth };
+        let env = Env { pair, files: DaemonFiles::new(), server_veth };
         env.prepare_server();
         env.write_config();
         std::fs::write(env.path("mail.log"), "").unwrap();
@@ -67,7 +67,7 @@ impl Env {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.files.path(name)
     }
 
     fn write_config(&self) {
@@ -89,30 +89,16 @@ impl Env {
     }
 
     fn start(&self) -> Daemon {
-        let (cfg, db, sock, log) =
-            (self.path("floodgate.toml"), self.path("f.db"), self.path("fg.sock"), self.path("daemon.log"));
-        Daemon::start(&self.pair.server, BIN, &cfg, &db, &sock, &log)
+        self.files.start(&self.pair.server)
     }
 
     fn daemon_log(&self) -> String {
-        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+        self.files.daemon_log()
     }
 
-    /// The CLI in the server namespace with the daemon's config and a db the daemon does not use: what it
-    /// shows came through the socket.
+    /// The CLI through the daemon's socket.
     fn fg(&self, args: &[&str]) -> String {
-        let cfg = self.path("floodgate.toml");
-        let db = self.path("not-the-daemons.db");
-        let mut cmd = vec![BIN, "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap()];
-        cmd.extend_from_slice(args);
-        let out: Output = self.pair.server.exec(&cmd);
-        assert!(
-            out.status.success(),
-            "floodgate {args:?}: {}\ndaemon log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.daemon_log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.files.fg(&self.pair.server, args)
     }
 
     fn port_mode(&self) -> String {

@@ -124,8 +124,6 @@ pub struct Engine {
     recent_prefixes: HeavyHitters,
     /// The hosts each busy network was last seen with (bounded), so its proven-real ones can be banned.
     prefix_hosts: HashMap<Cidr, PrefixSeen>,
-    /// Networks already answered, until their bans end.
-    prefixes_answered: HashMap<Cidr, DateTime<Utc>>,
     /// Bans per source so far (bounded), for repeat offenders.
     offences: HashMap<IpAddr, u32>,
     /// Sources banned and still banned, so a DoS source is not banned twice.
@@ -174,7 +172,6 @@ impl Engine {
             recent_sources: recent(),
             recent_prefixes: recent(),
             prefix_hosts: HashMap::new(),
-            prefixes_answered: HashMap::new(),
             offences: HashMap::new(),
             banned_until: HashMap::new(),
             by_prefix: HashMap::new(),
@@ -215,14 +212,12 @@ impl Engine {
             None => {
                 self.banned_until.clear();
                 self.prefixes_banned.clear();
-                self.prefixes_answered.clear();
                 self.offences.clear();
             }
             Some(targets) => {
                 self.banned_until.retain(|a, _| !targets.iter().any(|t| t.contains(*a)));
                 self.offences.retain(|a, _| !targets.iter().any(|t| t.contains(*a)));
                 self.prefixes_banned.retain(|p, _| !targets.iter().any(|t| t.covers(p) || p.covers(t)));
-                self.prefixes_answered.retain(|p, _| !targets.iter().any(|t| t.covers(p) || p.covers(t)));
             }
         }
     }
@@ -600,7 +595,8 @@ impl Engine {
             return;
         }
         let horizon_s = self.recent_prefixes.span(now).as_secs_f64().max(1.0);
-        let hot: Vec<(IpAddr, u64)> = self.recent_prefixes.top(now, 20);
+        // Further down than the busiest few: a spoofed flood over many networks must not hide a real one.
+        let hot: Vec<(IpAddr, u64)> = self.recent_prefixes.top(now, 64);
         for (first, n) in hot {
             let Some(net) = self.network(first) else { continue };
             // Over the time the network has been active, within the horizon: a DoS that started 2 s ago is
@@ -612,9 +608,9 @@ impl Engine {
             if rate < self.t.prefix_rate {
                 continue;
             }
-            if self.prefixes_answered.get(&net).is_some_and(|u| *u > now)
-                || self.prefixes_banned.get(&net).is_some_and(|u| *u > now)
-            {
+            // A banned network is answered; otherwise each new host that joins the attack is banned in turn
+            // (those already banned are skipped by `ban`), and a notice goes out only when a ban was made.
+            if self.prefixes_banned.get(&net).is_some_and(|u| *u > now) {
                 continue;
             }
             let seen = self.prefix_hosts.get(&net).map(|p| p.hosts.clone()).unwrap_or_default();
@@ -671,7 +667,6 @@ impl Engine {
                     _ => None,
                 })
                 .collect();
-            self.prefixes_answered.insert(net, now + span(self.bantime));
             if banned.is_empty() {
                 continue;
             }
@@ -822,7 +817,6 @@ impl Policy for Engine {
         self.evidence.tick(now);
         self.banned_until.retain(|_, u| *u > now);
         self.prefixes_banned.retain(|_, u| *u > now);
-        self.prefixes_answered.retain(|_, u| *u > now);
         let horizon = now - span(self.t.window * 10);
         self.by_prefix.retain(|_, v| v.last().is_some_and(|t| *t >= horizon));
         let seen_after = now - span(self.t.rate_horizon.max(SECOND) * 2);

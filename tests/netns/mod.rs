@@ -217,6 +217,51 @@ pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// A daemon's files in a temporary directory, under the names the namespace tests use: `floodgate.toml` (the
+/// test writes it), `f.db`, `fg.sock`, `daemon.log`.
+pub struct DaemonFiles {
+    pub dir: tempfile::TempDir,
+}
+
+impl DaemonFiles {
+    pub fn new() -> DaemonFiles {
+        DaemonFiles { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `floodgate run` in `ns` on these files.
+    pub fn start(&self, ns: &Netns) -> Daemon {
+        let (cfg, db, sock, log) =
+            (self.path("floodgate.toml"), self.path("f.db"), self.path("fg.sock"), self.path("daemon.log"));
+        Daemon::start(ns, env!("CARGO_BIN_EXE_floodgate"), &cfg, &db, &sock, &log)
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    /// The CLI in `ns` with the daemon's config and a db the daemon does not use: what it shows came through the
+    /// socket. Fails the test (quoting the daemon's log) when the command fails.
+    pub fn fg(&self, ns: &Netns, args: &[&str]) -> String {
+        let cfg = self.path("floodgate.toml");
+        let db = self.path("not-the-daemons.db");
+        let mut cmd =
+            vec![env!("CARGO_BIN_EXE_floodgate"), "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap()];
+        cmd.extend_from_slice(args);
+        let out = ns.exec(&cmd);
+        assert!(
+            out.status.success(),
+            "floodgate {args:?}: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.daemon_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 /// `floodgate run` in a namespace, killed on drop.
 pub struct Daemon {
     child: Option<Child>,
