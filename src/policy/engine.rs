@@ -63,11 +63,11 @@ pub struct Alert {
 }
 
 /// A network's recent activity: since when it has been active (its rate is not diluted by the quiet before),
-/// and its hosts with when each was last seen.
-#[derive(Debug, Clone)]
-struct PrefixSeen {
+/// and when it was last seen (an idle network is forgotten).
+#[derive(Debug, Clone, Copy)]
+struct Active {
     since: DateTime<Utc>,
-    hosts: Vec<(IpAddr, DateTime<Utc>)>,
+    last: DateTime<Utc>,
 }
 
 /// A network's rate is taken over at least this long: `prefix_rate` x 2 s of connections, not one busy second
@@ -117,13 +117,14 @@ pub struct Engine {
     ports: HashMap<u16, PortState>,
     /// All new connections per source over all ports, for DoS sources: over the window, and over the short
     /// horizon (a DoS is seen in seconds, not after a window's average catches up).
-    sources: PortTraffic,
-    recent_sources: HeavyHitters,
+    sources: HeavyHitters,
+    /// When `sources` first saw anything: its rates are over the span it covers, not a whole window at start.
+    sources_since: Option<DateTime<Utc>>,
     /// All new connections per network (`prefix_v4` / `prefix_v6`, keyed by its first address) over the short
     /// horizon: an ISP's hosts that are each under `dos_source_rate`.
     recent_prefixes: HeavyHitters,
-    /// The hosts each busy network was last seen with (bounded), so its proven-real ones can be banned.
-    prefix_hosts: HashMap<Cidr, PrefixSeen>,
+    /// Since when each network has been active (bounded): its rate is over that span.
+    prefix_active: HashMap<Cidr, Active>,
     /// Bans per source so far (bounded), for repeat offenders.
     offences: HashMap<IpAddr, u32>,
     /// Sources banned and still banned, so a DoS source is not banned twice.
@@ -144,9 +145,8 @@ pub struct Engine {
 const MAX_OFFENDERS: usize = 100_000;
 /// Between ticks a port's figures are judged at most this often, when its last second looks like a flood.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
-/// Busy networks whose hosts are remembered at most, and hosts per network.
+/// Networks whose activity is remembered at most.
 const MAX_PREFIXES: usize = 16_384;
-const MAX_HOSTS_PER_PREFIX: usize = 64;
 /// Heavy-hitter counters per slice for the short-horizon source and network rates.
 const RECENT_TOP_K: usize = 128;
 const SECOND: Duration = Duration::from_secs(1);
@@ -168,10 +168,10 @@ impl Engine {
             allowlist,
             ours: Vec::new(),
             ports: HashMap::new(),
-            sources: PortTraffic::new(window),
-            recent_sources: recent(),
+            sources: HeavyHitters::by_seconds(window),
+            sources_since: None,
             recent_prefixes: recent(),
-            prefix_hosts: HashMap::new(),
+            prefix_active: HashMap::new(),
             offences: HashMap::new(),
             banned_until: HashMap::new(),
             by_prefix: HashMap::new(),
@@ -597,12 +597,26 @@ impl Engine {
         let horizon_s = self.recent_prefixes.span(now).as_secs_f64().max(1.0);
         // Further down than the busiest few: a spoofed flood over many networks must not hide a real one.
         let hot: Vec<(IpAddr, u64)> = self.recent_prefixes.top(now, 64);
+        // The hosts that make the networks' rates are among the heaviest sources of the same horizon.
+        let (sources, _) = self.sources.top_recent(now, RECENT_TOP_K, self.t.rate_horizon.max(SECOND));
         for (first, n) in hot {
             let Some(net) = self.network(first) else { continue };
             // Over the time the network has been active, within the horizon: a DoS that started 2 s ago is
             // measured over 2 s, not diluted by the quiet second before it.
-            let active_s =
-                self.prefix_hosts.get(&net).map_or(horizon_s, |p| (now - p.since).num_milliseconds() as f64 / 1000.0);
+            // A network first seen busy at this tick has been active for at most the last tick's second.
+            let full = self.prefix_active.len() >= MAX_PREFIXES;
+            let since = match self.prefix_active.get_mut(&net) {
+                Some(a) => {
+                    a.last = now;
+                    a.since
+                }
+                None if !full => {
+                    self.prefix_active.insert(net, Active { since: now - span(SECOND), last: now });
+                    now - span(SECOND)
+                }
+                None => now - span(self.t.rate_horizon),
+            };
+            let active_s = (now - since).num_milliseconds() as f64 / 1000.0;
             let span_s = active_s.clamp(PREFIX_MIN_SPAN.as_secs_f64(), horizon_s.max(PREFIX_MIN_SPAN.as_secs_f64()));
             let rate = n as f64 / span_s;
             if rate < self.t.prefix_rate {
@@ -613,16 +627,14 @@ impl Engine {
             if self.prefixes_banned.get(&net).is_some_and(|u| *u > now) {
                 continue;
             }
-            let seen = self.prefix_hosts.get(&net).map(|p| p.hosts.clone()).unwrap_or_default();
             // The hosts that make the network's rate: each with a fair share of it (a quarter of an even split
             // at least). A neighbour that connected once while another host of its network flooded is not one.
-            let counts: HashMap<IpAddr, u64> = self.recent_sources.top(now, RECENT_TOP_K).into_iter().collect();
-            let active = seen.iter().filter(|(a, _)| counts.get(a).is_some_and(|c| *c > 0)).count().max(1) as u64;
-            let part_of_it = |a: &IpAddr| counts.get(a).is_some_and(|c| *c >= 3 && c * active * 4 >= n);
+            let seen: Vec<(IpAddr, u64)> = sources.iter().filter(|(a, _)| net.contains(*a)).copied().collect();
+            let active = seen.len().max(1) as u64;
             let real: Vec<IpAddr> = seen
                 .iter()
+                .filter(|(a, c)| *c >= 3 && c * active * 4 >= n && self.evidence.is_real(*a) && !self.allowed(*a))
                 .map(|(a, _)| *a)
-                .filter(|a| part_of_it(a) && self.evidence.is_real(*a) && !self.allowed(*a))
                 .collect();
             if real.is_empty() {
                 continue; // SYN-only evidence never bans: these may all be spoofed.
@@ -639,7 +651,7 @@ impl Engine {
                 "rate_per_s": (rate * 10.0).round() / 10.0,
                 "rate_over_s": span_s,
                 "prefix_rate": self.t.prefix_rate,
-                "hosts_seen": seen.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
+                "hosts_seen": seen.iter().map(|(a, c)| format!("{a} x{c}")).collect::<Vec<_>>(),
                 "hosts_proven_real": real.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             });
             let before = out.len();
@@ -784,31 +796,18 @@ impl Policy for Engine {
         }
         // A flood's onset is judged as it comes, not at the next tick: the listener's SYN queue can fill within
         // a second (at most every CHECK_EVERY, and only when the last second looks like a flood).
-        let judge = matches!(p.mode, Mode::Normal | Mode::PerSource)
-            && p.last_check.is_none_or(|t| now - t >= span(CHECK_EVERY))
-            && p.recent.count(now, SECOND) as f64 >= port_rate;
-        if judge {
-            self.decide_port(port, now, out);
+        // The last second's count is looked at most every CHECK_EVERY too: it costs a sum per look.
+        if matches!(p.mode, Mode::Normal | Mode::PerSource) && p.last_check.is_none_or(|t| now - t >= span(CHECK_EVERY))
+        {
+            p.last_check = Some(now);
+            if p.recent.count(now, SECOND) as f64 >= port_rate {
+                self.decide_port(port, now, out);
+            }
         }
-        self.sources.observe(addr, now);
-        self.recent_sources.insert(addr, 1, now);
+        self.sources.insert(addr, 1, now);
+        self.sources_since.get_or_insert(now);
         if let Some(net) = self.network(addr) {
             self.recent_prefixes.insert(net.addr(), 1, now);
-            if self.prefix_hosts.len() < MAX_PREFIXES || self.prefix_hosts.contains_key(&net) {
-                let hosts =
-                    &mut self.prefix_hosts.entry(net).or_insert(PrefixSeen { since: now, hosts: Vec::new() }).hosts;
-                let addr = crate::addr::normalise(addr);
-                match hosts.iter().position(|(a, _)| *a == addr) {
-                    Some(i) => hosts[i].1 = now,
-                    None if hosts.len() < MAX_HOSTS_PER_PREFIX => hosts.push((addr, now)),
-                    None => {
-                        // The stalest host makes room: the busy ones keep being seen.
-                        if let Some(oldest) = hosts.iter_mut().min_by_key(|(_, t)| *t) {
-                            *oldest = (addr, now);
-                        }
-                    }
-                }
-            }
         }
     }
 
@@ -820,21 +819,18 @@ impl Policy for Engine {
         let horizon = now - span(self.t.window * 10);
         self.by_prefix.retain(|_, v| v.last().is_some_and(|t| *t >= horizon));
         let seen_after = now - span(self.t.rate_horizon.max(SECOND) * 2);
-        self.prefix_hosts.retain(|_, p| {
-            p.hosts.retain(|(_, t)| *t >= seen_after);
-            !p.hosts.is_empty()
-        });
+        self.prefix_active.retain(|_, a| a.last >= seen_after);
         // 2. DoS from one or a few sources: fast sources across all ports, banned only if proven real. Rates
         // over the short horizon (a DoS shows in seconds) and over the window (a steady one), the higher.
-        let f = self.sources.figures(now);
         // Per-source rates over the time the window actually covers (it fills up after a start).
-        let per_event = if f.total > 0 { f.rate_per_s / f.total as f64 } else { 0.0 };
-        let recent_span = self.recent_sources.span(now).as_secs_f64().max(1.0);
+        let window_span = self.sources.span_since(now, self.sources_since).as_secs_f64().max(1.0);
+        let (recent, recent_span) = self.sources.top_recent(now, 20, self.t.rate_horizon.max(SECOND));
+        let recent_span = recent_span.as_secs_f64().max(1.0);
         let mut fast: BTreeMap<IpAddr, (f64, f64)> = BTreeMap::new();
-        for (addr, n) in f.top.iter().take(20) {
-            fast.insert(*addr, (*n as f64 * per_event, self.t.window.as_secs_f64()));
+        for (addr, n) in self.sources.top(now, 20) {
+            fast.insert(addr, (n as f64 / window_span, window_span));
         }
-        for (addr, n) in self.recent_sources.top(now, 20) {
+        for (addr, n) in recent {
             let rate = n as f64 / recent_span;
             let e = fast.entry(addr).or_insert((0.0, 0.0));
             if rate > e.0 {

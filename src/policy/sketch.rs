@@ -37,6 +37,8 @@ pub const DEFAULT_PRECISION: u8 = 12;
 pub const DEFAULT_TOP_K: usize = 64;
 /// `Figures::top_share` is the share of the traffic from this many top sources.
 pub const SHARE_OF_TOP: usize = 10;
+/// Most slices `HeavyHitters::by_seconds` cuts a window into.
+pub const MAX_SECOND_SLICES: u64 = 120;
 /// How many top sources `Figures::top` lists (more than `SHARE_OF_TOP`, so the caller can look further down).
 pub const LISTED_TOP: usize = 20;
 
@@ -540,9 +542,25 @@ impl HeavyHitters {
     /// The `n` heaviest sources in the window ending at `now`, with what each surely sent, heaviest first (ties
     /// by address, so that the order is reproducible).
     pub fn top(&self, now: DateTime<Utc>, n: usize) -> Vec<(IpAddr, u64)> {
+        self.top_of(now, n, self.clock.slices as i128)
+    }
+
+    /// The same over only the last `over` of the window (whole slices, the current one included), with the span
+    /// those slices cover up to `now`: a short horizon's counts from the window's own slices.
+    pub fn top_recent(&self, now: DateTime<Utc>, n: usize, over: Duration) -> (Vec<(IpAddr, u64)>, Duration) {
+        let slice = self.clock.slice_ns;
+        let k = ((over.as_nanos() as i128 + slice - 1) / slice).clamp(1, self.clock.slices as i128);
+        let current = self.clock.current(now);
+        let from_ns = (current - k + 1) * self.clock.slice_ns;
+        let span_ns = (nanos(now).max(self.clock.latest_ns) - from_ns).max(0);
+        (self.top_of(now, n, k), Duration::from_nanos(u64::try_from(span_ns).unwrap_or(u64::MAX)))
+    }
+
+    fn top_of(&self, now: DateTime<Utc>, n: usize, last: i128) -> Vec<(IpAddr, u64)> {
         let current = self.clock.current(now);
         let mut sure: HashMap<IpAddr, u64> = HashMap::new();
-        for top in self.slices.iter().filter(|t| self.clock.is_live(t.slice, current)) {
+        let recent = |slice: i128| self.clock.is_live(slice, current) && slice > current - last;
+        for top in self.slices.iter().filter(|t| recent(t.slice)) {
             for ((&addr, &count), &error) in top.addrs.iter().zip(&top.counts).zip(&top.errors) {
                 *sure.entry(addr).or_default() += count - error;
             }
@@ -556,6 +574,19 @@ impl HeavyHitters {
     /// The span the live slices cover up to `now` (what `top`'s counts are over, for a rate).
     pub fn span(&self, now: DateTime<Utc>) -> Duration {
         self.clock.covered(now, None)
+    }
+
+    /// The same, from `since` (the first insert) if that is later: a fresh start covers less than the window.
+    pub fn span_since(&self, now: DateTime<Utc>, since: Option<DateTime<Utc>>) -> Duration {
+        self.clock.covered(now, since)
+    }
+
+    /// `window` in slices of a second (at most `MAX_SECOND_SLICES` of them: longer windows get longer slices),
+    /// the default counters per slice: per-source counts over the window and over a few seconds from one sketch.
+    pub fn by_seconds(window: Duration) -> HeavyHitters {
+        let slices = window.as_secs().clamp(1, MAX_SECOND_SLICES) as usize;
+        let clock = SliceClock::new(window.max(MIN_PORT_WINDOW), slices).unwrap_or_else(|_| default_clock(window));
+        HeavyHitters::build(clock, DEFAULT_TOP_K, AddrHasher::process())
     }
 
     /// All weight inserted in the window ending at `now`, exactly.
@@ -760,6 +791,25 @@ mod tests {
     fn splitmix(state: &mut u64) -> u64 {
         *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix64(*state)
+    }
+
+    #[test]
+    fn heavy_hitters_by_seconds_give_the_window_and_the_last_seconds() {
+        let mut h = HeavyHitters::by_seconds(Duration::from_secs(60));
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        let b: IpAddr = "203.0.113.8".parse().unwrap();
+        // a: 10 a second for the first 20 s; b: 30 in the last two seconds.
+        for i in 0..200 {
+            h.insert(a, 1, at(f64::from(i) * 0.1));
+        }
+        for i in 0..30 {
+            h.insert(b, 1, at(58.0 + f64::from(i) * 0.05));
+        }
+        let now = at(59.5);
+        assert_eq!(h.top(now, 2), vec![(a, 200), (b, 30)]);
+        let (recent, span) = h.top_recent(now, 2, Duration::from_secs(3));
+        assert_eq!(recent, vec![(b, 30)], "only the last three one-second slices");
+        assert_eq!(span, Duration::from_millis(2500), "from the start of the oldest of them to now");
     }
 
     #[test]
