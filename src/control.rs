@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::Cidr;
 use crate::config::{parse_duration, Config};
+use crate::decision::{Decision, LimitMode, MANUAL};
 use crate::enforce::Enforcer;
-use crate::store::{Decision, LimitMode, Store};
+use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -40,8 +41,7 @@ pub enum Request {
     },
     AllowList,
     Limit {
-        /// source, global or off.
-        mode: String,
+        mode: LimitSwitch,
         ports: Vec<u16>,
         #[serde(rename = "for")]
         duration: String,
@@ -52,6 +52,33 @@ pub enum Request {
     Status,
     /// Answered by the daemon only: reload config and rules.
     Reload,
+}
+
+/// What `limit` does to a port: one of the limits, the SYN proxy, or off (all of them lifted). On the wire as
+/// `"source"`, `"global"`, `"synproxy"`, `"off"`; the CLI takes the same words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitSwitch {
+    /// Per source (hashlimit-style).
+    Source,
+    /// Everyone but the allowlist together (limit-style).
+    Global,
+    /// The kernel's SYN proxy (needs nf_conntrack_tcp_loose = 0; `floodgate status` says whether it can).
+    Synproxy,
+    /// Lifts the limits (and the SYN proxy) on the ports.
+    Off,
+}
+
+impl LimitSwitch {
+    /// The modes it switches on (or, for `Off`, lifts).
+    fn modes(self) -> &'static [LimitMode] {
+        match self {
+            LimitSwitch::Source => &[LimitMode::Source],
+            LimitSwitch::Global => &[LimitMode::Global],
+            LimitSwitch::Synproxy => &[LimitMode::Synproxy],
+            LimitSwitch::Off => &[LimitMode::Source, LimitMode::Global, LimitMode::Synproxy],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,7 +208,7 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
                     cidr,
                     until,
                     reason: reason.clone(),
-                    origin: "manual".into(),
+                    origin: MANUAL.into(),
                     figures: None,
                 })
                 .collect();
@@ -221,7 +248,7 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
             };
             let decisions: Vec<Decision> = targets
                 .iter()
-                .map(|&cidr| Decision::Unban { cidr, reason: reason.clone(), origin: "manual".into() })
+                .map(|&cidr| Decision::Unban { cidr, reason: reason.clone(), origin: MANUAL.into() })
                 .collect();
             let report = enforcer.decide(store, &decisions, now)?;
             Ok(Response::ok(format!(
@@ -252,7 +279,7 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
             let state = store.enforced(now)?;
             let decisions: Vec<Decision> = targets
                 .iter()
-                .map(|&cidr| Decision::Allow { cidr, comment: comment.clone(), origin: "manual".into() })
+                .map(|&cidr| Decision::Allow { cidr, comment: comment.clone(), origin: MANUAL.into() })
                 .collect();
             enforcer.decide(store, &decisions, now)?;
             let mut lines = Vec::new();
@@ -279,7 +306,7 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
                 }
             }
             let decisions: Vec<Decision> =
-                targets.iter().map(|&cidr| Decision::Disallow { cidr, origin: "manual".into() }).collect();
+                targets.iter().map(|&cidr| Decision::Disallow { cidr, origin: MANUAL.into() }).collect();
             enforcer.decide(store, &decisions, now)?;
             Ok(Response::ok(format!("removed {} target(s) from the allowlist", targets.len())))
         }
@@ -315,7 +342,7 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
                     );
                 }
             }
-            if mode == "synproxy" {
+            if *mode == LimitSwitch::Synproxy {
                 if let Err(why) = enforcer.synproxy_ready() {
                     bail!("the SYN proxy cannot be used here: {why}");
                 }
@@ -323,34 +350,30 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
                     bail!("port {p} may not use the SYN proxy (its service has synproxy = \"never\")");
                 }
             }
-            let modes: &[LimitMode] = match mode.as_str() {
-                "source" => &[LimitMode::Source],
-                "global" => &[LimitMode::Global],
-                "synproxy" => &[LimitMode::Synproxy],
-                "off" => &[LimitMode::Source, LimitMode::Global, LimitMode::Synproxy],
-                m => bail!("unknown limit mode `{m}` (source, global, synproxy or off)"),
-            };
+            let (mode, modes) = (*mode, mode.modes());
             let until = now + chrono::Duration::from_std(d).context("--for")?;
             let decisions: Vec<Decision> = ports
                 .iter()
                 .flat_map(|&port| {
-                    modes.iter().map(move |&m| match mode.as_str() {
-                        "off" => Decision::Lift { port, mode: m, reason: reason.clone(), origin: "manual".into() },
+                    modes.iter().map(move |&m| match mode {
+                        LimitSwitch::Off => {
+                            Decision::Lift { port, mode: m, reason: reason.clone(), origin: MANUAL.into() }
+                        }
                         _ => Decision::Limit {
                             port,
                             mode: m,
                             until,
                             reason: reason.clone(),
-                            origin: "manual".into(),
+                            origin: MANUAL.into(),
                             figures: None,
                         },
                     })
                 })
                 .collect();
             enforcer.decide(store, &decisions, now)?;
-            Ok(Response::ok(match mode.as_str() {
-                "off" => format!("limits lifted on port(s) {ports:?}"),
-                m => format!("{m} limit on port(s) {ports:?} for {}", humantime::format_duration(d)),
+            Ok(Response::ok(match mode {
+                LimitSwitch::Off => format!("limits lifted on port(s) {ports:?}"),
+                _ => format!("{} limit on port(s) {ports:?} for {}", modes[0].as_str(), humantime::format_duration(d)),
             }))
         }
         Request::Reconcile => {

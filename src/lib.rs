@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod decision;
 pub mod enforce;
 pub mod event;
 pub mod geo;

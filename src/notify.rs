@@ -114,11 +114,12 @@ impl Notice {
     /// Says what the notice is about, so that it is throttled apart from notices about other things.
     /// A policy alert as the admin reads it: the host and the summary in the subject, the summary and what was
     /// done (and what that does and does not stop) in the body, the figures beside it, keyed by what it is about.
-    pub fn from_alert(a: &crate::policy::engine::Alert) -> Notice {
+    pub fn from_alert(a: &crate::policy::alert::Alert) -> Notice {
+        use crate::policy::alert::AlertKind;
         let kind = match a.kind {
-            "ddos_detected" => NoticeKind::DdosDetected,
-            "converged" => NoticeKind::Converged,
-            _ => NoticeKind::DosDetected,
+            AlertKind::DosDetected => NoticeKind::DosDetected,
+            AlertKind::DdosDetected => NoticeKind::DdosDetected,
+            AlertKind::Converged => NoticeKind::Converged,
         };
         let subject = format!("floodgate on {}: {}", hostname(), a.summary);
         let body = if a.detail.is_empty() { a.summary.clone() } else { format!("{}\n\n{}", a.summary, a.detail) };

@@ -12,10 +12,10 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use floodgate::addr::Cidr;
 use floodgate::config::Config;
+use floodgate::decision::Decision;
 use floodgate::event::{Event, Kind};
 use floodgate::policy::engine::{replay, Engine, Replay};
 use floodgate::policy::jail::Jail;
-use floodgate::store::Decision;
 
 #[path = "scenarios/trace.rs"]
 mod trace;

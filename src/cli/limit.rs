@@ -5,21 +5,11 @@
 
 use anyhow::Result;
 
-use crate::control::Request;
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Mode {
-    Source,
-    Global,
-    /// The kernel's SYN proxy (needs nf_conntrack_tcp_loose = 0; `floodgate status` says whether it can).
-    Synproxy,
-    /// Lifts the limits (and the SYN proxy) on the ports.
-    Off,
-}
+use crate::control::{LimitSwitch, Request};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    pub mode: Mode,
+    pub mode: LimitSwitch,
     #[arg(value_name = "PORT", required = true)]
     pub ports: Vec<u16>,
     /// How long the limit stays on unless refreshed.
@@ -30,12 +20,6 @@ pub struct Args {
 }
 
 pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
-    let mode = match args.mode {
-        Mode::Source => "source",
-        Mode::Global => "global",
-        Mode::Synproxy => "synproxy",
-        Mode::Off => "off",
-    };
-    ctx.execute(Request::Limit { mode: mode.into(), ports: args.ports, duration: args.duration, reason: args.reason })?;
+    ctx.execute(Request::Limit { mode: args.mode, ports: args.ports, duration: args.duration, reason: args.reason })?;
     Ok(())
 }

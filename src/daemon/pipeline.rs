@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use super::status::{PortStatus, SourceStatus, Status};
 use crate::config::Config;
 use crate::control::{self, Request, Response};
+use crate::decision::{Decision, LimitMode};
 use crate::enforce::{EnforceError, Enforcer};
 use crate::event::Event;
 use crate::notify::{Notice, Notifier, Throttle};
@@ -23,7 +24,7 @@ use crate::policy::engine::Engine;
 use crate::policy::Policy;
 use crate::prefix::TimeContext;
 use crate::source::{Feed, Position, SourceStats};
-use crate::store::{Decision, LimitMode, Origin, Store};
+use crate::store::{Origin, Store};
 
 /// A source as the pipeline sees it: its counters and the last snapshot, for rates.
 pub struct SourceEntry {
@@ -324,7 +325,7 @@ impl Pipeline {
     fn notify(&mut self, now: DateTime<Utc>) {
         let mut out: Vec<Notice> = Vec::new();
         for a in self.policy.take_alerts() {
-            tracing::warn!(kind = a.kind, port = ?a.port, summary = %a.summary, "alert");
+            tracing::warn!(kind = a.kind.as_str(), port = ?a.port, summary = %a.summary, "alert");
             out.extend(self.throttle.offer(Notice::from_alert(&a), now));
         }
         out.extend(self.throttle.tick(now));

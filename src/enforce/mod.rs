@@ -15,11 +15,12 @@ use chrono::{DateTime, Utc};
 
 use crate::addr::Cidr;
 use crate::config::Config;
+use crate::decision::{Decision, LimitMode};
 use crate::nft::ruleset::{
     ALLOW4, ALLOW6, BAN4, BAN4_NET, BAN6, BAN6_NET, GLOBAL_PORTS, OWNER_PREFIX, SOURCE_PORTS, SYNPROXY_PORTS,
 };
 use crate::nft::{Element, Kernel, Key, NftError, Ruleset};
-use crate::store::{Decision, Enforced, LimitMode, Store, StoreError};
+use crate::store::{Enforced, Store, StoreError};
 use plan::{Changes, Want, FOREVER};
 
 #[derive(Debug, thiserror::Error)]

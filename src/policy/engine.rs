@@ -17,14 +17,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use super::alert::{Alert, AlertKind};
 use super::evidence::{impossible, Evidence};
 use super::jail::Jail;
 use super::sketch::{Figures, HeavyHitters, PortTraffic, Recent};
 use super::{span, Policy};
 use crate::addr::Cidr;
 use crate::config::{Config, PolicyConfig, PrefixBan, SynproxyMode};
+use crate::decision::{Decision, LimitMode};
 use crate::event::{Event, Kind};
-use crate::store::{Decision, LimitMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,22 +45,6 @@ impl Mode {
             Mode::Normal | Mode::PerSource => LimitMode::Source,
         }
     }
-}
-
-/// Something the admin should hear about (the daemon turns it into mail or a hook call, rate-limited).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Alert {
-    /// dos_detected, ddos_detected, converged.
-    pub kind: &'static str,
-    pub port: Option<u16>,
-    /// What the alert is about, for merging notices: "port 25", a network, an address.
-    pub key: String,
-    pub time: DateTime<Utc>,
-    /// One line: what happened, with the figures that decided.
-    pub summary: String,
-    /// What was done, and what that does and does not stop.
-    pub detail: String,
-    pub figures: serde_json::Value,
 }
 
 /// A network's recent activity: since when it has been active (its rate is not diluted by the quiet before),
@@ -491,7 +476,7 @@ impl Engine {
             } else {
                 "a few concentrated sources".to_string()
             };
-            let kind = if spoofed { "ddos_detected" } else { "dos_detected" };
+            let kind = if spoofed { AlertKind::DdosDetected } else { AlertKind::DosDetected };
             let trigger = if kernel_flood && rate.per_s < t.port_rate {
                 format!("the kernel reported a SYN flood; {}", rate.text())
             } else {
@@ -577,7 +562,7 @@ impl Engine {
             out.push(Decision::Lift { port, mode: mode.limit(), reason: summary.clone(), origin: "policy".into() });
         }
         self.alerts.push(Alert {
-            kind: "converged",
+            kind: AlertKind::Converged,
             port: Some(port),
             key: format!("port {port}"),
             time: now,
@@ -699,7 +684,7 @@ impl Engine {
                 )
             };
             self.alerts.push(Alert {
-                kind: "dos_detected",
+                kind: AlertKind::DosDetected,
                 port: None,
                 key: net.to_string(),
                 time: now,
@@ -860,7 +845,7 @@ impl Policy for Engine {
             self.ban(addr, self.bantime, (reason, "policy:dos".into(), Some(figures.to_string())), now, out);
             if out.len() > before {
                 self.alerts.push(Alert {
-                    kind: "dos_detected",
+                    kind: AlertKind::DosDetected,
                     port: None,
                     key: addr.to_string(),
                     time: now,

@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use super::{span, Policy};
 use crate::addr::Cidr;
 use crate::config::Config;
+use crate::decision::Decision;
 use crate::event::Event;
-use crate::store::Decision;
 
 /// An attacker picks its addresses: without a bound, tracking them would be a DoS vector of its own.
 pub const MAX_TRACKED: usize = 200_000;

@@ -1,6 +1,7 @@
 //! Policy: events and a clock in, decisions out. Pure (no I/O), so it runs on virtual time in tests and can
 //! replay the store. The daemon talks to it only through `Policy`, so the full engine can replace the jail.
 
+pub mod alert;
 pub mod engine;
 pub mod evidence;
 pub mod jail;
@@ -10,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::decision::Decision;
 use crate::event::Event;
-use crate::store::Decision;
 
 pub trait Policy: Send {
     /// Takes one event into account; decisions it leads to are pushed to `out`.

@@ -7,36 +7,7 @@ use rusqlite::{params, Transaction};
 
 use super::{from_us, sql, ts_us, Store, StoreError};
 use crate::addr::Cidr;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LimitMode {
-    /// Per source (hashlimit-style): each address (IPv6: each /64) gets its own rate.
-    Source,
-    /// Global (limit-style): one rate for everyone but the allowlist.
-    Global,
-    /// The kernel's SYN proxy: SYNs answered with cookies, the listener sees completed handshakes only.
-    Synproxy,
-}
-
-impl LimitMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitMode::Source => "source",
-            LimitMode::Global => "global",
-            LimitMode::Synproxy => "synproxy",
-        }
-    }
-
-    fn parse(s: &str) -> Option<LimitMode> {
-        match s {
-            "source" => Some(LimitMode::Source),
-            "global" => Some(LimitMode::Global),
-            "synproxy" => Some(LimitMode::Synproxy),
-            _ => None,
-        }
-    }
-}
+use crate::decision::{Decision, LimitMode};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ban {
@@ -65,49 +36,6 @@ pub struct Allowed {
     pub cidr: Cidr,
     pub added: DateTime<Utc>,
     pub comment: Option<String>,
-}
-
-/// One change of what is enforced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Bans (or re-bans, replacing the earlier end and reason) an address or prefix. `figures`: what led to it
-    /// (JSON: counts, distinct sources, concentration, evidence), kept with the decision.
-    Ban {
-        cidr: Cidr,
-        until: Option<DateTime<Utc>>,
-        reason: String,
-        origin: String,
-        figures: Option<String>,
-    },
-    Unban {
-        cidr: Cidr,
-        reason: String,
-        origin: String,
-    },
-    /// Switches a port's limit on, or extends it.
-    Limit {
-        port: u16,
-        mode: LimitMode,
-        until: DateTime<Utc>,
-        reason: String,
-        origin: String,
-        figures: Option<String>,
-    },
-    Lift {
-        port: u16,
-        mode: LimitMode,
-        reason: String,
-        origin: String,
-    },
-    Allow {
-        cidr: Cidr,
-        comment: Option<String>,
-        origin: String,
-    },
-    Disallow {
-        cidr: Cidr,
-        origin: String,
-    },
 }
 
 /// What is in force at one moment.

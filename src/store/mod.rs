@@ -14,7 +14,7 @@ use crate::addr::{ip_bytes, ip_from_bytes, Cidr};
 use crate::event::{Event, Kind, SynAction};
 
 mod decisions;
-pub use decisions::{Allowed, Ban, Decision, Enforced, LimitMode, LimitOn};
+pub use decisions::{Allowed, Ban, Enforced, LimitOn};
 
 /// Schema migrations, in order. The version of migration i is i + 1.
 const MIGRATIONS: &[(&str, &str)] = &[

@@ -37,12 +37,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use floodgate::config::Config;
+use floodgate::decision::{Decision, LimitMode};
 use floodgate::event::{Event, Kind};
 use floodgate::policy::engine::{Engine, Mode};
 use floodgate::policy::evidence::MAX_REAL;
 use floodgate::policy::jail::Jail;
 use floodgate::policy::Policy;
-use floodgate::store::{Decision, LimitMode};
 
 const CHILD_ENV: &str = "BENCH_POLICY_CHILD";
 /// This server's address, as conntrack reports it for the new connections.
@@ -157,7 +157,7 @@ fn memory_child() {
     tick_until(&mut e, &mut next_tick, t0() + chrono::Duration::seconds(55), &mut out);
     let syn_secs = start.elapsed().as_secs_f64();
     let (rss2, hwm2) = memory();
-    let alerts: Vec<&str> = e.take_alerts().iter().map(|a| a.kind).collect();
+    let alerts: Vec<&str> = e.take_alerts().iter().map(|a| a.kind.as_str()).collect();
 
     row("memory: process before the engine: VmRSS / VmHWM", format!("{} / {}", mib(rss0), mib(hwm0)));
     row("memory: Engine::new", format!("+{} KiB", rss1.saturating_sub(rss0)));
@@ -419,7 +419,7 @@ fn throughput() {
         tick_max = tick_max.max(d);
         tally.take(out);
         for a in e.take_alerts() {
-            alerts.push(((a.time - t0()).num_seconds(), a.kind, a.port));
+            alerts.push(((a.time - t0()).num_seconds(), a.kind.as_str(), a.port));
         }
     };
     let mut per_phase = Vec::new();

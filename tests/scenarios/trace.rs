@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use floodgate::addr::Cidr;
+use floodgate::decision::{Decision, LimitMode};
 use floodgate::event::{Event, Kind};
 use floodgate::policy::engine::{Mode, Replay};
-use floodgate::store::{Decision, LimitMode};
 
 /// The server's own address, the local end of every connection unless `local=` says otherwise.
 const SERVER: &str = "198.51.100.1";
@@ -181,9 +181,10 @@ impl Expect {
                 }
             }
             Check::Alerts(kind, port, cmp, n) => {
-                let count = o.replay.alerts.iter().filter(|a| a.kind == kind.as_str() && a.port == *port).count();
+                let count =
+                    o.replay.alerts.iter().filter(|a| a.kind.as_str() == kind.as_str() && a.port == *port).count();
                 if !cmp.holds(count, *n) {
-                    let all: Vec<_> = o.replay.alerts.iter().map(|a| (a.kind, a.port)).collect();
+                    let all: Vec<_> = o.replay.alerts.iter().map(|a| (a.kind.as_str(), a.port)).collect();
                     return fail(format!("{count} such alerts; all alerts: {all:?}"));
                 }
             }
@@ -216,7 +217,7 @@ impl Expect {
                 }
             }
             Check::Summary(kind, words) => {
-                let Some(a) = o.replay.alerts.iter().find(|a| a.kind == kind.as_str()) else {
+                let Some(a) = o.replay.alerts.iter().find(|a| a.kind.as_str() == kind.as_str()) else {
                     return fail(format!("no {kind} alert"));
                 };
                 let text = format!("{}\n{}", a.summary, a.detail);
