@@ -41,7 +41,7 @@ pub struct Config {
     pub sources: Sources,
     pub daemon: Daemon,
     pub policy: PolicyConfig,
-    pub notify: crate::notify::NotifyConfig,
+    pub notify: crate::notice::NotifyConfig,
     pub geo: GeoConfig,
 }
 
@@ -153,11 +153,11 @@ impl Default for PolicyConfig {
     fn default() -> PolicyConfig {
         PolicyConfig {
             window: Duration::from_secs(60),
-            // The field report: ~600 addresses at detection, 1,500-2,000 at peak.
+            // A small mail server's spoofed DDoS: ~600 addresses at detection, 1,500-2,000 at peak.
             ddos_distinct: 300,
             port_rate: 50.0,
             concentrated_share: 0.5,
-            // The field report's first DoS: one ISP's hosts at ~20 connections a second.
+            // A DoS from real hosts: a handful of them at ~20 connections a second between them.
             dos_source_rate: 10.0,
             converge_after: Duration::from_secs(300),
             limit_for: Duration::from_secs(120),
@@ -166,7 +166,7 @@ impl Default for PolicyConfig {
             max_bantime: Duration::from_secs(7 * 86400),
             prefix_after: 5,
             rate_horizon: Duration::from_secs(3),
-            // The field report's ISP: ~20 new connections a second from several hosts together.
+            // Several hosts of one ISP at ~20 new connections a second together, each under dos_source_rate.
             prefix_rate: 15.0,
             prefix_v4: 24,
             prefix_v6: 64,
@@ -390,7 +390,7 @@ impl Default for Config {
             deny_countries: Vec::new(),
             synproxy: SynproxyMode::Auto,
         };
-        // The field report's mail server: SMTP must accept the world, so it tolerates more before a ban;
+        // A mail server: SMTP must accept the world, so it tolerates more before a ban;
         // the authenticated services are stricter.
         let services = BTreeMap::from([
             ("smtp".to_string(), svc(&[25], Some(10))),
@@ -415,7 +415,7 @@ impl Default for Config {
             sources: Sources::default(),
             daemon: Daemon::default(),
             policy: PolicyConfig::default(),
-            notify: crate::notify::NotifyConfig::default(),
+            notify: crate::notice::NotifyConfig::default(),
             geo: GeoConfig::default(),
         }
     }

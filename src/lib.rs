@@ -15,7 +15,7 @@ pub mod event;
 pub mod geo;
 pub mod matcher;
 pub mod nft;
-pub mod notify;
+pub mod notice;
 pub mod parser;
 pub mod policy;
 pub mod prefix;

@@ -1,4 +1,4 @@
-//! The `floodgate` binary: the operator's CLI (and, later, the daemon) over the library.
+//! The `floodgate` binary: the daemon (`floodgate run`) and the operator's CLI, over the library.
 
 use clap::Parser;
 use std::io::Write;

@@ -81,8 +81,8 @@ fn banned(r: &Replay) -> HashSet<Cidr> {
 
 /// The replay's alerts as the admin gets them: offered to the default notify throttle at their own time, the
 /// throttle ticked every virtual second (as the daemon does), until `until`.
-fn told(r: &Replay, until: DateTime<Utc>) -> Vec<(DateTime<Utc>, floodgate::notify::Notice)> {
-    let mut throttle = floodgate::notify::Throttle::new(&floodgate::notify::NotifyConfig::default());
+fn told(r: &Replay, until: DateTime<Utc>) -> Vec<(DateTime<Utc>, floodgate::notice::Notice)> {
+    let mut throttle = floodgate::notice::Throttle::new(&floodgate::notice::NotifyConfig::default());
     let mut alerts = r.alerts.clone();
     alerts.sort_by_key(|a| a.time);
     let mut out = Vec::new();
@@ -90,7 +90,7 @@ fn told(r: &Replay, until: DateTime<Utc>) -> Vec<(DateTime<Utc>, floodgate::noti
     let mut now = t0();
     while now <= until {
         while next < alerts.len() && alerts[next].time <= now {
-            let n = floodgate::notify::Notice::from_alert(&alerts[next]);
+            let n = floodgate::notice::Notice::from_alert(&alerts[next]);
             out.extend(throttle.offer(n, now).into_iter().map(|m| (now, m)));
             next += 1;
         }

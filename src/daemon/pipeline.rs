@@ -18,7 +18,7 @@ use crate::control::{self, Request, Response};
 use crate::decision::{Decision, LimitMode};
 use crate::enforce::{EnforceError, Enforcer};
 use crate::event::Event;
-use crate::notify::{Notice, Notifier, Throttle};
+use crate::notice::{Notice, Notifier, Throttle};
 use crate::parser::{LineParser, Outcome};
 use crate::policy::engine::Engine;
 use crate::policy::Policy;

@@ -1,7 +1,7 @@
 //! The policy engine: per-source or global responses, spoof-aware, converging by itself. Pure: events and a
 //! clock in, decisions and alerts out.
 //!
-//! The deciding question (the Q&A in shared/seeds) is not "is it spoofed?" but "can the sources be narrowed
+//! The deciding question is not "is it spoofed?" but "can the sources be narrowed
 //! down?". Per port, new connections are measured over a sliding window with bounded memory: distinct sources
 //! (a HyperLogLog sketch), total rate, and the share of the top sources. Few, concentrated sources: a
 //! per-source response (bans for sources proven real, the hashlimit-style per-source limit for the port). Too

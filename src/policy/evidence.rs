@@ -85,8 +85,8 @@ impl Evidence {
     }
 }
 
-/// Why `addr` cannot be a real source on the Internet, if it cannot: a network address (x.x.x.0, seen in the
-/// field report as the proof of spoofing), a bogon, or one of `ours`.
+/// Why `addr` cannot be a real source on the Internet, if it cannot: a network address (x.x.x.0: a random
+/// spoofed source lands on one now and then, a real host never does), a bogon, or one of `ours`.
 pub fn impossible(addr: IpAddr, ours: &[IpAddr]) -> Option<&'static str> {
     let addr = normalise(addr);
     if ours.contains(&addr) {

@@ -115,7 +115,7 @@ enum Check {
 pub struct Outcome<'a> {
     pub replay: &'a Replay,
     /// What the default notify throttle released, and when (virtual time).
-    pub notices: &'a [(DateTime<Utc>, floodgate::notify::Notice)],
+    pub notices: &'a [(DateTime<Utc>, floodgate::notice::Notice)],
     pub t0: DateTime<Utc>,
     pub mode: &'a dyn Fn(u16) -> Mode,
     pub tracked: usize,

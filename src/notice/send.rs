@@ -1,0 +1,232 @@
+//! Sending: the mail through `sendmail -t -i` and the exec hook, each a child killed at its deadline.
+
+use super::*;
+
+/// Sends messages: mail through `sendmail -t -i`, and/or the exec hook.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    cfg: NotifyConfig,
+    timeout: Duration,
+}
+
+impl Notifier {
+    pub fn new(cfg: NotifyConfig) -> Self {
+        Notifier { cfg, timeout: DEFAULT_TIMEOUT }
+    }
+
+    /// How long each program may run before it is killed (tests shorten it).
+    pub fn with_timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// Mails the notice and runs the hook. One failing does not stop the other; the error names what failed.
+    pub fn send(&self, n: &Notice) -> anyhow::Result<()> {
+        let mut failures = Vec::new();
+        if !self.cfg.mail_to.is_empty() {
+            let mail = format_mail(&self.cfg, n);
+            // -t: recipients from the headers (validated, and flattened by format_mail); -i: a line holding a
+            // single dot is text, not the end of the message.
+            if let Err(e) = run("notify.sendmail", &self.cfg.sendmail, &["-t", "-i"], mail.into_bytes(), self.timeout) {
+                failures.push(e);
+            }
+        }
+        if let Some(exec) = &self.cfg.exec {
+            // Hook consumers can always read `parts`, even for a notice that never went through the throttle.
+            let mut json = serde_json::to_vec(&*n.with_parts())?;
+            json.push(b'\n');
+            if let Err(e) = run("notify.exec", exec, &[], json, self.timeout) {
+                failures.push(e);
+            }
+        }
+        match failures.len() {
+            0 => Ok(()),
+            1 => Err(failures.remove(0)),
+            _ => Err(anyhow!("{}; {}", failures[0], failures[1])),
+        }
+    }
+}
+
+/// Runs `program args` with `input` on stdin; an error unless it exits successfully within `timeout`.
+fn run(key: &str, program: &Path, args: &[&str], input: Vec<u8>, timeout: Duration) -> anyhow::Result<()> {
+    let shown = std::iter::once(program.display().to_string()).chain(args.iter().map(|a| a.to_string()));
+    let shown = shown.collect::<Vec<_>>().join(" ");
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // A group of its own: the timeout kills the whole group, so what a hook started (a curl stuck on a dead
+    // webhook) does not outlive it and keep its pipes open.
+    cmd.process_group(0);
+    let mut child = cmd.spawn().map_err(|e| anyhow!("{key}: cannot run `{}`: {e}", program.display()))?;
+
+    // Writing and reading happen on their own threads: a child that reads nothing or writes a lot cannot block
+    // us on a full pipe, and the deadline below stays in force. Neither thread is joined blindly: one stuck on
+    // a pipe that an escaped grandchild holds open simply ends when that pipe closes.
+    if let Some(mut stdin) = child.stdin.take() {
+        std::thread::spawn(move || {
+            // A child that exits without reading all of it is judged by its exit status, not by EPIPE here.
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let (stderr_tx, stderr_rx) = mpsc::channel();
+    if let Some(mut stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            let _ = (&mut stderr).take(MAX_STDERR_BYTES as u64).read_to_end(&mut kept);
+            // Drained to the end so the child never blocks writing to it.
+            let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+            let _ = stderr_tx.send(kept);
+        });
+    }
+
+    let status = match crate::child::wait_until(&mut child, Instant::now() + timeout) {
+        Ok(Some(status)) => status,
+        waited => {
+            kill_group(&mut child);
+            let _ = child.wait();
+            return Err(match waited {
+                Err(e) => anyhow!("{key}: waiting for `{shown}` failed: {e}; killed it"),
+                _ => {
+                    anyhow!("{key}: `{shown}` did not finish within {}; killed it", humantime::format_duration(timeout))
+                }
+            });
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let stderr = stderr_rx.recv_timeout(Duration::from_millis(500)).unwrap_or_default();
+    let stderr = one_line(&String::from_utf8_lossy(&stderr), 500);
+    if stderr.is_empty() {
+        Err(anyhow!("{key}: `{shown}` failed ({status})"))
+    } else {
+        Err(anyhow!("{key}: `{shown}` failed ({status}): {stderr}"))
+    }
+}
+
+fn kill_group(child: &mut std::process::Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours. The child is not reaped yet, so its
+        // pid (which is also its group id, see process_group(0)) cannot have been reused.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    // In case the group kill was refused; harmless if the child is already dead.
+    let _ = child.kill();
+}
+
+/// `text` on one line of at most `max` characters, for quoting a program's stderr in an error.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        flat.chars().take(max).collect::<String>() + "…"
+    } else {
+        flat
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
+    use NoticeKind::*;
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// A script just written can fail to start with ETXTBSY while another test's fork still holds it open.
+    fn send(notifier: &Notifier, n: &Notice) -> anyhow::Result<()> {
+        for _ in 0..50 {
+            match notifier.send(n) {
+                Err(e) if e.to_string().contains("Text file busy") => std::thread::sleep(Duration::from_millis(20)),
+                other => return other,
+            }
+        }
+        notifier.send(n)
+    }
+
+    #[test]
+    fn notifier_pipes_the_mail_to_sendmail_with_t_and_i() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let sendmail = script(dir.path(), "sendmail", &format!("printf '%s\\n' \"$@\" > '{d}/args'\ncat > '{d}/mail'"));
+        let c = NotifyConfig { sendmail, ..cfg() };
+        let n = notice(DosDetected, t0(), 7);
+        send(&Notifier::new(c.clone()), &n).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("args")).unwrap(), "-t\n-i\n");
+        assert_eq!(std::fs::read_to_string(dir.path().join("mail")).unwrap(), format_mail(&c, &n));
+    }
+
+    #[test]
+    fn notifier_runs_the_hook_with_the_notice_as_json_on_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = script(dir.path(), "hook", &format!("cat > '{}/json'", dir.path().display()));
+        let c = NotifyConfig { mail_to: vec![], exec: Some(hook), ..cfg() };
+        send(&Notifier::new(c), &notice(BanStorm, t0(), 9)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("json")).unwrap()).unwrap();
+        assert_eq!(v["kind"], "BanStorm");
+        assert_eq!(v["subject"], "BanStorm on mx");
+        assert_eq!(v["time"], "2026-11-21T09:00:00Z");
+        assert_eq!(v["figures"], json!({ "pps": 9 }));
+        assert_eq!(v["key"], serde_json::Value::Null);
+        let part = json!({
+            "key": null, "time": "2026-11-21T09:00:00Z", "subject": "BanStorm on mx", "body": "Port 25 is flooded.",
+            "figures": { "pps": 9 }, "repeats": 1, "filters_lifted_between": 0,
+        });
+        assert_eq!(v["parts"], json!([part]), "a notice sent alone is its own single part");
+
+        // A merged message: every part, each with its own figures.
+        let mut t = Throttle::new(&NotifyConfig { gather: Duration::from_secs(1), ..cfg() });
+        t.offer(about(DdosDetected, t0(), "port 25", 1), t0());
+        t.offer(about(DdosDetected, t0(), "port 110", 2), t0());
+        let out = t.tick(ms(1000));
+        assert_eq!(out.len(), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let hook = script(dir.path(), "hook", &format!("cat > '{}/json'", dir.path().display()));
+        send(&Notifier::new(NotifyConfig { mail_to: vec![], exec: Some(hook), ..cfg() }), &out[0]).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("json")).unwrap()).unwrap();
+        assert_eq!(v["parts"][0]["key"], "port 25");
+        assert_eq!(v["parts"][0]["figures"], json!({ "pps": 1 }));
+        assert_eq!(v["parts"][1]["key"], "port 110");
+        assert_eq!(v["parts"][1]["body"], "port 110: 2 pps.");
+        assert_eq!(v["figures"], json!({ "port 25": { "pps": 1 }, "port 110": { "pps": 2 } }));
+    }
+
+    #[test]
+    fn notifier_kills_a_program_that_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not `exec sleep`: the sleep is the script's child, killed with its group.
+        let hook = script(dir.path(), "hook", "sleep 1000");
+        let c = NotifyConfig { mail_to: vec![], exec: Some(hook.clone()), ..cfg() };
+        let started = Instant::now();
+        let e = send(&Notifier::new(c).with_timeout(Duration::from_millis(300)), &notice(DosDetected, t0(), 1))
+            .unwrap_err()
+            .to_string();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(e.contains(&format!("notify.exec: `{}` did not finish within 300ms", hook.display())), "{e}");
+    }
+
+    #[test]
+    fn notifier_names_a_missing_program() {
+        let c = NotifyConfig { sendmail: "/nonexistent/floodgate-test/sendmail".into(), ..cfg() };
+        let e = Notifier::new(c).send(&notice(DosDetected, t0(), 1)).unwrap_err().to_string();
+        assert!(e.starts_with("notify.sendmail: cannot run `/nonexistent/floodgate-test/sendmail`:"), "{e}");
+    }
+
+    #[test]
+    fn notifier_runs_the_hook_even_when_mail_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let sendmail = script(dir.path(), "sendmail", "cat > /dev/null\necho 'queue full' >&2\nexit 75");
+        let hook = script(dir.path(), "hook", &format!("cat > '{}/json'", dir.path().display()));
+        let c = NotifyConfig { sendmail: sendmail.clone(), exec: Some(hook), ..cfg() };
+        let e = send(&Notifier::new(c), &notice(Converged, t0(), 1)).unwrap_err().to_string();
+        assert_eq!(e, format!("notify.sendmail: `{} -t -i` failed (exit status: 75): queue full", sendmail.display()));
+        assert!(dir.path().join("json").exists());
+    }
+}
