@@ -56,7 +56,12 @@ impl Running {
 }
 
 /// Starts every configured source; positions come from the store so each resumes where it was.
-fn start_sources(config: &Config, store: &Store, tx: &mpsc::Sender<Feed>) -> (Running, Vec<SourceEntry>) {
+fn start_sources(
+    config: &Config,
+    store: &Store,
+    tx: &mpsc::Sender<Feed>,
+    enforcing: bool,
+) -> (Running, Vec<SourceEntry>) {
     let stop = Stop::new();
     let mut handles = Vec::new();
     let mut entries = Vec::new();
@@ -96,6 +101,11 @@ fn start_sources(config: &Config, store: &Store, tx: &mpsc::Sender<Feed>) -> (Ru
     if s.journald {
         let src = source::journald::JournaldSource::new(s.journald_args.clone());
         spawn("journald".into(), Box::new(move |sink, stop| src.run(sink, stop)));
+    }
+    // What floodgate's own limits absorb: measured only where it enforces (a dry run has no table to read).
+    if enforcing {
+        let src = source::nft_counters::NftCountersSource::new(config.enforce.table.clone(), config.daemon.tick);
+        spawn("nft".into(), Box::new(move |sink, stop| src.run(sink, stop)));
     }
     (Running { stop, handles }, entries)
 }
@@ -197,7 +207,7 @@ async fn serve(
         tokio::task::block_in_place(|| pipeline.rebuild_windows()).context("rebuilding the failure windows")?;
     tokio::task::block_in_place(|| pipeline.flush());
     tracing::info!(replayed, "failure windows rebuilt from the store");
-    let (mut running, entries) = start_sources(&pipeline.config, &pipeline.store, &tx);
+    let (mut running, entries) = start_sources(&pipeline.config, &pipeline.store, &tx, !pipeline.dry_run);
     pipeline.sources = entries;
     // Last: a socket that answers means a daemon whose sources have taken their positions (so a line written
     // after the socket appears is never skipped as "before the start").
@@ -233,7 +243,7 @@ async fn serve(
                 match tokio::task::block_in_place(|| pipeline.reload()) {
                     Ok(()) if pipeline.config.sources != sources_before => {
                         running.stop(&mut rx, &mut pipeline).await;
-                        let (r, entries) = start_sources(&pipeline.config, &pipeline.store, &tx);
+                        let (r, entries) = start_sources(&pipeline.config, &pipeline.store, &tx, !pipeline.dry_run);
                         running = r;
                         pipeline.sources = entries;
                     }
@@ -247,7 +257,7 @@ async fn serve(
                 let response = tokio::task::block_in_place(|| pipeline.control(&msg.request, queued, capacity));
                 if msg.request == Request::Reload && response.ok && pipeline.config.sources != sources_before {
                     running.stop(&mut rx, &mut pipeline).await;
-                    let (r, entries) = start_sources(&pipeline.config, &pipeline.store, &tx);
+                    let (r, entries) = start_sources(&pipeline.config, &pipeline.store, &tx, !pipeline.dry_run);
                     running = r;
                     pipeline.sources = entries;
                 }

@@ -59,8 +59,6 @@ pub struct Pipeline {
     started_at: DateTime<Utc>,
     last_tick: Instant,
     last_verify: Instant,
-    /// The limit rules' drop counters at the last tick, to turn them into rises.
-    drops: HashMap<(u16, LimitMode), u64>,
     events_stored: u64,
     bans_made: u64,
     refused_allowlisted: u64,
@@ -136,7 +134,6 @@ impl Pipeline {
             started_at: Utc::now(),
             last_tick: Instant::now(),
             last_verify: Instant::now(),
-            drops: HashMap::new(),
             events_stored: 0,
             bans_made: 0,
             refused_allowlisted: 0,
@@ -352,38 +349,6 @@ impl Pipeline {
         });
     }
 
-    /// The limit rules drop before conntrack: their counters are the only measure of an attack a limit holds
-    /// back. Each rise becomes a `kernel_counter` event (rule `nft.limit_global` / `nft.limit_source`, the
-    /// port), stored and shown to the policy, so a flood that goes on is not mistaken for calm.
-    fn read_drops(&mut self, now: DateTime<Utc>) {
-        if self.dry_run {
-            return;
-        }
-        let counts = match self.enforcer.limit_drops() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the limit counters");
-                return;
-            }
-        };
-        let mut events = Vec::new();
-        for (port, mode, packets) in counts {
-            let before = self.drops.insert((port, mode), packets);
-            let rise = match before {
-                Some(b) if packets > b => packets - b,
-                _ => continue, // first reading, or counters reset by a reinstall
-            };
-            let mut ev =
-                Event::new(now, crate::event::Kind::KernelCounter, Arc::from(format!("nft.limit_{}", mode.as_str())));
-            ev.port = Some(port);
-            ev.count = u32::try_from(rise).unwrap_or(u32::MAX);
-            events.push(ev);
-        }
-        if !events.is_empty() {
-            self.feed(Feed::Events { input: Arc::from("nft"), events });
-        }
-    }
-
     /// Reads the SYN proxy's prerequisites again (every `SYNPROXY_CHECK`) and tells the policy; a change is logged.
     fn check_synproxy(&mut self) {
         if self.synproxy_checked.is_some_and(|t| t.elapsed() < SYNPROXY_CHECK) {
@@ -463,7 +428,6 @@ impl Pipeline {
         self.parser.ctx.reference = now;
         self.check_synproxy();
         self.check_conntrack();
-        self.read_drops(now);
         self.policy.tick(now, &mut self.decisions);
         self.record_unrecorded(now);
         self.flush();

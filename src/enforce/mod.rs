@@ -155,22 +155,6 @@ impl Enforcer {
         Ok(self.kernel.chain_packets(&table, crate::nft::ruleset::TRACK_CHAIN)?)
     }
 
-    /// Packets dropped so far by each port's limit rules (counters of the limit chains).
-    pub fn limit_drops(&mut self) -> Result<Vec<(u16, LimitMode, u64)>, EnforceError> {
-        let table = self.ruleset.table.clone();
-        let mut out = Vec::new();
-        for (chain, mode) in [
-            (crate::nft::ruleset::SOURCE_CHAIN, LimitMode::Source),
-            (crate::nft::ruleset::GLOBAL_CHAIN, LimitMode::Global),
-            (crate::nft::ruleset::SYNPROXY_CHAIN, LimitMode::Synproxy),
-        ] {
-            for (port, packets) in self.kernel.limit_drops(&table, chain)? {
-                out.push((port, mode, packets));
-            }
-        }
-        Ok(out)
-    }
-
     /// Remember what was written, so later decisions need no set dumps (the daemon's mode).
     pub fn keep_mirror(&mut self) {
         self.keep_mirror = true;

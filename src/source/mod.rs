@@ -8,6 +8,7 @@ pub mod file;
 pub mod journald;
 pub mod kmsg;
 pub mod netstat;
+pub mod nft_counters;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
