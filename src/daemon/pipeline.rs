@@ -18,10 +18,10 @@ use crate::control::{self, Request, Response};
 use crate::enforce::{EnforceError, Enforcer};
 use crate::event::Event;
 use crate::notify::{Notice, Notifier, Throttle};
-use crate::parser::{LineParser, Outcome};
+use crate::parse::header::TimeContext;
+use crate::parse::{LineParser, Outcome};
 use crate::policy::engine::Engine;
 use crate::policy::Policy;
-use crate::prefix::TimeContext;
 use crate::source::{Feed, Position, SourceStats};
 use crate::store::{Decision, LimitMode, Origin, Store};
 
