@@ -10,8 +10,8 @@ use serde::{Deserialize, Deserializer};
 use crate::addr::Cidr;
 use crate::nft::ruleset::GeoRule;
 use crate::nft::{Limit, Per, PortLimits, Ruleset};
-use crate::parser::ServicePorts;
-use crate::prefix::Zone;
+use crate::parse::header::Zone;
+use crate::parse::ServicePorts;
 
 pub const DEFAULT_CONFIG: &str = "/etc/floodgate/floodgate.toml";
 pub const DEFAULT_DB: &str = "/var/lib/floodgate/floodgate.db";
@@ -331,7 +331,7 @@ pub struct Jail {
     pub bantime: Duration,
     /// Which rules count as failures: `normal` (what fail2ban's normal mode counts) or `aggressive` (also the
     /// judgement calls: scanners that never try to log in, 4xx spam-bot signatures).
-    pub level: crate::rules::Level,
+    pub level: crate::parse::rules::Level,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -339,7 +339,7 @@ pub struct Jail {
 pub struct Service {
     pub ports: Vec<u16>,
     /// This service's rule level, instead of the jail's.
-    pub level: Option<crate::rules::Level>,
+    pub level: Option<crate::parse::rules::Level>,
     pub maxretry: Option<u32>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub findtime: Option<Duration>,
@@ -455,7 +455,7 @@ impl Default for Jail {
             maxretry: 5,
             findtime: Duration::from_secs(600),
             bantime: Duration::from_secs(3600),
-            level: crate::rules::Level::Normal,
+            level: crate::parse::rules::Level::Normal,
         }
     }
 }
@@ -484,7 +484,7 @@ impl Config {
 
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
         let invalid = |reason: String| ConfigError::Invalid { file: file.to_string(), reason };
-        let mut cfg: Config = toml::from_str(text).map_err(|e| invalid(crate::rules::toml_reason(&e, text)))?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| invalid(crate::parse::rules::toml_reason(&e, text)))?;
         // A file that lists services replaces the preset's list entirely: no hidden defaults.
         if cfg.services.is_empty() {
             cfg.services = Config::default().services;
@@ -674,8 +674,8 @@ impl Config {
     }
 
     /// Which rule levels count as failures, per service.
-    pub fn levels(&self) -> crate::parser::Levels {
-        crate::parser::Levels {
+    pub fn levels(&self) -> crate::parse::Levels {
+        crate::parse::Levels {
             default: self.jail.level,
             per_service: self.services.iter().filter_map(|(n, s)| Some((n.clone(), s.level?))).collect(),
         }

@@ -1,6 +1,19 @@
 //! floodgate: defends Linux mail servers against brute force, DoS and spoofed-source SYN floods.
 //!
-//! Data flows one way: sources -> parse (rules -> [`event::Event`]) -> store + policy -> enforce / notify.
+//! Data flows one way, through the daemon's one stateful pipeline task ([`daemon`]):
+//!
+//! - [`source`]: log lines (a tailed file, the journal, /dev/kmsg) and ready-made events (TcpExt counters,
+//!   conntrack netlink, floodgate's own nft counters), each source on its own thread.
+//! - [`parse`]: lines -> [`event::Event`]s by the rules in rules/*.toml (syslog header split, literal prefilter,
+//!   regex). Events from the counters and conntrack netlink do not pass through it.
+//! - [`store`] keeps the events and decisions (SQLite); [`policy`] turns events and a clock into decisions and
+//!   alerts, with no I/O of its own.
+//! - [`decision`]s are what the policy (or the operator) wants enforced; [`enforce`] makes them true in the
+//!   kernel's sets through [`nft`] (one netlink batch) and records them in the store, and [`notice`] tells the
+//!   admin about alerts.
+//!
+//! Around the pipeline: [`config`], the operator's requests ([`control`]) from the commands ([`cli`]), country
+//! ranges ([`geo`]) and the advisor ([`advise`]).
 
 pub mod addr;
 pub mod advise;
@@ -13,13 +26,9 @@ pub mod decision;
 pub mod enforce;
 pub mod event;
 pub mod geo;
-pub mod matcher;
 pub mod nft;
 pub mod notice;
-pub mod parser;
+pub mod parse;
 pub mod policy;
-pub mod prefix;
-pub mod reader;
-pub mod rules;
 pub mod source;
 pub mod store;

@@ -212,7 +212,7 @@ fn parse_shows_unmatched_lines_one_rule_and_each_rules_level() {
 
 #[test]
 fn parse_on_several_threads_gives_exactly_the_sequential_events_in_input_order() {
-    use floodgate::parser::{LineParser, Outcome};
+    use floodgate::parse::{LineParser, Outcome};
     // Every sample line of every family, over and over: many batches, sessions and ledgers that span them.
     let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/samples");
     let mut lines = Vec::new();
@@ -247,7 +247,7 @@ fn parse_on_several_threads_gives_exactly_the_sequential_events_in_input_order()
         })
         .collect();
     let cfg = floodgate::config::Config::load(Some(std::path::Path::new(&e.config))).unwrap();
-    let ctx = floodgate::prefix::TimeContext::system(cfg.timezone);
+    let ctx = floodgate::parse::header::TimeContext::system(cfg.timezone);
     let mut p = LineParser::from_config(&cfg, &[], ctx).unwrap();
     let want: Vec<(u64, String, bool, u64)> = all
         .iter()

@@ -4,11 +4,11 @@ use std::sync::{Arc, OnceLock};
 
 use chrono::{TimeZone, Utc};
 use floodgate::config::Config;
-use floodgate::matcher::Matcher;
-use floodgate::parser::{LineParser, Outcome};
-use floodgate::prefix::{TimeContext, Zone};
-use floodgate::reader::{Line, LineReader};
-use floodgate::rules;
+use floodgate::parse::header::{TimeContext, Zone};
+use floodgate::parse::lines::{Line, LineReader};
+use floodgate::parse::matcher::Matcher;
+use floodgate::parse::rules;
+use floodgate::parse::{LineParser, Outcome};
 use proptest::prelude::*;
 
 fn ctx() -> TimeContext {

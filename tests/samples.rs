@@ -9,8 +9,8 @@ use std::path::Path;
 use chrono::{TimeZone, Utc};
 use floodgate::config::Config;
 use floodgate::event::{format_time, Event};
-use floodgate::parser::{LineParser, Outcome};
-use floodgate::prefix::{TimeContext, Zone};
+use floodgate::parse::header::{TimeContext, Zone};
+use floodgate::parse::{LineParser, Outcome};
 
 fn parser() -> LineParser {
     let ctx = TimeContext {

@@ -10,10 +10,10 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 
 use crate::event::{format_time, Event};
-use crate::parser::{prematch_bytes, LineParser, Outcome, Prematch, Stats};
-use crate::prefix::TimeContext;
-use crate::reader::{Line, LineReader};
-use crate::rules::Level;
+use crate::parse::header::TimeContext;
+use crate::parse::lines::{Line, LineReader};
+use crate::parse::rules::Level;
+use crate::parse::{prematch_bytes, LineParser, Outcome, Prematch, Stats};
 use crate::store::Origin;
 use std::collections::HashMap;
 
@@ -185,7 +185,7 @@ struct Batch {
 const BATCH: usize = 4096;
 
 /// Reads `reader` to its end, handing every line in order to `each`. The pure half of parsing (literal prefilter,
-/// prefix, regexes) runs on worker threads, one per core, over batches of lines; the stateful half (times carried
+/// header, regexes) runs on worker threads, one per core, over batches of lines; the stateful half (times carried
 /// over, sessions, the attempt ledger) and the output stay on this thread, in input order.
 fn pipelined<R: Read>(
     parser: &mut LineParser,

@@ -19,10 +19,10 @@ use crate::decision::{Decision, LimitMode};
 use crate::enforce::{EnforceError, Enforcer};
 use crate::event::Event;
 use crate::notice::{Notice, Notifier, Throttle};
-use crate::parser::{LineParser, Outcome};
+use crate::parse::header::TimeContext;
+use crate::parse::{LineParser, Outcome};
 use crate::policy::engine::Engine;
 use crate::policy::Policy;
-use crate::prefix::TimeContext;
 use crate::source::{Feed, Position, SourceStats};
 use crate::store::{Origin, Store};
 

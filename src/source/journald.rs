@@ -352,7 +352,7 @@ mod tests {
 
     #[test]
     fn lines_parse_back_with_their_time_host_and_program() {
-        use crate::prefix::{split, TimeContext, Zone};
+        use crate::parse::header::{split, TimeContext, Zone};
         let ctx = TimeContext { zone: Zone::Local, reference: chrono::Utc::now(), boot_time: None };
         let line = entry_to_line(ENTRY).unwrap();
         let p = split(&line, &ctx);

@@ -9,9 +9,9 @@ mod gen;
 use std::time::Instant;
 
 use floodgate::config::Config;
-use floodgate::parser::{LineParser, Outcome};
-use floodgate::prefix::{TimeContext, Zone};
-use floodgate::reader::{Line, LineReader};
+use floodgate::parse::header::{TimeContext, Zone};
+use floodgate::parse::lines::{Line, LineReader};
+use floodgate::parse::{LineParser, Outcome};
 
 fn main() {
     let lines: usize = std::env::var("BENCH_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);

@@ -1,10 +1,11 @@
-//! Splits a log line into its timestamp, host, program tag and message, for every prefix floodgate reads:
-//! RFC 3164 (no year), RFC 3339 / ISO 8601 (rsyslog high precision, `journalctl -o short-iso`, Exim's own
-//! log), RFC 5424, /dev/kmsg records, dmesg / conntrack `[seconds]` brackets, and bare messages.
+//! The header of a log line: splits a line into its timestamp, host, program tag and message, for every header
+//! shape floodgate reads: RFC 3164 (no year), RFC 3339 / ISO 8601 (rsyslog high precision, `journalctl -o
+//! short-iso`, Exim's own log), RFC 5424, /dev/kmsg records, dmesg / conntrack `[seconds]` brackets, and bare
+//! messages.
 
 use chrono::{DateTime, Datelike, Duration, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
-/// The time zone that prefixes without an offset (RFC 3164, ISO without offset) are read in.
+/// The time zone that headers without an offset (RFC 3164, ISO without offset) are read in.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Zone {
     /// The system's zone (TZ, /etc/localtime).
@@ -52,7 +53,7 @@ impl Zone {
     }
 }
 
-/// What the prefix parser needs besides the line.
+/// What the header splitter needs besides the line.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeContext {
     pub zone: Zone,
@@ -77,7 +78,7 @@ pub fn boot_time_from_proc() -> Option<DateTime<Utc>> {
 
 /// A line split into its parts. `message` is what rules match against.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prefixed<'a> {
+pub struct Split<'a> {
     pub time: Option<DateTime<Utc>>,
     pub host: Option<&'a str>,
     /// The syslog tag without its `[pid]` (`postfix/submission/smtpd`), when the line has one.
@@ -88,9 +89,9 @@ pub struct Prefixed<'a> {
     pub message: &'a str,
 }
 
-pub fn split<'a>(line: &'a str, ctx: &TimeContext) -> Prefixed<'a> {
+pub fn split<'a>(line: &'a str, ctx: &TimeContext) -> Split<'a> {
     let b = line.as_bytes();
-    let bare = Prefixed { time: None, host: None, program: None, pid: None, message: line };
+    let bare = Split { time: None, host: None, program: None, pid: None, message: line };
     if b.is_empty() {
         return bare;
     }
@@ -112,7 +113,7 @@ pub fn split<'a>(line: &'a str, ctx: &TimeContext) -> Prefixed<'a> {
 }
 
 /// `<PRI>` then RFC 5424 (`1 TIMESTAMP ...`) or an RFC 3164 remainder.
-fn split_pri<'a>(line: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
+fn split_pri<'a>(line: &'a str, ctx: &TimeContext) -> Option<Split<'a>> {
     let close = line[..line.len().min(5)].find('>')?;
     if close < 2 || !line[1..close].bytes().all(|c| c.is_ascii_digit()) {
         return None;
@@ -125,7 +126,7 @@ fn split_pri<'a>(line: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
 }
 
 /// `TIMESTAMP HOST APP PROCID MSGID [SD] MSG`, `-` for nil values.
-fn split_5424<'a>(rest: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
+fn split_5424<'a>(rest: &'a str, ctx: &TimeContext) -> Option<Split<'a>> {
     let mut fields = [""; 5];
     let mut pos = 0usize;
     for f in fields.iter_mut() {
@@ -152,23 +153,23 @@ fn split_5424<'a>(rest: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
     }
     let msg = msg.strip_prefix('\u{feff}').unwrap_or(msg);
     let nil = |s: &'a str| if s == "-" || s.is_empty() { None } else { Some(s) };
-    Some(Prefixed { time, host: nil(host), program: nil(app), pid: nil(procid), message: msg })
+    Some(Split { time, host: nil(host), program: nil(app), pid: nil(procid), message: msg })
 }
 
 /// /dev/kmsg: `PRI,SEQ,USEC,FLAGS[,...];MESSAGE`.
-fn split_kmsg<'a>(line: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
+fn split_kmsg<'a>(line: &'a str, ctx: &TimeContext) -> Option<Split<'a>> {
     let semi = line[..line.len().min(64)].find(';')?;
     let mut parts = line[..semi].split(',');
     let _pri: u32 = parts.next()?.parse().ok()?;
     let _seq: u64 = parts.next()?.parse().ok()?;
     let usec: i64 = parts.next()?.parse().ok()?;
     let time = ctx.boot_time.map(|b| b + Duration::microseconds(usec));
-    Some(Prefixed { time, host: None, program: Some("kernel"), pid: None, message: &line[semi + 1..] })
+    Some(Split { time, host: None, program: Some("kernel"), pid: None, message: &line[semi + 1..] })
 }
 
 /// `[  154.110937] msg` (dmesg: seconds since boot) or `[1732212345.123456]\t msg` (conntrack -o timestamp:
 /// seconds since the epoch). Values past 10^9 s (31 years of uptime) are taken as epoch times.
-fn split_bracket<'a>(line: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
+fn split_bracket<'a>(line: &'a str, ctx: &TimeContext) -> Option<Split<'a>> {
     let close = line[..line.len().min(32)].find(']')?;
     let num = line[1..close].trim();
     let (secs, frac) = num.split_once('.').unwrap_or((num, ""));
@@ -180,28 +181,28 @@ fn split_bracket<'a>(line: &'a str, ctx: &TimeContext) -> Option<Prefixed<'a>> {
     let offset = Duration::seconds(s) + Duration::nanoseconds(nanos as i64);
     let time = if s >= 1_000_000_000 { DateTime::from_timestamp(s, nanos) } else { ctx.boot_time.map(|b| b + offset) };
     let message = line[close + 1..].trim_start();
-    Some(Prefixed { time, host: None, program: None, pid: None, message })
+    Some(Split { time, host: None, program: None, pid: None, message })
 }
 
 /// After the timestamp: ` host tag[pid]: msg`, ` tag: msg` (no host, e.g. Dovecot's log_path), or ` msg`.
-fn after_time(line: &str, used: usize, time: Option<DateTime<Utc>>) -> Prefixed<'_> {
+fn after_time(line: &str, used: usize, time: Option<DateTime<Utc>>) -> Split<'_> {
     let rest = line[used..].trim_start_matches(' ');
     let (t1, after1) = token(rest);
     if let Some(tag) = t1.strip_suffix(':') {
         if let Some((name, pid)) = tag_with_pid(tag) {
-            return Prefixed { time, host: None, program: Some(name), pid: Some(pid), message: after1 };
+            return Split { time, host: None, program: Some(name), pid: Some(pid), message: after1 };
         }
         // A bare `word:` without a host is Dovecot's `imap-login:`: part of the message its rules read.
-        return Prefixed { time, host: None, program: Some(tag), pid: None, message: rest };
+        return Split { time, host: None, program: Some(tag), pid: None, message: rest };
     }
     let (t2, after2) = token(after1);
     if let Some(tag) = t2.strip_suffix(':') {
         if !t1.is_empty() && !tag.is_empty() {
             let (name, pid) = tag_with_pid(tag).map_or((tag, None), |(n, p)| (n, Some(p)));
-            return Prefixed { time, host: Some(t1), program: Some(name), pid, message: after2 };
+            return Split { time, host: Some(t1), program: Some(name), pid, message: after2 };
         }
     }
-    Prefixed { time, host: None, program: None, pid: None, message: rest }
+    Split { time, host: None, program: None, pid: None, message: rest }
 }
 
 fn token(s: &str) -> (&str, &str) {

@@ -1,5 +1,5 @@
-//! Reads lines from any byte stream with bounded memory: a line longer than the limit is skipped (and
-//! reported as such) without ever being held whole, and a last line without a newline is still returned.
+//! The lines of a byte stream, read with bounded memory ([`LineReader`]): a line longer than the limit is skipped
+//! (and reported as such) without ever being held whole, and a last line without a newline is still returned.
 
 use std::io::{self, Read};
 

@@ -8,8 +8,8 @@ use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
 use memchr::memmem;
 use regex::bytes::{CaptureLocations, Regex};
 
+use super::rules::Family;
 use crate::event::Kind;
-use crate::rules::Family;
 
 /// Capture group indices of the names floodgate understands.
 #[derive(Debug, Default, Clone, Copy)]
@@ -58,8 +58,8 @@ pub struct Rule {
     /// Required literals other than the prefilter's anchor.
     pub others: Vec<memmem::Finder<'static>>,
     pub service: Option<Arc<str>>,
-    pub attempt: Option<crate::rules::Attempt>,
-    pub level: crate::rules::Level,
+    pub attempt: Option<super::rules::Attempt>,
+    pub level: super::rules::Level,
 }
 
 #[derive(Debug)]

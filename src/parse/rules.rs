@@ -1,4 +1,6 @@
-//! Rules files (rules/*.toml): loading, validation, and the built-in set compiled into the binary.
+//! Rules files (rules/*.toml): loading, validation (including the proof that a rule's `literals` are required by
+//! its regex, so the prefilter never skips a line the rule would match), and the built-in set compiled into the
+//! binary.
 //!
 //! One file per program family. Its stem is the family name, and a rule's full id is `family.id`. A file in a
 //! user's rules directory with the same name as a built-in file replaces it; other files add families.
@@ -6,26 +8,27 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use regex_syntax::hir::{Class, Hir, HirKind, Literal};
 use serde::Deserialize;
 
 use crate::event::Kind;
 
 /// The rules shipped with floodgate, embedded so that the binary works with no files installed.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("kernel.toml", include_str!("../rules/kernel.toml")),
-    ("conntrack.toml", include_str!("../rules/conntrack.toml")),
-    ("postfix.toml", include_str!("../rules/postfix.toml")),
-    ("dovecot.toml", include_str!("../rules/dovecot.toml")),
-    ("exim.toml", include_str!("../rules/exim.toml")),
-    ("sendmail.toml", include_str!("../rules/sendmail.toml")),
-    ("courier.toml", include_str!("../rules/courier.toml")),
-    ("opensmtpd.toml", include_str!("../rules/opensmtpd.toml")),
-    ("sshd.toml", include_str!("../rules/sshd.toml")),
-    ("cyrus.toml", include_str!("../rules/cyrus.toml")),
-    ("qmail.toml", include_str!("../rules/qmail.toml")),
-    ("uwimap.toml", include_str!("../rules/uwimap.toml")),
-    ("perdition.toml", include_str!("../rules/perdition.toml")),
-    ("solidpop3d.toml", include_str!("../rules/solidpop3d.toml")),
+    ("kernel.toml", include_str!("../../rules/kernel.toml")),
+    ("conntrack.toml", include_str!("../../rules/conntrack.toml")),
+    ("postfix.toml", include_str!("../../rules/postfix.toml")),
+    ("dovecot.toml", include_str!("../../rules/dovecot.toml")),
+    ("exim.toml", include_str!("../../rules/exim.toml")),
+    ("sendmail.toml", include_str!("../../rules/sendmail.toml")),
+    ("courier.toml", include_str!("../../rules/courier.toml")),
+    ("opensmtpd.toml", include_str!("../../rules/opensmtpd.toml")),
+    ("sshd.toml", include_str!("../../rules/sshd.toml")),
+    ("cyrus.toml", include_str!("../../rules/cyrus.toml")),
+    ("qmail.toml", include_str!("../../rules/qmail.toml")),
+    ("uwimap.toml", include_str!("../../rules/uwimap.toml")),
+    ("perdition.toml", include_str!("../../rules/perdition.toml")),
+    ("solidpop3d.toml", include_str!("../../rules/solidpop3d.toml")),
 ];
 
 /// Named captures a rule's regex may use; any other name is refused, so a typo cannot silently drop a field.
@@ -57,7 +60,7 @@ pub struct FamilySpec {
 }
 
 /// How a failure line relates to the other lines about the same session, so that every attempt counts once and
-/// as soon as it is logged (see `parser::Ledger`).
+/// as soon as it is logged (see `parse::Ledger`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Attempt {
@@ -103,7 +106,7 @@ pub struct RuleSpec {
     pub kind: String,
     pub regex: String,
     /// Strings that every matching line contains. The longest feeds the literal prefilter; rules without any
-    /// run on every line, which is slow.
+    /// run on every line, which is slow. Each must be required by the regex (checked at load, see `requires`).
     #[serde(default)]
     pub literals: Vec<String>,
     /// Overrides the kind's default (failures count against the source, signals do not).
@@ -268,6 +271,13 @@ pub fn check_file(name: &str, origin: &str, text: &str) -> Result<Family, RulesE
         if let Some(empty) = spec.literals.iter().find(|l| l.is_empty()) {
             return Err(err(format!("empty literal {empty:?}")));
         }
+        let hir = syntax(&spec.regex).map_err(|e| err(format!("bad regex: {e}")))?;
+        if let Some(lit) = spec.literals.iter().find(|l| !requires(&hir, l.as_bytes())) {
+            return Err(err(format!(
+                "`literals` entry {lit:?} is not required by the regex: a line without it could match, and the \
+                 prefilter would skip it"
+            )));
+        }
         rules.push(CheckedRule {
             full_id,
             kind,
@@ -287,6 +297,150 @@ pub fn check_file(name: &str, origin: &str, text: &str) -> Result<Family, RulesE
 /// of automata over the built-in rules against 3 MB this way (measured with a counting allocator).
 pub fn compile(pattern: &str) -> Result<regex::bytes::Regex, regex::Error> {
     regex::bytes::RegexBuilder::new(pattern).unicode(false).build()
+}
+
+/// The pattern as `compile` reads it (Unicode off; bytes, so `utf8` off as `regex::bytes` sets it): the tree the
+/// literal check walks must be the one that runs.
+fn syntax(pattern: &str) -> Result<Hir, String> {
+    regex_syntax::ParserBuilder::new().unicode(false).utf8(false).build().parse(pattern).map_err(|e| e.to_string())
+}
+
+/// Whether every string `hir` matches contains `lit`. The prefilter skips a line that lacks any of a rule's
+/// literals, so a literal the regex does not need would silently lose the lines that match without it.
+///
+/// The regex runs on the message after the header and the prefilter on the whole line, which holds the message:
+/// what every match contains, every matching line contains.
+///
+/// Conservative: `true` is a proof, `false` may only mean "not proven". It follows every way a match can go (see
+/// [`shapes`]): bytes spelled out in a row, through captures, zero-width assertions, optional parts, alternations
+/// and classes of up to `SMALL_CLASS` bytes, so `: (?:Info: )?invalid` requires `: invalid` and
+/// `(?:LOGOUT|TIMEOUT),` requires `OUT,`. It does not look inside wider classes, across the copies of a
+/// repetition, or through more than `MAX_SHAPES` ways at once (those are merged into what they share). Case
+/// matters, as it does to the prefilter: `(?i:quit)` does not require `quit`. A rule refused for a literal that is
+/// required in a way this does not see can name a shorter one.
+fn requires(hir: &Hir, lit: &[u8]) -> bool {
+    shapes(hir, lit).iter().all(|s| s.contains)
+}
+
+/// One way a match can look, as far as the literal check needs: every match of a piece of regex fits one of
+/// its shapes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Shape {
+    /// The match starts with these bytes.
+    starts: Vec<u8>,
+    /// The match ends with these bytes (they may overlap `starts`).
+    ends: Vec<u8>,
+    /// `starts` is the whole match (then `ends` equals it).
+    exact: bool,
+    /// The match contains the literal.
+    contains: bool,
+}
+
+impl Shape {
+    /// Any bytes at all (a wide class): nothing known.
+    fn unknown() -> Shape {
+        Shape { starts: Vec::new(), ends: Vec::new(), exact: false, contains: false }
+    }
+
+    fn exact(bytes: Vec<u8>, lit: &[u8]) -> Shape {
+        let contains = has(&bytes, lit);
+        Shape { starts: bytes.clone(), ends: bytes, exact: true, contains }
+    }
+
+    /// A match of `self` followed by a match of `next`.
+    fn then(&self, next: &Shape, lit: &[u8]) -> Shape {
+        if self.exact && next.exact {
+            return Shape::exact([&self.starts[..], &next.starts[..]].concat(), lit);
+        }
+        let starts = if self.exact { [&self.starts[..], &next.starts[..]].concat() } else { self.starts.clone() };
+        let ends = if next.exact { [&self.ends[..], &next.ends[..]].concat() } else { next.ends.clone() };
+        // Where the two meet, the end of one and the start of the other are adjacent in the match.
+        let joint = [&self.ends[..], &next.starts[..]].concat();
+        let contains = self.contains || next.contains || has(&joint, lit) || has(&starts, lit) || has(&ends, lit);
+        Shape { starts, ends, exact: false, contains }
+    }
+}
+
+/// Past this many shapes a piece's are merged into one (what they all share), so that a regex with many optional
+/// parts costs little to check. Merging only forgets, so the check stays sound.
+const MAX_SHAPES: usize = 64;
+
+/// Classes of at most this many bytes are followed byte by byte (`[.:]`, `[Qq]`); wider ones (`\d`, `\S`) say
+/// nothing.
+const SMALL_CLASS: usize = 8;
+
+fn has(hay: &[u8], lit: &[u8]) -> bool {
+    memchr::memmem::find(hay, lit).is_some()
+}
+
+/// The shapes every match of `hir` fits. No shapes at all means it never matches (an empty class).
+fn shapes(hir: &Hir, lit: &[u8]) -> Vec<Shape> {
+    match hir.kind() {
+        // Zero-width: an assertion consumes nothing, so what is on either side stays adjacent.
+        HirKind::Empty | HirKind::Look(_) => vec![Shape::exact(Vec::new(), lit)],
+        HirKind::Literal(Literal(bytes)) => vec![Shape::exact(bytes.to_vec(), lit)],
+        HirKind::Class(class) => class_shapes(class, lit),
+        HirKind::Capture(capture) => shapes(&capture.sub, lit),
+        HirKind::Concat(parts) => parts.iter().fold(vec![Shape::exact(Vec::new(), lit)], |before, part| {
+            let after = shapes(part, lit);
+            bounded(before.iter().flat_map(|b| after.iter().map(|a| b.then(a, lit))).collect())
+        }),
+        HirKind::Alternation(branches) => bounded(branches.iter().flat_map(|b| shapes(b, lit)).collect()),
+        HirKind::Repetition(rep) => {
+            let once = shapes(&rep.sub, lit);
+            let mut out = Vec::new();
+            if rep.min == 0 {
+                out.push(Shape::exact(Vec::new(), lit));
+            }
+            match rep.max {
+                Some(0) => {}
+                Some(1) => out.extend(once),
+                // Several copies: the first starts the match and the last ends it, whatever lies between.
+                _ => out.extend(merged(&once).map(|m| Shape { exact: false, ..m })),
+            }
+            bounded(out)
+        }
+    }
+}
+
+/// A class of a few bytes is as good as that many literals; a wider one says nothing.
+fn class_shapes(class: &Class, lit: &[u8]) -> Vec<Shape> {
+    let bytes: Vec<u8> = match class {
+        Class::Bytes(c) => c.iter().flat_map(|r| r.start()..=r.end()).take(SMALL_CLASS + 1).collect(),
+        Class::Unicode(_) => match class.literal() {
+            Some(bytes) => return vec![Shape::exact(bytes, lit)],
+            None if class.is_empty() => return Vec::new(),
+            None => return vec![Shape::unknown()],
+        },
+    };
+    if bytes.len() > SMALL_CLASS {
+        return vec![Shape::unknown()];
+    }
+    bytes.into_iter().map(|b| Shape::exact(vec![b], lit)).collect()
+}
+
+/// `shapes` without repeats, merged into one when there are too many.
+fn bounded(mut shapes: Vec<Shape>) -> Vec<Shape> {
+    shapes.sort();
+    shapes.dedup();
+    if shapes.len() <= MAX_SHAPES {
+        return shapes;
+    }
+    merged(&shapes).into_iter().collect()
+}
+
+/// One shape that every one of `shapes` fits: their common start and end, containing the literal only if all do.
+fn merged(shapes: &[Shape]) -> Option<Shape> {
+    let first = shapes.first()?;
+    let mut m = Shape { exact: false, ..first.clone() };
+    for s in &shapes[1..] {
+        let common = m.starts.iter().zip(&s.starts).take_while(|(a, b)| a == b).count();
+        m.starts.truncate(common);
+        let common = m.ends.iter().rev().zip(s.ends.iter().rev()).take_while(|(a, b)| a == b).count();
+        m.ends.drain(..m.ends.len() - common);
+        m.contains &= s.contains;
+    }
+    Some(m)
 }
 
 fn valid_id(s: &str) -> bool {
@@ -336,6 +490,115 @@ mod tests {
         assert!(e.contains("duplicate id"), "{e}");
         let e = err("[[rule]]\nid = \"a\"\nkind = \"syn_flood\"\nregex = \"x\"\n");
         assert!(e.contains("needs a `port` capture"), "{e}");
+    }
+
+    fn required(regex: &str, lit: &str) -> bool {
+        requires(&syntax(regex).unwrap(), lit.as_bytes())
+    }
+
+    #[test]
+    fn a_literal_the_regex_spells_out_is_required() {
+        assert!(required(r"^Failed password for .* from (?P<addr>[0-9.]+)$", "Failed password"));
+        assert!(required(r"^Closed \((?P<count>\d+) attempts\): (?P<addr>[0-9.]+)$", "attempts):"));
+        // Inside a required capture, and across a zero-width assertion.
+        assert!(required(r"^x (?P<user>user=\S+) from", "user="));
+        assert!(required(r"lost\b from", "lost from"));
+        // Across optional parts, when each way through them leaves it whole.
+        assert!(required(
+            r"\): (?:Info: )?(?:request \[\d+\]: )?(?:[\w-]+: )?invalid credentials$",
+            ": invalid credentials"
+        ));
+        assert!(required(r"(?: Ci=\d+)? (?:TFO )?lost\b", " lost"));
+        // In every branch of an alternation, or where every branch ends with its start.
+        assert!(required(r"^(?:LOGOUT|TIMEOUT), ip=", "OUT, ip="));
+        assert!(required(r"(?:vpopmail user not found|system user not found) (?P<user>\S+)", " not found "));
+        // A repetition of at least one copy starts and ends with that copy.
+        assert!(required(r"from (?:\[\d+\])+: x", "]: x"));
+    }
+
+    #[test]
+    fn a_literal_in_one_branch_of_an_alternation_is_refused() {
+        assert!(!required(r"^(?:Failed password|Invalid user) .* from (?P<addr>\S+)", "Failed password"));
+        assert!(!required(r"^(?:Failed|Invalid) (?:password|user)", "Failed"));
+        // The same alternation of single bytes is a class: still refused.
+        assert!(!required(r"^[ab]c", "ac"));
+    }
+
+    #[test]
+    fn a_literal_under_an_optional_part_is_refused() {
+        assert!(!required(r"^(?:error: )?Received disconnect", "error: "));
+        assert!(!required(r"^Received disconnect: .*\[preauth\]$", " [preauth]"));
+        assert!(!required(r"from client ?(?P<addr>\S+)", "client "));
+        assert!(!required(r"^x(?:yz)*", "yz"));
+        // Case-insensitive text matches other spellings, and the prefilter is case-sensitive.
+        assert!(!required(r": (?i:quit)$", "QUIT"));
+        assert!(required(r": (?i:quit)$", ": "));
+    }
+
+    #[test]
+    fn an_unrequired_literal_is_refused_naming_file_rule_and_literal() {
+        let e = err("[[rule]]\nid = \"a\"\nkind = \"connect\"\nliterals = [\"from \", \"error: \"]\nregex = '^(?:error: )?connect from (?P<addr>\\S+)'\n");
+        assert_eq!(
+            e,
+            "t.toml: rule `t.a`: `literals` entry \"error: \" is not required by the regex: a line without it could \
+             match, and the prefilter would skip it"
+        );
+        let ok = "[[rule]]\nid = \"a\"\nkind = \"connect\"\nliterals = [\"connect from \"]\nregex = '^(?:error: )?connect from (?P<addr>\\S+)'\n";
+        assert!(check_file("t.toml", "t.toml", ok).is_ok());
+    }
+
+    /// Soundness against the regex engine itself: for random small regexes, every literal the check accepts is in
+    /// every short string the regex matches anywhere in.
+    #[test]
+    fn an_accepted_literal_is_in_every_matching_string() {
+        const ALPHABET: &[u8] = b"ab: ";
+        fn gen(rng: &mut u64, depth: u32) -> String {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            let pick = if depth == 0 { *rng % 6 } else { *rng % 14 };
+            let sub = |rng: &mut u64| gen(rng, depth - 1);
+            match pick {
+                0 => "a".into(),
+                1 => "b".into(),
+                2 => ":".into(),
+                3 => " ".into(),
+                4 => "[ab]".into(),
+                5 => ".".into(),
+                6..=8 => format!("{}{}", sub(rng), sub(rng)),
+                9 => format!("(?:{}|{})", sub(rng), sub(rng)),
+                10 => format!("(?:{})?", sub(rng)),
+                11 => format!("(?:{})*", sub(rng)),
+                12 => format!("(?:{})+", sub(rng)),
+                _ => format!("({}){{2}}", sub(rng)),
+            }
+        }
+        let mut strings: Vec<Vec<u8>> = vec![Vec::new()];
+        for len in 1..=5 {
+            let longer: Vec<Vec<u8>> = strings
+                .iter()
+                .filter(|s| s.len() == len - 1)
+                .flat_map(|s| ALPHABET.iter().map(move |&c| [&s[..], &[c]].concat()))
+                .collect();
+            strings.extend(longer);
+        }
+        let literals: Vec<Vec<u8>> = strings.iter().filter(|s| (1..=3).contains(&s.len())).cloned().collect();
+        let (mut rng, mut accepted) = (0x9e37_79b9_7f4a_7c15u64, 0);
+        for _ in 0..1000 {
+            let pattern = gen(&mut rng, 3);
+            let (re, hir) = (compile(&pattern).unwrap(), syntax(&pattern).unwrap());
+            let matching: Vec<&Vec<u8>> = strings.iter().filter(|s| re.is_match(s)).collect();
+            for lit in literals.iter().filter(|l| requires(&hir, l)) {
+                accepted += 1;
+                let missing = matching.iter().find(|s| !has(s, lit));
+                assert!(
+                    missing.is_none(),
+                    "{pattern}: {:?} accepted, but {missing:?} matches",
+                    lit.escape_ascii().to_string()
+                );
+            }
+        }
+        assert!(accepted > 600, "only {accepted} literals accepted: the test proves little");
     }
 
     #[test]

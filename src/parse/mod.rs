@@ -1,5 +1,12 @@
-//! Lines in, events out: prefix splitting, rule matching and field extraction, with per-rule counters.
-//! Never fails on input: a line that cannot be read is counted and skipped.
+//! Lines in, events out: the `LineParser` splits a line's syslog header ([`header`]), picks the rules whose
+//! literals it holds and runs their regexes ([`matcher`], built from [`rules`] files), and turns the first match
+//! into an `Event` with per-rule counters. [`lines`] reads the lines with bounded memory. Never fails on input: a
+//! line that cannot be read is counted and skipped.
+
+pub mod header;
+pub mod lines;
+pub mod matcher;
+pub mod rules;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,9 +16,9 @@ use chrono::{DateTime, Utc};
 
 use crate::addr::parse_ip;
 use crate::event::{Event, Kind, SynAction};
-use crate::matcher::{group, Matcher, Scratch};
-use crate::prefix::{self, TimeContext};
-use crate::rules::{Attempt, Level};
+use header::TimeContext;
+use matcher::{group, Matcher, Scratch};
+use rules::{Attempt, Level};
 
 /// Service name -> its ports, from the config. A service with exactly one port gives events their port.
 pub type ServicePorts = HashMap<String, Vec<u16>>;
@@ -376,7 +383,7 @@ pub struct RuleMatch {
     locs: regex::bytes::CaptureLocations,
 }
 
-/// A piece of the prefix: where it is in the line, or (a name the prefix parser supplies, `kernel`) its text.
+/// A piece of the header: where it is in the line, or (a name the header splitter supplies, `kernel`) its text.
 enum Part {
     At(std::ops::Range<usize>),
     Text(Box<str>),
@@ -400,13 +407,13 @@ impl Part {
     }
 }
 
-/// The pure half of parsing one line (its end of line already trimmed): candidate rules, the prefix, the first
+/// The pure half of parsing one line (its end of line already trimmed): candidate rules, the header, the first
 /// rule whose regex matches. Any thread, any order: `scratch` is the caller's.
 pub fn prematch(matcher: &Matcher, ctx: &TimeContext, line: &str, scratch: &mut Scratch) -> Prematch {
     if matcher.candidates(line, scratch).is_empty() {
         return Prematch::None;
     }
-    let p = prefix::split(line, ctx);
+    let p = header::split(line, ctx);
     let Some((ri, locs)) = matcher.first_match(p.message, scratch) else {
         return Prematch::NoRule { time: p.time };
     };
@@ -440,10 +447,10 @@ impl LineParser {
         cfg: &crate::config::Config,
         extra_dirs: &[std::path::PathBuf],
         ctx: TimeContext,
-    ) -> Result<LineParser, crate::rules::RulesError> {
+    ) -> Result<LineParser, rules::RulesError> {
         let mut dirs = cfg.rules_dirs.clone();
         dirs.extend_from_slice(extra_dirs);
-        let families = crate::rules::load(&dirs, cfg.builtin_rules)?;
+        let families = rules::load(&dirs, cfg.builtin_rules)?;
         Ok(LineParser::new(Arc::new(Matcher::new(families)), Arc::new(cfg.service_ports()), ctx)
             .with_levels(cfg.levels()))
     }
@@ -485,9 +492,9 @@ regex = '^Scanned by (?P<addr>[0-9.]+)$'
 "#;
 
     fn parser(levels: Levels) -> LineParser {
-        let fam = crate::rules::check_file("t.toml", "t.toml", RULES).unwrap();
+        let fam = rules::check_file("t.toml", "t.toml", RULES).unwrap();
         let ctx = TimeContext {
-            zone: crate::prefix::Zone::parse("UTC").unwrap(),
+            zone: header::Zone::parse("UTC").unwrap(),
             reference: Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap(),
             boot_time: None,
         };
