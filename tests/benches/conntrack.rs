@@ -29,6 +29,9 @@ mod netns;
 #[path = "../netns/syn.rs"]
 mod syn;
 
+#[path = "proc_memory.rs"]
+mod proc_memory;
+use proc_memory::memory;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -127,20 +130,6 @@ fn cpu_per(cpu: Duration, n: u64, what: &str, messages: u64) -> String {
         cpu.as_secs_f64() * 1e6 / n.max(1) as f64,
         cpu.as_secs_f64() * 1e6 / messages.max(1) as f64
     )
-}
-
-/// VmRSS and VmHWM of this process, in KiB.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (kib("VmRSS:"), kib("VmHWM:"))
 }
 
 /// Where an event's source address lies.

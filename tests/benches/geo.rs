@@ -16,6 +16,8 @@ mod gen;
 #[path = "geo_gen.rs"]
 mod geo_gen;
 
+#[path = "proc_memory.rs"]
+mod proc_memory;
 use std::time::{Duration, Instant};
 
 use floodgate::config::Config;
@@ -29,16 +31,8 @@ fn env(name: &str, default: u64) -> u64 {
 
 /// VmRSS and VmHWM in MiB.
 fn memory() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    let (rss, hwm) = proc_memory::memory();
+    (rss as f64 / 1024.0, hwm as f64 / 1024.0)
 }
 
 fn reset_peak() {

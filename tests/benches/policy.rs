@@ -29,6 +29,9 @@
 #[path = "gen.rs"]
 mod gen;
 
+#[path = "proc_memory.rs"]
+mod proc_memory;
+use proc_memory::memory;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::Command;
@@ -86,20 +89,6 @@ fn engine() -> Engine {
         ..Default::default()
     };
     Engine::new(floodgate::config::PolicyConfig::default(), Jail::from_config(&cfg), cfg.allowlist.clone())
-}
-
-/// VmRSS and VmHWM of this process, in KiB.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (kib("VmRSS:"), kib("VmHWM:"))
 }
 
 fn mib(kib: u64) -> String {

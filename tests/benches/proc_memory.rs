@@ -1,0 +1,16 @@
+//! This process's memory as the kernel counts it, for the benches' figures. Included with
+//! `#[path = "proc_memory.rs"] mod proc_memory;`.
+
+/// VmRSS and VmHWM of this process, in KiB (0 when unreadable).
+pub fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("VmRSS:"), kib("VmHWM:"))
+}
