@@ -164,22 +164,6 @@ fn store_with_floods(dir: &Path) -> PathBuf {
     db
 }
 
-/// Kernel side of the flood: spoofed sources are routed back through the attacker (who drops the SYN-ACKs),
-/// and the server does not drop them by reverse-path filtering.
-fn prepare_flood_route(pair: &Pair) {
-    let out = netns::run(&["ip", "-n", &pair.server.name, "-br", "link", "show", "type", "veth"]);
-    let veth = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.split('@').next())
-        .expect("the server's veth")
-        .to_string();
-    for key in ["all", "default", veth.as_str()] {
-        sysctl_w(&pair.server, &[&format!("net.ipv4.conf.{key}.rp_filter=0")]);
-    }
-    pair.server.ip(&["route", "replace", "198.18.0.0/15", "via", "198.51.100.2", "dev", &veth]);
-}
-
 #[test]
 fn a_poorly_set_namespace_after_a_spoofed_burst_gets_every_problem_reported() {
     let test = "a_poorly_set_namespace_after_a_spoofed_burst_gets_every_problem_reported";
@@ -189,7 +173,7 @@ fn a_poorly_set_namespace_after_a_spoofed_burst_gets_every_problem_reported() {
     let started = Instant::now();
     let host_before = host_sysctls();
     let pair = Pair::new("adv-poor", &[]);
-    prepare_flood_route(&pair);
+    pair.route_spoofed_back();
     sysctl_w(&pair.server, &POOR);
     // somaxconn is set before these listen: 587 asks for 1024 and gets 16; 25 asks for 8 itself.
     let _smtp = listen(&pair.server, "198.51.100.1:25", 8);

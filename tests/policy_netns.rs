@@ -50,21 +50,7 @@ impl Env {
             smtp_listener(&pair, port);
         }
         let env = Env { pair, files: DaemonFiles::new() };
-        let s = &env.pair.server;
-        let out = netns::run(&["ip", "-n", &s.name, "-br", "link", "show", "type", "veth"]);
-        let veth = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .split('@')
-            .next()
-            .unwrap()
-            .to_string();
-        for key in ["all", "default", veth.as_str()] {
-            env.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
-        }
-        // SYN-ACKs to spoofed sources leave through one neighbour (the attacker, which drops them).
-        s.ip(&["route", "replace", "198.18.0.0/15", "via", "198.51.100.2", "dev", &veth]);
+        env.pair.route_spoofed_back();
         let hook = env.path("hook");
         std::fs::write(&hook, format!("#!/bin/sh\ncat >> '{}'\n", env.path("hook.jsonl").display())).unwrap();
         std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

@@ -26,44 +26,19 @@ const FLOOD_FOR: Duration = Duration::from_millis(3_500);
 struct Env {
     pair: Pair,
     files: DaemonFiles,
-    /// The server's end of the veth pair.
-    server_veth: String,
 }
 
 impl Env {
     fn new(tag: &str) -> Env {
         let pair = Pair::new(tag, &[ALLOWED]);
         pair.listen(PORT);
-
-        let out = netns::run(&["ip", "-n", &pair.server.name, "-br", "link", "show", "type", "veth"]);
-        let server_veth = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.split('@').next())
-            .expect("the server's veth")
-            .to_string();
-        let env = Env { pair, files: DaemonFiles::new(), server_veth };
-        env.prepare_server();
+        // Nothing else on the server: no `ct` rule of the test's own. With `[sources] conntrack = true`
+        // floodgate's table makes the kernel track, as it must on a bare host.
+        pair.route_spoofed_back();
+        let env = Env { pair, files: DaemonFiles::new() };
         env.write_config();
         std::fs::write(env.path("mail.log"), "").unwrap();
         env
-    }
-
-    /// Server-side kernel settings, all inside the server namespace.
-    fn prepare_server(&self) {
-        let s = &self.pair.server;
-        let v = &self.server_veth;
-        // The spoofed sources arrive on the veth and are routed back through it: no reverse-path drop.
-        for key in ["all", "default", v.as_str()] {
-            let out = s.exec(&["sysctl", "-q", "-w", &format!("net.ipv4.conf.{key}.rp_filter=0")]);
-            assert!(out.status.success(), "sysctl rp_filter ({key}): {}", String::from_utf8_lossy(&out.stderr));
-        }
-        // The Pair routes 198.18.0.0/15 on-link: each spoofed source would cost an unanswered ARP entry (a
-        // thousand of them, against neighbour-table limits the namespace may share with the host). Through the
-        // attacker's address instead, the SYN-ACKs leave by one neighbour and the attacker drops them.
-        s.ip(&["route", "replace", "198.18.0.0/15", "via", "198.51.100.2", "dev", v]);
-        // Nothing else: no `ct` rule of the test's own. With `[sources] conntrack = true` floodgate's table makes
-        // the kernel track, as it must on a bare host.
     }
 
     fn path(&self, name: &str) -> PathBuf {

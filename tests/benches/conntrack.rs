@@ -218,7 +218,7 @@ impl Run {
         let pair = Pair::new(tag, sources);
         pair.listen(PORT);
         if flood {
-            prepare_for_flood(&pair);
+            pair.route_spoofed_back();
         }
         let mut cfg = Config::default();
         cfg.sources.conntrack = true;
@@ -366,23 +366,6 @@ impl Drop for Run {
         // On a panic the threads must not outlive their namespaces.
         self.stop.stop();
     }
-}
-
-/// Server-side settings for spoofed sources, as tests/synflood_netns.rs makes them: the SYNs arrive on the
-/// veth and their replies go back through it (no reverse-path drop), through the attacker's address, so that
-/// each spoofed source does not cost the server an unanswered ARP entry. The attacker drops the SYN-ACKs.
-fn prepare_for_flood(pair: &Pair) {
-    let out = netns::run(&["ip", "-n", &pair.server.name, "-br", "link", "show", "type", "veth"]);
-    let veth = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.split('@').next())
-        .expect("the server's veth")
-        .to_string();
-    for key in ["all", "default", veth.as_str()] {
-        write_sysctl(pair, &format!("net/ipv4/conf/{key}/rp_filter"), 0);
-    }
-    pair.server.ip(&["route", "replace", "198.18.0.0/15", "via", "198.51.100.2", "dev", &veth]);
 }
 
 /// Writes a sysctl of the server namespace: /proc/sys/net is the namespace of the thread that opens it.

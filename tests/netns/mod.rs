@@ -150,6 +150,26 @@ impl Pair {
         Pair { server, attacker }
     }
 
+    /// The server's end of the veth pair.
+    pub fn server_veth(&self) -> String {
+        let out = run(&["ip", "-n", &self.server.name, "-br", "link", "show", "type", "veth"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace().next().and_then(|n| n.split('@').next()).expect("the server's veth").to_string()
+    }
+
+    /// Server-side settings for spoofed SYNs from 198.18.0.0/15: no reverse-path drop (they arrive on the veth and
+    /// their replies leave through it), and the replies routed through the attacker's address rather than
+    /// on-link, so that each spoofed source does not cost an unanswered ARP entry (a thousand of them, against
+    /// neighbour-table limits the namespace may share with the host). The attacker drops the SYN-ACKs.
+    pub fn route_spoofed_back(&self) {
+        let veth = self.server_veth();
+        for key in ["all", "default", veth.as_str()] {
+            let out = self.server.exec(&["sysctl", "-q", "-w", &format!("net.ipv4.conf.{key}.rp_filter=0")]);
+            assert!(out.status.success(), "sysctl rp_filter ({key}): {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.server.ip(&["route", "replace", "198.18.0.0/15", "via", "198.51.100.2", "dev", &veth]);
+    }
+
     /// Starts a TCP listener in the server namespace on `port` (v4 and v6) that accepts and closes, for as long
     /// as the process lives.
     pub fn listen(&self, port: u16) {
