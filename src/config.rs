@@ -1,17 +1,32 @@
-//! The configuration file (TOML). Every key is optional: with no file at all floodgate runs on the built-in
-//! mail-server preset. Unknown keys and bad values are refused with file, line, key and reason.
+//! The configuration file (TOML), assembled from its sections. Every key is optional: with no file at all
+//! floodgate runs on the built-in mail-server preset.
+//!
+//! Each section's type, defaults and validation live with the component that reads it: `[sources]` in
+//! `source::config`, `[parse]` in `parse::config`, `[store]` in `store::config`, `[jail]` and `[policy]` in
+//! `policy::config`, `[services.NAME]` in `service`, `[enforce]` in `enforce::config`, `[geo]` in
+//! `geo::config`, `[notify]` in `notice::config`. This file reads the file, runs each section's validation,
+//! checks what spans sections, and reports any error with file, line and the one key; and it assembles what
+//! each component is built from (`parsing`, `enforcement`, `ruleset`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
 use crate::addr::Cidr;
-use crate::nft::ruleset::GeoRule;
-use crate::nft::{Limit, Per, PortLimits, Ruleset};
+use crate::enforce::EnforceConfig;
+use crate::geo::GeoConfig;
+use crate::nft::{PortLimits, Ruleset};
+use crate::notice::NotifyConfig;
 use crate::parse::header::Zone;
-use crate::parse::ServicePorts;
+use crate::parse::{ParseConfig, ServicePorts};
+use crate::setting::{de_duration, Invalid};
+use crate::source::SourcesConfig;
+use crate::store::StoreConfig;
+
+pub use crate::policy::{JailConfig, PolicyConfig, PrefixBan};
+pub use crate::service::{Service, Services, SynproxyMode};
+pub use crate::setting::{parse_duration, MAX_DURATION};
 
 pub const DEFAULT_CONFIG: &str = "/etc/floodgate/floodgate.toml";
 pub const DEFAULT_DB: &str = "/var/lib/floodgate/floodgate.db";
@@ -34,175 +49,21 @@ pub struct Config {
     pub store: StoreConfig,
     pub parse: ParseConfig,
     /// fail2ban's per-source rule, applied to every service that does not set its own values.
-    pub jail: Jail,
+    pub jail: JailConfig,
     /// Protected services by name: their ports and, optionally, their own jail values.
-    pub services: BTreeMap<String, Service>,
-    pub enforce: Enforce,
-    pub sources: Sources,
-    pub daemon: Daemon,
+    pub services: Services,
+    pub enforce: EnforceConfig,
+    pub sources: SourcesConfig,
+    pub daemon: DaemonConfig,
     pub policy: PolicyConfig,
-    pub notify: crate::notice::NotifyConfig,
+    pub notify: NotifyConfig,
     pub geo: GeoConfig,
 }
 
-/// Where the country ranges come from (`floodgate geo update`) and where their last good copies are kept.
+/// `[daemon]`: the daemon itself. Its section lives here because the daemon is what assembles every other.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct GeoConfig {
-    /// The last good copy of each source, which is what the sets are built from.
-    pub dir: PathBuf,
-    /// A download's time limit, connection and body together.
-    #[serde(deserialize_with = "de_duration")]
-    pub timeout: Duration,
-    /// The largest download accepted, in MiB (the RIRs' files are 5-40 MiB).
-    pub max_mib: u64,
-    /// The range files. Default: the five RIRs' delegated-extended statistics.
-    pub sources: Vec<crate::geo::fetch::Source>,
-}
-
-impl Default for GeoConfig {
-    fn default() -> GeoConfig {
-        let rir = |url: &str| crate::geo::fetch::Source {
-            url: url.into(),
-            format: crate::geo::fetch::Format::Rir,
-            country: None,
-            name: None,
-        };
-        GeoConfig {
-            dir: PathBuf::from("/var/lib/floodgate/geo"),
-            timeout: Duration::from_secs(120),
-            max_mib: 128,
-            sources: vec![
-                rir("https://ftp.afrinic.net/stats/afrinic/delegated-afrinic-extended-latest"),
-                rir("https://ftp.apnic.net/stats/apnic/delegated-apnic-extended-latest"),
-                rir("https://ftp.arin.net/pub/stats/arin/delegated-arin-extended-latest"),
-                rir("https://ftp.lacnic.net/pub/stats/lacnic/delegated-lacnic-extended-latest"),
-                rir("https://ftp.ripe.net/pub/stats/ripencc/delegated-ripencc-extended-latest"),
-            ],
-        }
-    }
-}
-
-/// The policy engine's thresholds: when sources are few and real, per-source responses; when they cannot be
-/// narrowed down, the global limit.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
-    /// The sliding window per-port figures are measured over.
-    #[serde(deserialize_with = "de_duration")]
-    pub window: Duration,
-    /// Distinct sources on one port within the window above which they cannot be narrowed down.
-    pub ddos_distinct: u64,
-    /// New connections per second on one port above which the port is under attack.
-    pub port_rate: f64,
-    /// Share of a port's traffic from its top 10 sources above which an attack is concentrated.
-    pub concentrated_share: f64,
-    /// New connections per second from one proven-real source (all ports) that make it a DoS source.
-    pub dos_source_rate: f64,
-    /// How long a port must stay calm (below half the thresholds) before its limit is lifted.
-    #[serde(deserialize_with = "de_duration")]
-    pub converge_after: Duration,
-    /// A limit's timeout, refreshed while the attack lasts.
-    #[serde(deserialize_with = "de_duration")]
-    pub limit_for: Duration,
-    /// Ports never put under the global limit (SMTP must keep receiving mail from the world).
-    pub global_exempt: Vec<u16>,
-    /// A repeat offender's ban is multiplied by this per offence, up to `max_bantime`.
-    pub repeat_multiplier: u32,
-    #[serde(deserialize_with = "de_duration")]
-    pub max_bantime: Duration,
-    /// Banned addresses within one prefix (`prefix_v4` / `prefix_v6`) after which the whole prefix is banned
-    /// (0: never).
-    pub prefix_after: u32,
-    /// The short horizon rates are also measured over (whole seconds): a flood's start shows in its real rate
-    /// within this, where the window's average would still be diluted by the calm before it.
-    #[serde(deserialize_with = "de_duration")]
-    pub rate_horizon: Duration,
-    /// New connections per second from one network (all its hosts, all ports) that make it a DoS: the field
-    /// report's ISP, several hosts each under `dos_source_rate`. Its proven-real hosts are banned (0: off).
-    pub prefix_rate: f64,
-    /// What a network is for `prefix_rate` and `prefix_after`: IPv4 and IPv6 prefix lengths.
-    pub prefix_v4: u8,
-    pub prefix_v6: u8,
-    /// What a network over `prefix_rate` gets: `hosts` (its proven-real hosts are banned; with `prefix_after` of
-    /// them the prefix follows) or `prefix` (the prefix at once, once one of its hosts is proven real).
-    pub prefix_ban: PrefixBan,
-}
-
-/// See `PolicyConfig::prefix_ban`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrefixBan {
-    Hosts,
-    Prefix,
-}
-
-/// Whether a service's port may be switched to the kernel's SYN proxy (`[services.NAME] synproxy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SynproxyMode {
-    /// Under a spoofed flood on a port exempt from the global limit, when the kernel's prerequisites hold.
-    #[default]
-    Auto,
-    Never,
-    /// While floodgate runs (still only when the prerequisites hold).
-    Always,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> PolicyConfig {
-        PolicyConfig {
-            window: Duration::from_secs(60),
-            // A small mail server's spoofed DDoS: ~600 addresses at detection, 1,500-2,000 at peak.
-            ddos_distinct: 300,
-            port_rate: 50.0,
-            concentrated_share: 0.5,
-            // A DoS from real hosts: a handful of them at ~20 connections a second between them.
-            dos_source_rate: 10.0,
-            converge_after: Duration::from_secs(300),
-            limit_for: Duration::from_secs(120),
-            global_exempt: vec![25],
-            repeat_multiplier: 4,
-            max_bantime: Duration::from_secs(7 * 86400),
-            prefix_after: 5,
-            rate_horizon: Duration::from_secs(3),
-            // Several hosts of one ISP at ~20 new connections a second together, each under dos_source_rate.
-            prefix_rate: 15.0,
-            prefix_v4: 24,
-            prefix_v6: 64,
-            prefix_ban: PrefixBan::Hosts,
-        }
-    }
-}
-
-/// What `floodgate run` reads.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Sources {
-    /// Log files, tailed like `tail -F` (rotation by rename or copytruncate; a missing file is waited for).
-    pub files: Vec<PathBuf>,
-    /// On first sight of a file, read it from the beginning instead of only what is appended.
-    pub from_start: bool,
-    /// Kernel records (SYN flooding, conntrack table full) from /dev/kmsg.
-    pub kmsg: bool,
-    pub kmsg_path: PathBuf,
-    /// SNMP counters (/proc/net/netstat) polled every `netstat_interval`: what measures a SYN flood after the
-    /// kernel's one warning line.
-    pub netstat: bool,
-    pub netstat_path: PathBuf,
-    #[serde(deserialize_with = "de_duration")]
-    pub netstat_interval: Duration,
-    /// Conntrack NEW and DESTROY events over netlink (off by default: the busiest source by far).
-    pub conntrack: bool,
-    /// `journalctl -f -o json` as a child, for hosts without log files; `journald_args` narrows it.
-    pub journald: bool,
-    pub journald_args: Vec<String>,
-}
-
-/// The daemon itself.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Daemon {
+pub struct DaemonConfig {
     /// The control socket the CLI talks to (mode 0600).
     pub socket: PathBuf,
     /// Batches of lines or events the pipeline may hold before sources wait (lines) or are shed (conntrack).
@@ -216,27 +77,9 @@ pub struct Daemon {
     pub verify_every: Duration,
 }
 
-impl Default for Sources {
-    fn default() -> Sources {
-        Sources {
-            // Debian's rsyslog: MTA and IMAP/POP logs in mail.log, sshd in auth.log.
-            files: vec![PathBuf::from("/var/log/mail.log"), PathBuf::from("/var/log/auth.log")],
-            from_start: false,
-            kmsg: true,
-            kmsg_path: PathBuf::from("/dev/kmsg"),
-            netstat: true,
-            netstat_path: PathBuf::from("/proc/net/netstat"),
-            netstat_interval: Duration::from_secs(1),
-            conntrack: false,
-            journald: false,
-            journald_args: Vec::new(),
-        }
-    }
-}
-
-impl Default for Daemon {
-    fn default() -> Daemon {
-        Daemon {
+impl Default for DaemonConfig {
+    fn default() -> DaemonConfig {
+        DaemonConfig {
             socket: PathBuf::from("/run/floodgate/floodgate.sock"),
             // Each batch holds up to 1,024 lines: 64 batches bound the backlog in memory to ~64k lines; a
             // file source simply waits beyond that (the file is its own buffer).
@@ -247,160 +90,20 @@ impl Default for Daemon {
     }
 }
 
-/// How decisions reach the kernel: floodgate's own table and the rates its limits apply.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Enforce {
-    /// The table floodgate owns (family inet). It never touches any other.
-    pub table: String,
-    /// `block` refuses IPv4 prefixes wider than this (a /8 typo should not cut off a continent).
-    pub widest_prefix_v4: u8,
-    pub widest_prefix_v6: u8,
-    /// Per-source (hashlimit-style) limit on new connections: `20/second`, with its burst in packets.
-    #[serde(deserialize_with = "de_rate")]
-    pub source_rate: Rate,
-    pub source_burst: u32,
-    /// Global (limit-style) limit on new connections from everyone but the allowlist.
-    #[serde(deserialize_with = "de_rate")]
-    pub global_rate: Rate,
-    pub global_burst: u32,
-}
-
-/// A rate of packets: `count` per `per`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub count: u64,
-    pub per: Per,
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let unit = match self.per {
-            Per::Second => "second",
-            Per::Minute => "minute",
-            Per::Hour => "hour",
-        };
-        write!(f, "{}/{unit}", self.count)
-    }
-}
-
-impl std::str::FromStr for Rate {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Rate, String> {
-        let bad = || format!("`{text}` is not a rate; write e.g. 20/second, 600/minute, 1000/hour");
-        let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
-        let count: u64 = n.trim().parse().map_err(|_| bad())?;
-        let per = match unit.trim() {
-            "second" | "s" => Per::Second,
-            "minute" | "m" => Per::Minute,
-            "hour" | "h" => Per::Hour,
-            _ => return Err(bad()),
-        };
-        if count == 0 {
-            return Err(format!("`{text}`: a rate of zero would drop everything; use a ban instead"));
+impl DaemonConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.queue == 0 {
+            return Err(Invalid::new("daemon.queue", "at least 1"));
         }
-        Ok(Rate { count, per })
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Events older than this are deleted.
-    #[serde(deserialize_with = "de_duration")]
-    pub retention: Duration,
-    /// Events kept per batch before a write; a flood is stored in few large transactions.
-    pub batch_size: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ParseConfig {
-    /// Longer lines are counted as overlong and skipped, never buffered whole.
-    pub max_line_bytes: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Jail {
-    /// Failures from one source within `findtime` that earn a ban.
-    pub maxretry: u32,
-    #[serde(deserialize_with = "de_duration")]
-    pub findtime: Duration,
-    #[serde(deserialize_with = "de_duration")]
-    pub bantime: Duration,
-    /// Which rules count as failures: `normal` (what fail2ban's normal mode counts) or `aggressive` (also the
-    /// judgement calls: scanners that never try to log in, 4xx spam-bot signatures).
-    pub level: crate::parse::rules::Level,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Service {
-    pub ports: Vec<u16>,
-    /// This service's rule level, instead of the jail's.
-    pub level: Option<crate::parse::rules::Level>,
-    pub maxretry: Option<u32>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub findtime: Option<Duration>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub bantime: Option<Duration>,
-    /// This service's own limits, instead of `enforce`'s.
-    #[serde(default, deserialize_with = "de_opt_rate")]
-    pub source_rate: Option<Rate>,
-    pub source_burst: Option<u32>,
-    #[serde(default, deserialize_with = "de_opt_rate")]
-    pub global_rate: Option<Rate>,
-    pub global_burst: Option<u32>,
-    /// Only these countries may open connections to the service's ports (the allowlist always may).
-    #[serde(default)]
-    pub countries: Vec<crate::geo::Country>,
-    /// These countries may not.
-    #[serde(default)]
-    pub deny_countries: Vec<crate::geo::Country>,
-    /// The kernel's SYN proxy for this service's ports: `auto`, `never` or `always` (see `SynproxyMode`).
-    #[serde(default)]
-    pub synproxy: SynproxyMode,
-}
-
-impl Service {
-    /// The service's country restriction, if any: (deny, countries). `deny` false: only these countries.
-    pub fn country_rule(&self) -> Option<(bool, &[crate::geo::Country])> {
-        match (self.countries.is_empty(), self.deny_countries.is_empty()) {
-            (false, _) => Some((false, &self.countries)),
-            (true, false) => Some((true, &self.deny_countries)),
-            (true, true) => None,
+        if self.tick < Duration::from_millis(100) {
+            return Err(Invalid::new("daemon.tick", "at least 100ms"));
         }
+        Ok(())
     }
 }
 
 impl Default for Config {
     fn default() -> Config {
-        let svc = |ports: &[u16], maxretry: Option<u32>| Service {
-            ports: ports.to_vec(),
-            level: None,
-            maxretry,
-            findtime: None,
-            bantime: None,
-            source_rate: None,
-            source_burst: None,
-            global_rate: None,
-            global_burst: None,
-            countries: Vec::new(),
-            deny_countries: Vec::new(),
-            synproxy: SynproxyMode::Auto,
-        };
-        // A mail server: SMTP must accept the world, so it tolerates more before a ban;
-        // the authenticated services are stricter.
-        let services = BTreeMap::from([
-            ("smtp".to_string(), svc(&[25], Some(10))),
-            ("submission".to_string(), svc(&[587], None)),
-            ("smtps".to_string(), svc(&[465], None)),
-            ("imap".to_string(), svc(&[143, 993], None)),
-            ("pop3".to_string(), svc(&[110, 995], None)),
-            ("sieve".to_string(), svc(&[4190], None)),
-            ("ssh".to_string(), svc(&[22], None)),
-        ]);
         Config {
             db: PathBuf::from(DEFAULT_DB),
             timezone: Zone::Local,
@@ -409,53 +112,14 @@ impl Default for Config {
             allowlist: Vec::new(),
             store: StoreConfig::default(),
             parse: ParseConfig::default(),
-            jail: Jail::default(),
-            services,
-            enforce: Enforce::default(),
-            sources: Sources::default(),
-            daemon: Daemon::default(),
+            jail: JailConfig::default(),
+            services: Services::default(),
+            enforce: EnforceConfig::default(),
+            sources: SourcesConfig::default(),
+            daemon: DaemonConfig::default(),
             policy: PolicyConfig::default(),
-            notify: crate::notice::NotifyConfig::default(),
+            notify: NotifyConfig::default(),
             geo: GeoConfig::default(),
-        }
-    }
-}
-
-impl Default for Enforce {
-    fn default() -> Enforce {
-        // A legitimate mail peer opens a handful of connections a second at most; 20/s with a burst of 40 per
-        // source leaves room for a busy relay. The global figure is what the server can serve in a flood.
-        Enforce {
-            table: "floodgate".into(),
-            widest_prefix_v4: 16,
-            widest_prefix_v6: 32,
-            source_rate: Rate { count: 20, per: Per::Second },
-            source_burst: 40,
-            global_rate: Rate { count: 200, per: Per::Second },
-            global_burst: 400,
-        }
-    }
-}
-
-impl Default for StoreConfig {
-    fn default() -> StoreConfig {
-        StoreConfig { retention: Duration::from_secs(30 * 86400), batch_size: 4096 }
-    }
-}
-
-impl Default for ParseConfig {
-    fn default() -> ParseConfig {
-        ParseConfig { max_line_bytes: 64 * 1024 }
-    }
-}
-
-impl Default for Jail {
-    fn default() -> Jail {
-        Jail {
-            maxretry: 5,
-            findtime: Duration::from_secs(600),
-            bantime: Duration::from_secs(3600),
-            level: crate::parse::rules::Level::Normal,
         }
     }
 }
@@ -487,205 +151,76 @@ impl Config {
         let mut cfg: Config = toml::from_str(text).map_err(|e| invalid(crate::parse::rules::toml_reason(&e, text)))?;
         // A file that lists services replaces the preset's list entirely: no hidden defaults.
         if cfg.services.is_empty() {
-            cfg.services = Config::default().services;
+            cfg.services = Services::default();
         }
-        cfg.validate().map_err(invalid)?;
+        cfg.validate().map_err(|e| match line_of(text, &e.key) {
+            Some(line) => invalid(format!("line {line}: {e}")),
+            None => invalid(e.to_string()),
+        })?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), String> {
-        let mut owner: BTreeMap<u16, &str> = BTreeMap::new();
-        for (name, s) in &self.services {
-            if s.ports.is_empty() {
-                return Err(format!("services.{name}.ports: a service needs at least one port"));
-            }
-            for &p in &s.ports {
-                if p == 0 {
-                    return Err(format!("services.{name}.ports: port 0 is not a port"));
-                }
-                if let Some(other) = owner.insert(p, name) {
-                    return Err(format!("services.{name}.ports: port {p} already belongs to service `{other}`"));
-                }
-            }
-            if s.maxretry == Some(0) {
-                return Err(format!("services.{name}.maxretry: must be at least 1"));
-            }
-            if !s.countries.is_empty() && !s.deny_countries.is_empty() {
-                return Err(format!(
-                    "services.{name}: countries (allow only these) and deny_countries exclude each other; use one"
-                ));
-            }
-            let restricted = s.country_rule().is_some();
-            let set_name_ok =
-                name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if restricted && !set_name_ok {
-                return Err(format!(
-                    "services.{name}: a country-restricted service needs a name of at most 32 letters, digits, _ or - \
-                     (it names the service's nftables sets)"
-                ));
-            }
-            for (key, d) in [("findtime", s.findtime), ("bantime", s.bantime)] {
-                if d == Some(Duration::ZERO) {
-                    return Err(format!("services.{name}.{key}: must be longer than zero"));
-                }
-            }
-        }
-        if self.jail.maxretry == 0 {
-            return Err("jail.maxretry: must be at least 1".into());
-        }
-        if self.jail.findtime.is_zero() || self.jail.bantime.is_zero() {
-            return Err("jail.findtime / jail.bantime: must be longer than zero".into());
-        }
-        if self.store.retention < Duration::from_secs(3600) {
-            return Err("store.retention: keep at least 1h of events".into());
-        }
-        if self.store.batch_size == 0 {
-            return Err("store.batch_size: must be at least 1".into());
-        }
-        if self.parse.max_line_bytes < 256 {
-            return Err("parse.max_line_bytes: at least 256 bytes".into());
-        }
-        let e = &self.enforce;
-        let name_ok = |n: &str| {
-            !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
-        if !name_ok(&e.table) {
-            return Err(format!("enforce.table: `{}` is not a table name (letters, digits, _ and -)", e.table));
-        }
-        if e.widest_prefix_v4 == 0 || e.widest_prefix_v4 > 32 {
-            return Err("enforce.widest_prefix_v4: between 1 and 32".into());
-        }
-        if e.widest_prefix_v6 == 0 || e.widest_prefix_v6 > 128 {
-            return Err("enforce.widest_prefix_v6: between 1 and 128".into());
-        }
-        let bursts = self.services.iter().flat_map(|(n, s)| {
-            [
-                (format!("services.{n}.source_burst"), s.source_burst),
-                (format!("services.{n}.global_burst"), s.global_burst),
-            ]
-        });
-        for (key, b) in [
-            ("enforce.source_burst".to_string(), Some(e.source_burst)),
-            ("enforce.global_burst".into(), Some(e.global_burst)),
-        ]
-        .into_iter()
-        .chain(bursts)
-        {
-            if b == Some(0) {
-                return Err(format!("{key}: a burst of 0 drops the first packet; at least 1"));
-            }
-        }
+    /// Each section's own validation, then what spans sections.
+    fn validate(&self) -> Result<(), Invalid> {
+        self.services.validate()?;
+        self.jail.validate()?;
+        self.store.validate()?;
+        self.parse.validate()?;
+        self.enforce.validate()?;
         self.notify.validate()?;
-        let p = &self.policy;
-        if p.window < Duration::from_secs(10) || p.ddos_distinct == 0 || p.port_rate <= 0.0 || p.dos_source_rate <= 0.0
-        {
-            return Err("policy: window at least 10s; ddos_distinct, port_rate, dos_source_rate above zero".into());
-        }
-        if !(0.0..=1.0).contains(&p.concentrated_share) {
-            return Err("policy.concentrated_share: a share between 0 and 1".into());
-        }
-        if p.rate_horizon < Duration::from_secs(1) || p.rate_horizon > p.window || p.rate_horizon.subsec_nanos() != 0 {
-            return Err("policy.rate_horizon: whole seconds, at least 1s and at most the window".into());
-        }
-        if !(p.prefix_rate >= 0.0 && p.prefix_rate.is_finite()) {
-            return Err("policy.prefix_rate: a rate of zero (off) or more".into());
-        }
-        if !(8..=32).contains(&p.prefix_v4) || !(16..=128).contains(&p.prefix_v6) {
-            return Err("policy.prefix_v4 / policy.prefix_v6: between 8 and 32 / 16 and 128".into());
-        }
-        if p.limit_for < Duration::from_secs(10) {
-            return Err("policy.limit_for: at least 10s (it is refreshed at half its life)".into());
-        }
-        if self.daemon.queue == 0 {
-            return Err("daemon.queue: at least 1".into());
-        }
-        if self.daemon.tick < Duration::from_millis(100) || self.sources.netstat_interval < Duration::from_millis(100) {
-            return Err("daemon.tick / sources.netstat_interval: at least 100ms".into());
-        }
-        if self.services.values().any(|s| s.country_rule().is_some()) {
-            if self.geo.sources.is_empty() {
-                return Err("geo.sources: country-restricted services need at least one range source".into());
-            }
-            if self.geo.max_mib == 0 || self.geo.timeout.is_zero() {
-                return Err("geo.max_mib / geo.timeout: above zero".into());
-            }
-        }
-        crate::geo::fetch::validate_all(&self.geo.sources)?;
+        self.policy.validate()?;
+        self.daemon.validate()?;
+        self.sources.validate()?;
+        self.geo.validate(self.services.country_restricted())?;
         if let Some(c) = self.allowlist.iter().find(|c| c.prefix_len() == 0) {
-            return Err(format!("allowlist: `{c}` would exempt every address"));
+            return Err(Invalid::new("allowlist", format!("`{c}` would exempt every address")));
         }
         Ok(())
     }
 
-    /// Each configured port's SYN proxy setting.
-    pub fn synproxy_modes(&self) -> BTreeMap<u16, SynproxyMode> {
-        self.services.values().flat_map(|s| s.ports.iter().map(|&p| (p, s.synproxy))).collect()
-    }
-
-    /// The limits of every configured port, for the ruleset.
-    pub fn port_limits(&self) -> Vec<PortLimits> {
-        let e = &self.enforce;
-        let mut out: Vec<PortLimits> = self
-            .services
-            .values()
-            .flat_map(|s| {
-                let source = s.source_rate.unwrap_or(e.source_rate);
-                let global = s.global_rate.unwrap_or(e.global_rate);
-                let per_source =
-                    Limit { rate: source.count, per: source.per, burst: s.source_burst.unwrap_or(e.source_burst) };
-                let global =
-                    Limit { rate: global.count, per: global.per, burst: s.global_burst.unwrap_or(e.global_burst) };
-                s.ports.iter().map(move |&port| PortLimits { port, per_source, global })
-            })
-            .collect();
-        out.sort_by_key(|p| p.port);
-        out
-    }
-
-    pub fn ruleset(&self) -> Ruleset {
-        let geo = self
-            .services
-            .iter()
-            .filter_map(|(name, s)| {
-                let (deny, _) = s.country_rule()?;
-                Some(GeoRule { service: name.clone(), ports: s.ports.clone(), deny })
-            })
-            .collect();
-        let mut synproxy_ports: Vec<u16> = self
-            .services
-            .values()
-            .filter(|s| s.synproxy != SynproxyMode::Never)
-            .flat_map(|s| s.ports.iter().copied())
-            .collect();
-        synproxy_ports.sort_unstable();
-        Ruleset {
-            table: self.enforce.table.clone(),
-            ports: self.port_limits(),
-            geo,
-            owner: None,
-            track: self.sources.conntrack,
-            // The shape of a standard Ethernet host; the daemon measures the real one (enforce::synproxy).
-            synproxy: crate::nft::ruleset::Synproxy::standard(synproxy_ports),
+    /// What the line parser is built from.
+    pub fn parsing(&self) -> crate::parse::Setup {
+        crate::parse::Setup {
+            rules_dirs: self.rules_dirs.clone(),
+            builtin_rules: self.builtin_rules,
+            ports: self.services.ports(),
+            levels: self.services.levels(self.jail.level),
         }
+    }
+
+    /// What the enforcer is built from.
+    pub fn enforcement(&self) -> crate::enforce::Setup<'_> {
+        crate::enforce::Setup {
+            enforce: &self.enforce,
+            services: &self.services,
+            geo: &self.geo,
+            allowlist: &self.allowlist,
+            track: self.sources.conntrack,
+        }
+    }
+
+    /// The policy engine this config describes.
+    pub fn policy_engine(&self) -> crate::policy::engine::Engine {
+        crate::policy::engine::Engine::from_config(&self.policy, &self.jail, &self.services, &self.allowlist)
+    }
+
+    /// The table's shape.
+    pub fn ruleset(&self) -> Ruleset {
+        self.enforcement().ruleset()
+    }
+
+    /// The limits of every configured port.
+    pub fn port_limits(&self) -> Vec<PortLimits> {
+        self.enforce.port_limits(&self.services)
     }
 
     pub fn service_ports(&self) -> ServicePorts {
-        self.services.iter().map(|(n, s)| (n.clone(), s.ports.clone())).collect()
+        self.services.ports()
     }
 
-    /// Which rule levels count as failures, per service.
-    pub fn levels(&self) -> crate::parse::Levels {
-        crate::parse::Levels {
-            default: self.jail.level,
-            per_service: self.services.iter().filter_map(|(n, s)| Some((n.clone(), s.level?))).collect(),
-        }
-    }
-}
-
-impl Config {
     /// The longest failure window of the jail and the services: how far back the policy's memory reaches.
     pub fn longest_findtime(&self) -> Duration {
-        self.services.values().filter_map(|s| s.findtime).chain([self.jail.findtime]).max().unwrap_or_default()
+        self.services.longest_findtime(self.jail.findtime)
     }
 
     /// Whether the policy built from `other` would judge the same way (jail, services, policy, allowlist): a
@@ -698,36 +233,33 @@ impl Config {
     }
 }
 
-/// The longest duration floodgate takes anywhere (ten years): past it a ban is `forever`, and every time
-/// computed from a duration stays far from the calendar's end, so no input can overflow the clock arithmetic.
-pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
-
-/// `30d`, `1h30m`, `90s`; at most `MAX_DURATION`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 90s, 10m, 1h30m, 30d"))?;
-    if d > MAX_DURATION {
-        return Err(format!("`{text}` is longer than 3650d, the longest floodgate takes (a ban can be `forever`)"));
+/// The line `key` (a dotted path as `Invalid` names it, `geo.sources[0]` for an array's item) is written on,
+/// when the file writes it; a key left at its default has no line.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut span = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let (k, next) = item.as_table_like()?.get_key_value(name)?;
+        span = k.span().or(next.span()).or(span);
+        item = next;
+        if let Some(i) = index {
+            let at = match item {
+                toml_edit::Item::ArrayOfTables(a) => a.get(i).and_then(|t| t.span()),
+                toml_edit::Item::Value(toml_edit::Value::Array(a)) => a.get(i).and_then(|v| v.span()),
+                _ => None,
+            };
+            span = at.or(span);
+            // An item of an array is as deep as the line lookup goes.
+            break;
+        }
     }
-    Ok(d)
-}
-
-pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    de_duration(d).map(Some)
-}
-
-fn de_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
-    let s = String::deserialize(d)?;
-    s.parse().map_err(serde::de::Error::custom)
-}
-
-fn de_opt_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
-    de_rate(d).map(Some)
+    let start = span?.start;
+    Some(text[..start.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1)
 }
 
 fn de_zone<'de, D: Deserializer<'de>>(d: D) -> Result<Zone, D::Error> {
@@ -743,6 +275,7 @@ fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nft::{Limit, Per};
 
     fn err(text: &str) -> String {
         Config::from_toml(text, "f.toml").unwrap_err().to_string()
@@ -822,26 +355,52 @@ mod tests {
     fn bad_configs_name_file_line_key_and_reason() {
         let e = err("bogus = 1\n");
         assert!(e.starts_with("f.toml: line 1: unknown field `bogus`"), "{e}");
-        let e = err("[store]\nretention = \"forever\"\n");
-        assert!(e.contains("line 2") && e.contains("`forever` is not a duration"), "{e}");
-        let e = err("timezone = \"Mars/Base\"\n");
-        assert!(e.contains("unknown time zone `Mars/Base`"), "{e}");
-        let e = err("allowlist = [\"not-an-ip\"]\n");
-        assert!(e.contains("`not-an-ip` is not an IP address"), "{e}");
-        let e = err("[services.a]\nports = [25]\n[services.b]\nports = [25]\n");
-        assert!(e.contains("services.b.ports: port 25 already belongs to service `a`"), "{e}");
-        let e = err("[services.a]\nports = [70000]\n");
-        assert!(e.contains("line 2"), "{e}");
-        let e = err("allowlist = [\"0.0.0.0/0\"]\n");
-        assert!(e.contains("every address"), "{e}");
-        let e = err("[enforce]\nsource_rate = \"fast\"\n");
-        assert!(e.contains("line 2") && e.contains("`fast` is not a rate"), "{e}");
-        let e = err("[enforce]\ntable = \"a b\"\n");
-        assert!(e.contains("enforce.table"), "{e}");
-        let e = err("[services.a]\nports = [25]\nglobal_burst = 0\n");
-        assert!(e.contains("services.a.global_burst"), "{e}");
-        let e = err("[jail]\nmaxretry = 0\n");
-        assert!(e.contains("jail.maxretry"), "{e}");
+        let cases: &[(&str, &[&str])] = &[
+            ("[store]\nretention = \"forever\"\n", &["line 2", "`forever` is not a duration"]),
+            ("timezone = \"Mars/Base\"\n", &["unknown time zone `Mars/Base`"]),
+            ("allowlist = [\"not-an-ip\"]\n", &["`not-an-ip` is not an IP address"]),
+            (
+                "[services.a]\nports = [25]\n[services.b]\nports = [25]\n",
+                &["services.b.ports: port 25 already belongs to service `a`"],
+            ),
+            ("[services.a]\nports = [70000]\n", &["line 2"]),
+            ("allowlist = [\"0.0.0.0/0\"]\n", &["every address"]),
+            ("[enforce]\nsource_rate = \"fast\"\n", &["line 2", "`fast` is not a rate"]),
+            ("[enforce]\ntable = \"a b\"\n", &["enforce.table"]),
+            ("[services.a]\nports = [25]\nglobal_burst = 0\n", &["services.a.global_burst"]),
+            ("[jail]\nmaxretry = 0\n", &["jail.maxretry"]),
+        ];
+        for (text, needles) in cases {
+            let e = err(text);
+            assert!(needles.iter().all(|n| e.contains(n)), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_section_s_error_names_the_line_of_its_one_key() {
+        let geo_twins = "[[geo.sources]]\nurl = \"https://example.net/a\"\nformat = \"rir\"\n\n\
+                         [[geo.sources]]\nurl = \"https://example.net/jp\"\nformat = \"cidr\"\n";
+        let cases = [
+            (
+                "# mine\n[jail]\nfindtime = \"10m\"\nbantime = \"0s\"\n",
+                "f.toml: line 4: jail.bantime: must be longer than zero",
+            ),
+            ("[policy]\nwindow = \"60s\"\n\nprefix_v6 = 200\n", "f.toml: line 4: policy.prefix_v6: between 16 and 128"),
+            (
+                "[services.a]\nports = [25]\n[services.b]\nports = [26,\n 25]\n",
+                "f.toml: line 4: services.b.ports: port 25",
+            ),
+            (geo_twins, "f.toml: line 5: geo.sources[1]:"),
+            (
+                "[services.imap]\nports = [993]\ncountries = [\"JP\"]\n[geo]\nsources = []\n",
+                "f.toml: line 5: geo.sources:",
+            ),
+            ("[daemon]\nqueue = 0\n", "f.toml: line 2: daemon.queue: at least 1"),
+        ];
+        for (text, start) in cases {
+            let e = err(text);
+            assert!(e.starts_with(start), "{text:?}: {e}");
+        }
     }
 
     #[test]

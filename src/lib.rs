@@ -12,8 +12,12 @@
 //!   kernel's sets through [`nft`] (one netlink batch) and records them in the store, and [`notice`] tells the
 //!   admin about alerts.
 //!
-//! Around the pipeline: [`config`], the operator's requests ([`control`]) from the commands ([`cli`]), country
-//! ranges ([`geo`]) and the advisor ([`advise`]).
+//! Every stage reads the protected [`service`]s. Each component's config section (type, defaults, validation)
+//! lives in its own `config.rs` (`source::config`, `parse::config`, `policy::config`, ...), written in the
+//! [`setting`] vocabulary (durations, the one-key error); [`config`] only assembles the file from them.
+//!
+//! Around the pipeline: the operator's requests ([`control`]) from the commands ([`cli`]), country ranges
+//! ([`geo`]) and the advisor ([`advise`]).
 
 pub mod addr;
 pub mod advise;
@@ -30,5 +34,7 @@ pub mod nft;
 pub mod notice;
 pub mod parse;
 pub mod policy;
+pub mod service;
+pub mod setting;
 pub mod source;
 pub mod store;

@@ -248,7 +248,7 @@ fn parse_on_several_threads_gives_exactly_the_sequential_events_in_input_order()
         .collect();
     let cfg = floodgate::config::Config::load(Some(std::path::Path::new(&e.config))).unwrap();
     let ctx = floodgate::parse::header::TimeContext::system(cfg.timezone);
-    let mut p = LineParser::from_config(&cfg, &[], ctx).unwrap();
+    let mut p = LineParser::from_config(cfg.parsing(), &[], ctx).unwrap();
     let want: Vec<(u64, String, bool, u64)> = all
         .iter()
         .enumerate()

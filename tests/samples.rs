@@ -21,7 +21,7 @@ fn parser() -> LineParser {
     // FLOODGATE_RULES_DIR: a rules directory tried on top of the built-in rules (same-named files replace them),
     // so a rules file can be checked against its samples without rebuilding.
     let extra: Vec<std::path::PathBuf> = std::env::var_os("FLOODGATE_RULES_DIR").map(Into::into).into_iter().collect();
-    LineParser::from_config(&Config::default(), &extra, ctx).unwrap()
+    LineParser::from_config(Config::default().parsing(), &extra, ctx).unwrap()
 }
 
 /// Splits an expectation at spaces, except inside double quotes: `user="x from 203.0.113.5 port 22"` is one

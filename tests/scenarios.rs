@@ -15,7 +15,6 @@ use floodgate::config::Config;
 use floodgate::decision::Decision;
 use floodgate::event::{Event, Kind};
 use floodgate::policy::engine::{replay, Engine, Replay};
-use floodgate::policy::jail::Jail;
 
 #[path = "scenarios/trace.rs"]
 mod trace;
@@ -36,7 +35,7 @@ fn ip(s: &str) -> IpAddr {
 
 fn engine() -> Engine {
     let cfg = Config { allowlist: vec![ADMIN.parse().unwrap()], ..Default::default() };
-    Engine::new(floodgate::config::PolicyConfig::default(), Jail::from_config(&cfg), cfg.allowlist.clone())
+    cfg.policy_engine()
 }
 
 fn syn(ms: i64, addr: IpAddr, port: u16) -> Event {
@@ -105,8 +104,7 @@ fn replay_trace(name: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios").join(format!("{name}.trace"));
     let t = trace::load(&path, t0()).unwrap_or_else(|e| panic!("{e}"));
     let cfg = Config { allowlist: t.allow.clone(), ..Default::default() };
-    let mut e = Engine::new(floodgate::config::PolicyConfig::default(), Jail::from_config(&cfg), t.allow.clone());
-    e.set_synproxy_modes(cfg.synproxy_modes());
+    let mut e = cfg.policy_engine();
     if t.synproxy_ready {
         e.set_synproxy_ready(Ok(()));
     }

@@ -4,8 +4,9 @@
 
 use super::history::History;
 use super::{grouped, service_of, Finding, Machine, Severity};
-use crate::config::{Config, Rate};
+use crate::config::Config;
 use crate::event::format_time;
+use crate::nft::Rate;
 
 /// Floods on one port within the history's window from which standing defences pay off.
 const REPEATED_EPISODES: u32 = 2;

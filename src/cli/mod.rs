@@ -144,7 +144,7 @@ impl Setup {
             None if matches!(req, Request::Status | Request::Reload) => anyhow::bail!("{}", control::NOT_RUNNING),
             None => {
                 let mut store = self.open_store()?;
-                let mut enforcer = Enforcer::open(&self.config)?;
+                let mut enforcer = Enforcer::open(&self.config.enforcement())?;
                 if req.writes_kernel() {
                     enforcer.claim(&store, self.adopt)?;
                 }

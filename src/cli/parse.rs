@@ -67,7 +67,8 @@ struct Missed<'a> {
 }
 
 pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
-    let mut parser = LineParser::from_config(&ctx.config, &args.rules, TimeContext::system(ctx.config.timezone))?;
+    let mut parser =
+        LineParser::from_config(ctx.config.parsing(), &args.rules, TimeContext::system(ctx.config.timezone))?;
     let levels: HashMap<Arc<str>, Level> = parser.matcher().rules.iter().map(|r| (r.id.clone(), r.level)).collect();
     if let Some(id) = &args.rule {
         if !levels.contains_key(id.as_str()) {

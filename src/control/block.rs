@@ -25,8 +25,11 @@ pub(super) fn block(
         None => Some(config.jail.bantime),
     };
     let targets = parse_targets(targets)?;
-    let stored_allow: Vec<Cidr> = store.allowlist()?.iter().map(|a| a.cidr).collect();
-    refuse(targets.iter().filter_map(|c| enforcer.refuse_ban(c, &stored_allow)).collect())?;
+    let mut refused = Vec::new();
+    for c in &targets {
+        refused.extend(enforcer.refuse_ban(store, c)?);
+    }
+    refuse(refused)?;
     let until = match duration {
         Some(d) => Some(now + chrono::Duration::from_std(d).context("--for: too long")?),
         None => None,

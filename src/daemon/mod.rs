@@ -4,6 +4,7 @@
 //! pending and exits, leaving the kernel's bans in place (they carry their own timeouts).
 
 pub mod client;
+mod health;
 mod lock;
 mod pipeline;
 mod server;
@@ -160,7 +161,7 @@ fn watch_table(pipeline: &Pipeline) -> mpsc::Receiver<()> {
 pub fn run(config: Config, config_path: Option<PathBuf>, db: PathBuf, dry_run: bool, adopt: bool) -> Result<()> {
     let _lock = lock::acquire(&db)?;
     let store = Store::open(&db).context("opening the event store")?;
-    let mut enforcer = Enforcer::open(&config)?;
+    let mut enforcer = Enforcer::open(&config.enforcement())?;
     if !dry_run {
         enforcer.claim(&store, adopt)?;
     }

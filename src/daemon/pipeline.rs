@@ -12,10 +12,11 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 
+use super::health::ConntrackHealth;
 use super::status::{PortStatus, SourceStatus, Status};
 use crate::config::Config;
 use crate::control::{self, Request, Response};
-use crate::decision::{Decision, LimitMode};
+use crate::decision::Decision;
 use crate::enforce::{EnforceError, Enforcer};
 use crate::event::Event;
 use crate::notice::{Notice, Notifier, Throttle};
@@ -26,17 +27,24 @@ use crate::policy::Policy;
 use crate::source::{Feed, Position, SourceStats};
 use crate::store::{Origin, Store};
 
-/// A source as the pipeline sees it: its counters and the last snapshot, for rates.
+/// A source as the pipeline sees it: its counters (read, never written here), the events parsed from its
+/// lines (counted here: a line source cannot count them), and the last snapshot, for rates.
 pub struct SourceEntry {
     pub name: String,
     pub stats: Arc<SourceStats>,
+    parsed: u64,
     last: (u64, u64),
     rates: (f64, f64),
 }
 
 impl SourceEntry {
     pub fn new(name: String, stats: Arc<SourceStats>) -> SourceEntry {
-        SourceEntry { name, stats, last: (0, 0), rates: (0.0, 0.0) }
+        SourceEntry { name, stats, parsed: 0, last: (0, 0), rates: (0.0, 0.0) }
+    }
+
+    /// Lines read, and events: those the source made itself and those parsed from its lines.
+    fn counts(&self) -> (u64, u64) {
+        (self.stats.lines.load(Ordering::Relaxed), self.stats.events.load(Ordering::Relaxed) + self.parsed)
     }
 }
 
@@ -75,25 +83,8 @@ pub struct Pipeline {
     conntrack_health: ConntrackHealth,
 }
 
-/// The conntrack source can be configured and still deliver nothing (events switched off with
-/// net.netfilter.nf_conntrack_events = 0, a socket the kernel stopped serving): compared, every
-/// `CONNTRACK_CHECK`, with the connections the kernel created (the `track` chain's counter).
-#[derive(Debug, Default)]
-struct ConntrackHealth {
-    last: Option<(Instant, u64, u64)>,
-    problem: Option<String>,
-    last_logged: Option<Instant>,
-}
-
 /// How often the SYN proxy's prerequisites are read again (an admin fixing a sysctl is noticed within this).
 const SYNPROXY_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
-/// The period over which conntrack's events are compared with the connections the kernel created.
-const CONNTRACK_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
-/// New connections within one period that make a silent source a problem (a few could be lost to timing).
-const CONNTRACK_SILENT_AFTER: u64 = 10;
-/// How often a lasting conntrack problem is logged again.
-const CONNTRACK_NAG: std::time::Duration = std::time::Duration::from_secs(300);
-
 fn file_id(path: &str) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
@@ -107,13 +98,13 @@ const UNRECORDED_NAG: std::time::Duration = std::time::Duration::from_secs(10);
 const REPLAY_MAX: usize = 500_000;
 
 pub fn parser_for(config: &Config) -> Result<LineParser> {
-    LineParser::from_config(config, &[], TimeContext::system(config.timezone)).context("loading the rules")
+    LineParser::from_config(config.parsing(), &[], TimeContext::system(config.timezone)).context("loading the rules")
 }
 
 impl Pipeline {
     pub fn new(config: Config, config_path: Option<PathBuf>, store: Store, enforcer: Enforcer) -> Result<Pipeline> {
         let parser = parser_for(&config)?;
-        let policy = Engine::from_config(&config);
+        let policy = config.policy_engine();
         let throttle = Throttle::new(&config.notify);
         let store_file = file_id(store.path());
         let mut pipeline = Pipeline {
@@ -153,7 +144,7 @@ impl Pipeline {
     pub fn feed(&mut self, feed: Feed) {
         let now = Utc::now();
         match feed {
-            Feed::Lines { input, lines, first_line, position, stats } => {
+            Feed::Lines { input, lines, first_line, position, source } => {
                 if self.last_input.as_ref() != Some(&input) {
                     self.parser.start_input();
                     self.last_input = Some(input.clone());
@@ -167,9 +158,10 @@ impl Pipeline {
                         self.pending.push((origin, *ev));
                     }
                 }
-                // Line sources cannot count their events (parsing happens here): counted for them.
                 let parsed = (self.pending.len() - before) as u64;
-                stats.events.fetch_add(parsed, std::sync::atomic::Ordering::Relaxed);
+                if let Some(s) = self.sources.iter_mut().find(|s| Arc::ptr_eq(&s.stats, &source)) {
+                    s.parsed += parsed;
+                }
                 if let Some(p) = position {
                     self.positions.insert(input, p);
                 }
@@ -218,29 +210,22 @@ impl Pipeline {
         if self.decisions.is_empty() {
             return;
         }
-        let stored_allow = match self.store.allowlist() {
-            Ok(a) => a.iter().map(|a| a.cidr).collect::<Vec<_>>(),
+        // The allowlist (and the host's own addresses) always win, whatever the policy says.
+        let mut decisions = std::mem::take(&mut self.decisions);
+        match self.enforcer.screen(&self.store, &mut decisions) {
+            Ok(refused) => {
+                for r in refused {
+                    tracing::info!(cidr = %r.cidr, why = %r.why, reason = %r.reason, "ban not made");
+                    self.refused_allowlisted += 1;
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the allowlist; decisions wait");
                 self.apply_errors += 1;
+                self.decisions = decisions;
                 return;
             }
-        };
-        // The allowlist always wins, whatever the policy says.
-        let decisions: Vec<Decision> = std::mem::take(&mut self.decisions)
-            .into_iter()
-            .filter(|d| match d {
-                Decision::Ban { cidr, reason, .. } => match self.enforcer.refuse_ban(cidr, &stored_allow) {
-                    Some(why) => {
-                        tracing::info!(%cidr, %why, %reason, "ban not made");
-                        self.refused_allowlisted += 1;
-                        false
-                    }
-                    None => true,
-                },
-                _ => true,
-            })
-            .collect();
+        }
         if decisions.is_empty() {
             return;
         }
@@ -376,50 +361,10 @@ impl Pipeline {
             return;
         }
         let Some(src) = self.sources.iter().find(|s| s.name == "conntrack") else { return };
-        let events = src.stats.events.load(Ordering::Relaxed);
+        let events = src.counts().1;
         let waiting = src.stats.waiting.load(Ordering::Relaxed);
         let Ok(tracked) = self.enforcer.tracked_connections() else { return };
-        let h = &mut self.conntrack_health;
-        let Some((at, tracked0, events0)) = h.last else {
-            h.last = Some((Instant::now(), tracked, events));
-            return;
-        };
-        if at.elapsed() < CONNTRACK_CHECK {
-            return;
-        }
-        h.last = Some((Instant::now(), tracked, events));
-        let created = tracked.saturating_sub(tracked0);
-        let delivered = events.saturating_sub(events0);
-        h.problem = if waiting {
-            Some(
-                "the conntrack source cannot subscribe to the kernel's events (CAP_NET_ADMIN, nf_conntrack_netlink?)"
-                    .into(),
-            )
-        } else if created >= CONNTRACK_SILENT_AFTER && delivered == 0 {
-            let events_sysctl = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_events")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            let hint = if events_sysctl == "0" {
-                "net.netfilter.nf_conntrack_events is 0: the kernel sends no events (sysctl -w net.netfilter.nf_conntrack_events=1)".to_string()
-            } else {
-                format!("net.netfilter.nf_conntrack_events is {events_sysctl:?}")
-            };
-            Some(format!(
-                "conntrack delivers nothing: the kernel created {created} new TCP connections in the last {}s and the \
-                 conntrack source received no event; {hint}",
-                CONNTRACK_CHECK.as_secs()
-            ))
-        } else {
-            None
-        };
-        if let Some(p) = &h.problem {
-            if h.last_logged.is_none_or(|t| t.elapsed() >= CONNTRACK_NAG) {
-                h.last_logged = Some(Instant::now());
-                tracing::error!(problem = %p, "the conntrack source sees nothing; DoS sources cannot be proven real by their handshakes");
-            }
-        } else {
-            h.last_logged = None;
-        }
+        self.conntrack_health.observe(events, waiting, tracked);
     }
 
     /// Housekeeping: windows slide, ended bans leave the store, rates are measured.
@@ -442,7 +387,7 @@ impl Pipeline {
         let secs = self.last_tick.elapsed().as_secs_f64().max(1e-3);
         self.last_tick = Instant::now();
         for s in &mut self.sources {
-            let cur = (s.stats.lines.load(Ordering::Relaxed), s.stats.events.load(Ordering::Relaxed));
+            let cur = s.counts();
             s.rates = ((cur.0 - s.last.0.min(cur.0)) as f64 / secs, (cur.1 - s.last.1.min(cur.1)) as f64 / secs);
             s.last = cur;
         }
@@ -554,7 +499,7 @@ impl Pipeline {
         if config.db != self.config.db || config.daemon.socket != self.config.daemon.socket {
             tracing::warn!("db and daemon.socket changes take effect at the next start");
         }
-        self.enforcer.reconfigure(&config).context("reload: applying the new table shape")?;
+        self.enforcer.reconfigure(&config.enforcement()).context("reload: applying the new table shape")?;
         let same_policy = config.same_policy(&self.config);
         if config.notify != self.config.notify {
             // Held notices of the old throttle go out now rather than be lost with it.
@@ -568,7 +513,7 @@ impl Pipeline {
             tracing::info!("configuration and rules reloaded; the policy's state is kept");
         } else {
             // A new policy starts from the store's record of recent failures, not from nothing.
-            self.policy = Engine::from_config(&self.config);
+            self.policy = self.config.policy_engine();
             self.policy.set_synproxy_ready(self.synproxy_ready.clone());
             let replayed = self.rebuild_windows().context("reload: rebuilding the failure windows")?;
             tracing::info!(replayed, "configuration and rules reloaded; failure windows rebuilt from the store");
@@ -599,39 +544,12 @@ impl Pipeline {
     pub fn status(&self, queued: usize, capacity: usize) -> Result<Status> {
         let now = Utc::now();
         let (bans_active, limits) = self.store.summary(now)?;
-        let mut ports = Vec::new();
-        for (service, s) in &self.config.services {
-            for &port in &s.ports {
-                let on = |m: LimitMode| limits.iter().find(|l| l.port == port && l.mode == m);
-                let (mode, until) = match (on(LimitMode::Global), on(LimitMode::Synproxy), on(LimitMode::Source)) {
-                    (Some(g), _, _) => ("global limit", Some(g.until)),
-                    (None, Some(p), _) => ("SYN proxy", Some(p.until)),
-                    (None, None, Some(s)) => ("per-source limit", Some(s.until)),
-                    _ => ("normal", None),
-                };
-                ports.push(PortStatus { port, service: service.clone(), mode: mode.into(), until });
-            }
-        }
-        ports.sort_by_key(|p| p.port);
+        let ports = PortStatus::of_services(&self.config.services, &limits);
         Ok(Status {
             pid: std::process::id(),
             started: self.started_at,
             uptime_s: self.started.elapsed().as_secs(),
-            sources: self
-                .sources
-                .iter()
-                .map(|s| SourceStatus {
-                    name: s.name.clone(),
-                    lines: s.stats.lines.load(Ordering::Relaxed),
-                    events: s.stats.events.load(Ordering::Relaxed),
-                    lines_per_s: s.rates.0,
-                    events_per_s: s.rates.1,
-                    lag_bytes: s.stats.lag_bytes.load(Ordering::Relaxed),
-                    lost: s.stats.lost.load(Ordering::Relaxed),
-                    shed: s.stats.shed.load(Ordering::Relaxed),
-                    waiting: s.stats.waiting.load(Ordering::Relaxed),
-                })
-                .collect(),
+            sources: self.sources.iter().map(|s| SourceStatus::of(&s.name, &s.stats, s.counts(), s.rates)).collect(),
             queued,
             queue_capacity: capacity,
             lines_parsed: self.parser.stats.lines,
@@ -646,7 +564,7 @@ impl Pipeline {
             evicted: self.policy.evicted(),
             tracked_sources: self.policy.tracked(),
             ports,
-            problems: self.conntrack_health.problem.iter().cloned().collect(),
+            problems: self.conntrack_health.problem().into_iter().map(str::to_string).collect(),
             synproxy: match &self.synproxy_ready {
                 Ok(()) => "ready".into(),
                 Err(why) => format!("not possible: {why}"),

@@ -2,6 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+
+use crate::decision::LimitMode;
+use crate::service::Services;
+use crate::source::SourceStats;
+use crate::store::LimitOn;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceStatus {
@@ -61,6 +67,50 @@ pub struct Status {
     /// Whether the SYN proxy can be used here, or why not.
     #[serde(default)]
     pub synproxy: String,
+}
+
+impl SourceStatus {
+    /// A source's line as `status` shows it: lines and events so far, its other counters now, and its rates
+    /// (lines/s, events/s) at the last tick.
+    pub fn of(
+        name: &str,
+        stats: &SourceStats,
+        (lines, events): (u64, u64),
+        (lines_per_s, events_per_s): (f64, f64),
+    ) -> SourceStatus {
+        SourceStatus {
+            name: name.to_string(),
+            lines,
+            events,
+            lines_per_s,
+            events_per_s,
+            lag_bytes: stats.lag_bytes.load(Ordering::Relaxed),
+            lost: stats.lost.load(Ordering::Relaxed),
+            shed: stats.shed.load(Ordering::Relaxed),
+            waiting: stats.waiting.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl PortStatus {
+    /// Every service's ports, each with the strongest limit in force on it, by port.
+    pub fn of_services(services: &Services, limits: &[LimitOn]) -> Vec<PortStatus> {
+        let mut ports = Vec::new();
+        for (service, s) in services {
+            for &port in &s.ports {
+                let on = |m: LimitMode| limits.iter().find(|l| l.port == port && l.mode == m);
+                let (mode, until) = match (on(LimitMode::Global), on(LimitMode::Synproxy), on(LimitMode::Source)) {
+                    (Some(g), _, _) => ("global limit", Some(g.until)),
+                    (None, Some(p), _) => ("SYN proxy", Some(p.until)),
+                    (None, None, Some(s)) => ("per-source limit", Some(s.until)),
+                    _ => ("normal", None),
+                };
+                ports.push(PortStatus { port, service: service.clone(), mode: mode.into(), until });
+            }
+        }
+        ports.sort_by_key(|p| p.port);
+        ports
+    }
 }
 
 impl Status {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::config::Config;
+use super::Setup;
 use crate::geo::fetch::Source;
 use crate::geo::{Country, GeoDb};
 use crate::nft::ruleset::GeoRule;
@@ -32,7 +32,7 @@ pub(super) struct GeoPlan {
 }
 
 impl GeoPlan {
-    pub(super) fn from_config(c: &Config) -> GeoPlan {
+    pub(super) fn from_config(c: &Setup) -> GeoPlan {
         let countries = c
             .services
             .iter()

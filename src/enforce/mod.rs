@@ -2,6 +2,7 @@
 //! (store transaction around one netlink batch: both or neither), and `reconcile` makes the kernel's sets match
 //! the store again after a reboot, a `nft flush ruleset` or a crash.
 
+pub mod config;
 pub mod geo;
 pub mod host;
 pub mod plan;
@@ -14,7 +15,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::addr::Cidr;
-use crate::config::Config;
 use crate::decision::{Decision, LimitMode};
 use crate::nft::ruleset::{
     ALLOW4, ALLOW6, BAN4, BAN4_NET, BAN6, BAN6_NET, GLOBAL_PORTS, OWNER_PREFIX, SOURCE_PORTS, SYNPROXY_PORTS,
@@ -22,6 +22,8 @@ use crate::nft::ruleset::{
 use crate::nft::{Element, Kernel, Key, NftError, Ruleset};
 use crate::store::{Enforced, Store, StoreError};
 use plan::{Changes, Want, FOREVER};
+
+pub use config::{EnforceConfig, Setup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
@@ -33,6 +35,16 @@ pub enum EnforceError {
     Geo(#[from] crate::geo::GeoError),
     #[error("{0}")]
     Owner(String),
+}
+
+/// A ban `Enforcer::screen` would not let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub cidr: Cidr,
+    /// Why it may not be made.
+    pub why: String,
+    /// The ban's own reason.
+    pub reason: String,
 }
 
 /// What one enforcement step changed in the kernel.
@@ -79,6 +91,10 @@ pub struct Enforcer {
     keep_mirror: bool,
     ruleset: Ruleset,
     config_allow: Vec<Cidr>,
+    /// The operator's allowlist as the store holds it: read once, then kept current by the `Allow` and
+    /// `Disallow` decisions this enforcer records (every change to it in the daemon is one), so screening a
+    /// decision costs no query. `None`: to be read.
+    stored_allow: Option<Vec<Cidr>>,
     limit_ports: Vec<u16>,
     widest_v4: u8,
     widest_v6: u8,
@@ -116,7 +132,7 @@ fn remaining(until: i64, now: DateTime<Utc>) -> Option<Duration> {
 }
 
 impl Enforcer {
-    pub fn open(config: &Config) -> Result<Enforcer, EnforceError> {
+    pub fn open(config: &Setup) -> Result<Enforcer, EnforceError> {
         let ruleset = measured_synproxy(config.ruleset());
         Ok(Enforcer {
             kernel: Kernel::open()?,
@@ -124,7 +140,8 @@ impl Enforcer {
             keep_mirror: false,
             limit_ports: ruleset.ports.iter().map(|p| p.port).collect(),
             ruleset,
-            config_allow: config.allowlist.clone(),
+            config_allow: config.allowlist.to_vec(),
+            stored_allow: None,
             widest_v4: config.enforce.widest_prefix_v4,
             widest_v6: config.enforce.widest_prefix_v6,
             geo: geo::GeoPlan::from_config(config),
@@ -188,13 +205,13 @@ impl Enforcer {
     }
 
     /// Takes a new config (reload). The table's shape is installed again when it changed.
-    pub fn reconfigure(&mut self, config: &Config) -> Result<(), EnforceError> {
+    pub fn reconfigure(&mut self, config: &Setup) -> Result<(), EnforceError> {
         let mut ruleset = measured_synproxy(config.ruleset());
         ruleset.owner = self.ruleset.owner.clone();
         let changed = ruleset != self.ruleset;
         self.limit_ports = ruleset.ports.iter().map(|p| p.port).collect();
         self.ruleset = ruleset;
-        self.config_allow = config.allowlist.clone();
+        self.config_allow = config.allowlist.to_vec();
         self.widest_v4 = config.enforce.widest_prefix_v4;
         self.widest_v6 = config.enforce.widest_prefix_v6;
         self.mirror = None;
@@ -224,9 +241,48 @@ impl Enforcer {
         &self.limit_ports
     }
 
+    /// The one gate every ban passes, the policy's and the operator's: bans that may not be made are taken out
+    /// of `decisions` and returned with the reason. On a store error `decisions` is left as it was.
+    pub fn screen(&mut self, store: &Store, decisions: &mut Vec<Decision>) -> Result<Vec<Refused>, StoreError> {
+        self.read_allowlist(store)?;
+        let mut refused = Vec::new();
+        decisions.retain(|d| match d {
+            Decision::Ban { cidr, reason, .. } => match self.refusal(cidr) {
+                Some(why) => {
+                    refused.push(Refused { cidr: *cidr, why, reason: reason.clone() });
+                    false
+                }
+                None => true,
+            },
+            _ => true,
+        });
+        Ok(refused)
+    }
+
+    /// Why `cidr` may not be banned, if it may not (see `screen`).
+    pub fn refuse_ban(&mut self, store: &Store, cidr: &Cidr) -> Result<Option<String>, StoreError> {
+        self.read_allowlist(store)?;
+        Ok(self.refusal(cidr))
+    }
+
+    fn read_allowlist(&mut self, store: &Store) -> Result<(), StoreError> {
+        if self.stored_allow.is_none() {
+            self.stored_allow = Some(store.allowlist()?.iter().map(|a| a.cidr).collect());
+        }
+        Ok(())
+    }
+
+    /// An allowlist change recorded (or maybe recorded: an error part-way) is read back before the next screen.
+    fn allowlist_changed(&mut self, decisions: &[Decision]) {
+        if decisions.iter().any(|d| matches!(d, Decision::Allow { .. } | Decision::Disallow { .. })) {
+            self.stored_allow = None;
+        }
+    }
+
     /// Why `cidr` may not be banned, if it may not: loopback, unspecified, multicast or broadcast, an address of
     /// this host (or a prefix holding one), too wide, or wholly on the allowlist.
-    pub fn refuse_ban(&self, cidr: &Cidr, stored_allow: &[Cidr]) -> Option<String> {
+    fn refusal(&self, cidr: &Cidr) -> Option<String> {
+        let stored_allow = self.stored_allow.as_deref().unwrap_or_default();
         if let Some(what) = cidr.special() {
             return Some(format!("{cidr} is or holds {what}: floodgate never bans it"));
         }
@@ -401,6 +457,7 @@ impl Enforcer {
     pub fn reconcile(&mut self, store: &mut Store, now: DateTime<Utc>) -> Result<Report, EnforceError> {
         store.expire(now)?;
         self.mirror = None;
+        self.stored_allow = None;
         self.install()?;
         let state = store.enforced(now)?;
         let mut report = self.sync(&state, now, &[])?;
@@ -474,6 +531,7 @@ impl Enforcer {
         decisions: &[Decision],
         now: DateTime<Utc>,
     ) -> Result<Report, EnforceError> {
+        self.allowlist_changed(decisions);
         let hosts_only = decisions.iter().all(|d| match d {
             Decision::Ban { cidr, .. } | Decision::Unban { cidr, .. } => cidr.is_host(),
             _ => false,

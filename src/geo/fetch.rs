@@ -151,15 +151,19 @@ impl Source {
 
 /// Validates every source and that no two of them would keep their copy under the same name. Errors name the
 /// source as the config does (`geo.sources[i]`).
-pub fn validate_all(sources: &[Source]) -> Result<(), String> {
+pub fn validate_all(sources: &[Source]) -> Result<(), crate::setting::Invalid> {
     let mut seen = std::collections::BTreeMap::new();
     for (i, s) in sources.iter().enumerate() {
-        s.validate().map_err(|e| format!("geo.sources[{i}]: {e}"))?;
+        let key = format!("geo.sources[{i}]");
+        s.validate().map_err(|e| crate::setting::Invalid::new(&key, e))?;
         if let Some(other) = seen.insert(s.cache_name(), &s.url) {
-            return Err(format!(
-                "geo.sources[{i}]: geo sources `{other}` and `{}` would both be kept as `{}`; give one a `name`",
-                s.url,
-                s.cache_name()
+            return Err(crate::setting::Invalid::new(
+                key,
+                format!(
+                    "geo sources `{other}` and `{}` would both be kept as `{}`; give one a `name`",
+                    s.url,
+                    s.cache_name()
+                ),
             ));
         }
     }
@@ -420,7 +424,7 @@ mod tests {
             assert!(s.validate().is_err(), "{bad:?}");
         }
         let twins = [src("https://a.example/x/latest"), src("https://b.example/y/latest")];
-        assert!(validate_all(&twins).unwrap_err().contains("would both be kept as `latest`"));
+        assert!(validate_all(&twins).unwrap_err().to_string().contains("would both be kept as `latest`"));
     }
 
     #[test]

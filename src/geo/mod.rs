@@ -5,11 +5,13 @@
 //! converts address ranges, and [`db::GeoDb`] answers "which country" and "which ranges". Nothing here touches
 //! the kernel; the sets are written by the enforcement side from [`GeoDb::ranges`].
 
+pub mod config;
 pub mod db;
 pub mod fetch;
 pub mod parse;
 pub mod ranges;
 
+pub use config::GeoConfig;
 pub use db::GeoDb;
 
 use std::fmt;

@@ -30,6 +30,50 @@ impl Per {
     }
 }
 
+/// A rate of packets without its burst, as a config writes it: `20/second`, `600/minute`, `1000/hour`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub per: Per,
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per {
+            Per::Second => "second",
+            Per::Minute => "minute",
+            Per::Hour => "hour",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Rate, String> {
+        let bad = || format!("`{text}` is not a rate; write e.g. 20/second, 600/minute, 1000/hour");
+        let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "second" | "s" => Per::Second,
+            "minute" | "m" => Per::Minute,
+            "hour" | "h" => Per::Hour,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("`{text}`: a rate of zero would drop everything; use a ban instead"));
+        }
+        Ok(Rate { count, per })
+    }
+}
+
+impl Rate {
+    /// This rate with its burst, as a rule applies it.
+    pub fn with_burst(self, burst: u32) -> Limit {
+        Limit { rate: self.count, per: self.per, burst }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
     /// `meta nfproto == v` (ipv4 = 2, ipv6 = 10): the dependency an inet table needs before an address match.

@@ -15,7 +15,7 @@ use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
-pub use expr::{Limit, Per};
+pub use expr::{Limit, Per, Rate};
 pub use ruleset::{PortLimits, Ruleset};
 
 use crate::addr::Cidr;

@@ -17,19 +17,20 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use serde::Deserialize;
 
+mod config;
 mod mail;
 mod send;
 mod throttle;
 
+pub use config::NotifyConfig;
 pub use mail::format_mail;
 pub use send::Notifier;
 pub use throttle::Throttle;
@@ -58,12 +59,10 @@ pub enum NoticeKind {
     DdosDetected,
     /// The attack is over and the filters were lifted.
     Converged,
-    BanStorm,
 }
 
 impl NoticeKind {
-    pub(crate) const ALL: [NoticeKind; 4] =
-        [NoticeKind::DosDetected, NoticeKind::DdosDetected, NoticeKind::Converged, NoticeKind::BanStorm];
+    pub(crate) const ALL: [NoticeKind; 3] = [NoticeKind::DosDetected, NoticeKind::DdosDetected, NoticeKind::Converged];
 
     /// The name used in `X-Floodgate-Kind` (the same as in the JSON).
     pub fn as_str(self) -> &'static str {
@@ -71,7 +70,6 @@ impl NoticeKind {
             NoticeKind::DosDetected => "DosDetected",
             NoticeKind::DdosDetected => "DdosDetected",
             NoticeKind::Converged => "Converged",
-            NoticeKind::BanStorm => "BanStorm",
         }
     }
 
@@ -80,7 +78,6 @@ impl NoticeKind {
             NoticeKind::DosDetected => 0,
             NoticeKind::DdosDetected => 1,
             NoticeKind::Converged => 2,
-            NoticeKind::BanStorm => 3,
         }
     }
 
@@ -177,130 +174,9 @@ pub struct Part {
     pub filters_lifted_between: u32,
 }
 
-/// The `[notify]` section. With no `mail_to` and no `exec`, nothing is sent.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NotifyConfig {
-    /// Recipients, e.g. `["root"]` or `["admin@example.org"]`. Empty: no mail.
-    pub mail_to: Vec<String>,
-    pub mail_from: String,
-    /// The MTA's sendmail-compatible program (Postfix, Exim, OpenSMTPD and sendmail all provide one).
-    pub sendmail: PathBuf,
-    /// A program run for every message with the notice as JSON on stdin (a chat webhook, a pager).
-    pub exec: Option<PathBuf>,
-    /// A second notice of the same kind about the same thing (a port, an address) within this interval is held
-    /// and merged into the next message; news about another thing is not held.
-    #[serde(deserialize_with = "crate::config::de_duration")]
-    pub min_interval: Duration,
-    /// How long a notice that may go out waits for siblings of its kind, so that a burst (the policy decides port
-    /// by port, tick by tick) makes one message. 0: no waiting.
-    #[serde(deserialize_with = "crate::config::de_duration")]
-    pub gather: Duration,
-    /// At most this many messages an hour, all kinds together.
-    pub max_per_hour: u32,
-}
-
-impl Default for NotifyConfig {
-    fn default() -> NotifyConfig {
-        NotifyConfig {
-            mail_to: Vec::new(),
-            mail_from: default_mail_from(),
-            sendmail: PathBuf::from("/usr/sbin/sendmail"),
-            exec: None,
-            min_interval: Duration::from_secs(10 * 60),
-            gather: Duration::from_secs(1),
-            max_per_hour: 12,
-        }
-    }
-}
-
 /// This machine's name (empty if unreadable), for the notices' subjects and the sender address.
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
-}
-
-/// `floodgate@<hostname>` so the admin can filter on it; plain `root` if the hostname is unusable in an address.
-fn default_mail_from() -> String {
-    let host = hostname();
-    let host = host.as_str();
-    let usable = !host.is_empty()
-        && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !host.starts_with(['-', '.']);
-    if usable {
-        format!("floodgate@{host}")
-    } else {
-        "root".to_string()
-    }
-}
-
-impl NotifyConfig {
-    /// Whether anything would be sent at all.
-    pub fn is_enabled(&self) -> bool {
-        !self.mail_to.is_empty() || self.exec.is_some()
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        for a in &self.mail_to {
-            check_address("notify.mail_to", a)?;
-        }
-        check_address("notify.mail_from", &self.mail_from)?;
-        if !self.sendmail.is_absolute() {
-            return Err(format!(
-                "notify.sendmail: `{}` is not an absolute path; write e.g. /usr/sbin/sendmail",
-                self.sendmail.display()
-            ));
-        }
-        if let Some(exec) = &self.exec {
-            if !exec.is_absolute() {
-                return Err(format!("notify.exec: `{}` is not an absolute path", exec.display()));
-            }
-        }
-        if self.min_interval.is_zero() {
-            return Err("notify.min_interval: must be longer than zero (an attack would mail once per notice)".into());
-        }
-        if self.gather > MAX_GATHER {
-            return Err(format!(
-                "notify.gather: `{}` is longer than {}: every message would wait that long; write e.g. 1s",
-                humantime::format_duration(self.gather),
-                humantime::format_duration(MAX_GATHER)
-            ));
-        }
-        if self.max_per_hour == 0 {
-            return Err("notify.max_per_hour: at least 1 (to send nothing, leave mail_to and exec unset)".into());
-        }
-        Ok(())
-    }
-}
-
-/// One plain address (`user@domain`, or a local name like `root`). With `sendmail -t` the headers choose the
-/// recipients, so a line break smuggled into an address would add recipients (`\nBcc: ...`): refused here, and
-/// stripped again when the mail is formatted.
-fn check_address(key: &str, a: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        format!("{key}: `{}` is not a mail address ({why}); write e.g. admin@example.org or root", a.escape_debug())
-    };
-    if a.is_empty() {
-        return Err(bad("empty"));
-    }
-    if a.len() > 254 {
-        return Err(bad("longer than 254 bytes"));
-    }
-    if a.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(bad("no spaces or line breaks"));
-    }
-    if a.starts_with('-') {
-        return Err(bad("it would read as an option"));
-    }
-    if a.contains(['<', '>', ',', ';', ':', '"', '(', ')', '[', ']', '\\']) {
-        return Err(bad("one bare address: no display name, no list"));
-    }
-    if let Some((local, domain)) = a.split_once('@') {
-        if local.is_empty() || domain.is_empty() || domain.contains('@') {
-            return Err(bad("expected local@domain"));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -371,51 +247,5 @@ pub(crate) mod test_support {
 
     pub(crate) fn kinds(out: &[Notice]) -> Vec<NoticeKind> {
         out.iter().map(|n| n.kind).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::test_support::*;
-    use super::*;
-
-    #[test]
-    fn config_defaults_parse_and_validate() {
-        let d = NotifyConfig::default();
-        assert_eq!(d.min_interval, Duration::from_secs(600));
-        assert_eq!(d.gather, Duration::from_secs(1));
-        assert_eq!(d.max_per_hour, 12);
-        assert_eq!(d.sendmail, PathBuf::from("/usr/sbin/sendmail"));
-        assert!(d.mail_from == "root" || d.mail_from.starts_with("floodgate@"), "{}", d.mail_from);
-        assert!(!d.is_enabled());
-        d.validate().unwrap();
-
-        let c: NotifyConfig = toml::from_str(
-            "mail_to = [\"root\", \"admin@example.org\"]\nmin_interval = \"1h30m\"\nexec = \"/usr/local/bin/hook\"\n",
-        )
-        .unwrap();
-        assert_eq!(c.min_interval, Duration::from_secs(5400));
-        assert!(c.is_enabled());
-        c.validate().unwrap();
-        let c: NotifyConfig = toml::from_str("gather = \"0s\"\n").unwrap();
-        assert_eq!(c.gather, Duration::ZERO, "no waiting");
-        c.validate().unwrap();
-        NotifyConfig { gather: Duration::from_secs(60), ..cfg() }.validate().unwrap();
-        let e = toml::from_str::<NotifyConfig>("min_interval = \"soon\"\n").unwrap_err().to_string();
-        assert!(e.contains("`soon` is not a duration"), "{e}");
-        assert!(toml::from_str::<NotifyConfig>("mail = []\n").is_err());
-
-        let bad = |c: NotifyConfig| c.validate().unwrap_err();
-        let e = bad(NotifyConfig { mail_to: vec!["admin@example.org\nBcc: victim@example.net".into()], ..cfg() });
-        assert!(e.starts_with("notify.mail_to: `admin@example.org\\nBcc: victim@example.net`"), "{e}");
-        assert!(bad(NotifyConfig { mail_to: vec!["Admin <a@b>".into()], ..cfg() }).contains("notify.mail_to"));
-        assert!(bad(NotifyConfig { mail_to: vec!["a@".into()], ..cfg() }).contains("local@domain"));
-        assert!(bad(NotifyConfig { mail_from: "x\r".into(), ..cfg() }).contains("notify.mail_from"));
-        assert!(bad(NotifyConfig { sendmail: "sendmail".into(), ..cfg() }).contains("notify.sendmail"));
-        assert!(bad(NotifyConfig { exec: Some("hook.sh".into()), ..cfg() }).contains("notify.exec"));
-        assert!(bad(NotifyConfig { max_per_hour: 0, ..cfg() }).contains("notify.max_per_hour"));
-        assert!(bad(NotifyConfig { min_interval: Duration::ZERO, ..cfg() }).contains("notify.min_interval"));
-        let e = bad(NotifyConfig { gather: Duration::from_secs(61), ..cfg() });
-        assert!(e.starts_with("notify.gather: `1m 1s` is longer than 1m"), "{e}");
     }
 }

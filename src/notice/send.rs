@@ -129,6 +129,7 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
     use NoticeKind::*;
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -166,16 +167,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hook = script(dir.path(), "hook", &format!("cat > '{}/json'", dir.path().display()));
         let c = NotifyConfig { mail_to: vec![], exec: Some(hook), ..cfg() };
-        send(&Notifier::new(c), &notice(BanStorm, t0(), 9)).unwrap();
+        send(&Notifier::new(c), &notice(DdosDetected, t0(), 9)).unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("json")).unwrap()).unwrap();
-        assert_eq!(v["kind"], "BanStorm");
-        assert_eq!(v["subject"], "BanStorm on mx");
+        assert_eq!(v["kind"], "DdosDetected");
+        assert_eq!(v["subject"], "DdosDetected on mx");
         assert_eq!(v["time"], "2026-11-21T09:00:00Z");
         assert_eq!(v["figures"], json!({ "pps": 9 }));
         assert_eq!(v["key"], serde_json::Value::Null);
         let part = json!({
-            "key": null, "time": "2026-11-21T09:00:00Z", "subject": "BanStorm on mx", "body": "Port 25 is flooded.",
+            "key": null, "time": "2026-11-21T09:00:00Z", "subject": "DdosDetected on mx", "body": "Port 25 is flooded.",
             "figures": { "pps": 9 }, "repeats": 1, "filters_lifted_between": 0,
         });
         assert_eq!(v["parts"], json!([part]), "a notice sent alone is its own single part");

@@ -105,7 +105,7 @@ pub struct Throttle {
     max_per_hour: u32,
     /// Times of the messages sent in the last hour, oldest first.
     sent: VecDeque<DateTime<Utc>>,
-    kinds: [KindState; 4],
+    kinds: [KindState; NoticeKind::ALL.len()],
     /// Keys whose detection the admin was last told of, not its end (with when): the next Converged about one of
     /// them answers it.
     announced: HashMap<Key, DateTime<Utc>>,
@@ -448,12 +448,11 @@ mod tests {
     fn throttle_kinds_are_independent() {
         let mut t = Throttle::new(&cfg());
         assert_eq!(kinds(&t.offer(notice(DosDetected, t0(), 1), t0())), [DosDetected]);
-        assert_eq!(kinds(&t.offer(notice(BanStorm, min(1), 1), min(1))), [BanStorm]);
         assert_eq!(kinds(&t.offer(notice(DdosDetected, min(1), 1), min(1))), [DdosDetected]);
         assert!(t.offer(notice(DosDetected, min(2), 1), min(2)).is_empty());
-        assert!(t.offer(notice(BanStorm, min(2), 1), min(2)).is_empty());
+        assert!(t.offer(notice(DdosDetected, min(2), 1), min(2)).is_empty());
         assert_eq!(kinds(&t.tick(min(15))), [DosDetected]);
-        assert_eq!(kinds(&t.tick(min(16))), [BanStorm]);
+        assert_eq!(kinds(&t.tick(min(16))), [DdosDetected]);
     }
 
     #[test]
@@ -462,13 +461,13 @@ mod tests {
         let mut t = Throttle::new(&c);
         let mut sent = 0;
         for m in (0..20).step_by(2) {
-            sent += t.offer(notice(BanStorm, min(m), m as u64), min(m)).len();
+            sent += t.offer(notice(DdosDetected, min(m), m as u64), min(m)).len();
         }
         assert_eq!(sent, 3, "0, 2 and 4; 6..18 merged");
         assert!(t.tick(min(59)).is_empty());
         let out = t.tick(min(60));
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].subject, "BanStorm on mx (and 6 more)");
+        assert_eq!(out[0].subject, "DdosDetected on mx (and 6 more)");
         assert_eq!(out[0].figures["pps"], 18);
     }
 
@@ -482,7 +481,7 @@ mod tests {
         let mut offered = 0u32;
         for s in (0..3 * 3600).step_by(10) {
             let now = t0() + TimeDelta::seconds(s);
-            let kind = NoticeKind::ALL[(s / 10) as usize % 4];
+            let kind = NoticeKind::ALL[(s / 10) as usize % NoticeKind::ALL.len()];
             offered += 1;
             sent.extend(t.offer(notice(kind, now, 0), now).into_iter().map(|n| (now, n)));
             sent.extend(t.tick(now).into_iter().map(|n| (now, n)));
@@ -491,7 +490,7 @@ mod tests {
             let in_hour = sent[i..].iter().filter(|(b, _)| *b - *at < TimeDelta::seconds(3600)).count();
             assert!(in_hour <= 5, "{in_hour} messages in the hour from {at}");
         }
-        for k in [DosDetected, DdosDetected, BanStorm] {
+        for k in [DosDetected, DdosDetected] {
             let times: Vec<_> = sent.iter().filter(|(_, n)| n.kind == k).map(|(at, _)| *at).collect();
             assert!(times.windows(2).all(|w| w[1] - w[0] >= TimeDelta::seconds(300)), "{k:?}: {times:?}");
         }
@@ -657,14 +656,14 @@ mod tests {
     fn throttle_merges_everything_due_once_the_budget_allows() {
         let c = NotifyConfig { max_per_hour: 2, ..cfg() };
         let mut t = Throttle::new(&c);
+        assert_eq!(t.offer(about(DosDetected, t0(), "port 1", 1), t0()).len(), 1);
         assert_eq!(t.offer(about(DdosDetected, t0(), "port 1", 1), t0()).len(), 1);
-        assert_eq!(t.offer(about(BanStorm, t0(), "port 1", 1), t0()).len(), 1);
         for p in 2..6 {
+            assert!(t.offer(about(DosDetected, min(p), &format!("port {p}"), p as u64), min(p)).is_empty());
             assert!(t.offer(about(DdosDetected, min(p), &format!("port {p}"), p as u64), min(p)).is_empty());
-            assert!(t.offer(about(BanStorm, min(p), &format!("port {p}"), p as u64), min(p)).is_empty());
         }
         let out = t.tick(min(60));
-        assert_eq!(kinds(&out), [DdosDetected, BanStorm], "one message per kind");
+        assert_eq!(kinds(&out), [DosDetected, DdosDetected], "one message per kind");
         for n in &out {
             assert_eq!(keys(n), ["port 2", "port 3", "port 4", "port 5"]);
             assert!(n.body.contains("Held back since 2026-11-21T09:02:00Z"), "{}", n.body);
@@ -721,7 +720,7 @@ mod tests {
     fn throttle_delivers_notices_counted_without_a_part_of_their_own() {
         let c = NotifyConfig { max_per_hour: 1, ..cfg() };
         let mut t = Throttle::new(&c);
-        assert_eq!(t.offer(about(BanStorm, t0(), "x", 0), t0()).len(), 1, "the budget is spent");
+        assert_eq!(t.offer(about(DosDetected, t0(), "x", 0), t0()).len(), 1, "the budget is spent");
         for p in 0..MAX_KEYS_PER_KIND + 2 {
             assert!(t.offer(about(Converged, min(1), &format!("port {p}"), 0), min(1)).is_empty());
         }

@@ -3,6 +3,7 @@
 //! into an `Event` with per-rule counters. [`lines`] reads the lines with bounded memory. Never fails on input: a
 //! line that cannot be read is counted and skipped.
 
+pub mod config;
 pub mod header;
 pub mod lines;
 pub mod matcher;
@@ -19,6 +20,8 @@ use crate::event::{Event, Kind, SynAction};
 use header::TimeContext;
 use matcher::{group, Matcher, Scratch};
 use rules::{Attempt, Level};
+
+pub use config::{ParseConfig, Setup};
 
 /// Service name -> its ports, from the config. A service with exactly one port gives events their port.
 pub type ServicePorts = HashMap<String, Vec<u16>>;
@@ -444,22 +447,20 @@ impl LineParser {
     /// The parser a command runs with: built-in rules (unless the config turns them off), then the config's
     /// rules directories, then `extra_dirs` (`--rules`).
     pub fn from_config(
-        cfg: &crate::config::Config,
+        setup: Setup,
         extra_dirs: &[std::path::PathBuf],
         ctx: TimeContext,
     ) -> Result<LineParser, rules::RulesError> {
-        let mut dirs = cfg.rules_dirs.clone();
+        let mut dirs = setup.rules_dirs;
         dirs.extend_from_slice(extra_dirs);
-        let families = rules::load(&dirs, cfg.builtin_rules)?;
-        Ok(LineParser::new(Arc::new(Matcher::new(families)), Arc::new(cfg.service_ports()), ctx)
-            .with_levels(cfg.levels()))
+        let families = rules::load(&dirs, setup.builtin_rules)?;
+        Ok(LineParser::new(Arc::new(Matcher::new(families)), Arc::new(setup.ports), ctx).with_levels(setup.levels))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use chrono::TimeZone;
 
     const RULES: &str = r#"
@@ -498,7 +499,7 @@ regex = '^Scanned by (?P<addr>[0-9.]+)$'
             reference: Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap(),
             boot_time: None,
         };
-        LineParser::new(Arc::new(Matcher::new(vec![fam])), Arc::new(Config::default().service_ports()), ctx)
+        LineParser::new(Arc::new(Matcher::new(vec![fam])), Arc::new(crate::service::Services::default().ports()), ctx)
             .with_levels(levels)
     }
 

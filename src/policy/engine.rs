@@ -22,10 +22,11 @@ use super::evidence::{impossible, Evidence};
 use super::jail::Jail;
 use super::sketch::{Figures, HeavyHitters, PortTraffic, Recent};
 use super::{span, Policy};
+use super::{JailConfig, PolicyConfig, PrefixBan};
 use crate::addr::Cidr;
-use crate::config::{Config, PolicyConfig, PrefixBan, SynproxyMode};
 use crate::decision::{Decision, LimitMode};
 use crate::event::{Event, Kind};
+use crate::service::{Services, SynproxyMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -169,9 +170,11 @@ impl Engine {
         }
     }
 
-    pub fn from_config(cfg: &Config) -> Engine {
-        let mut e = Engine::new(cfg.policy.clone(), Jail::from_config(cfg), cfg.allowlist.clone());
-        e.synproxy = cfg.synproxy_modes();
+    /// The engine the config's sections describe: thresholds, the jail and each service's values, the admin
+    /// addresses it never acts on.
+    pub fn from_config(policy: &PolicyConfig, jail: &JailConfig, services: &Services, allowlist: &[Cidr]) -> Engine {
+        let mut e = Engine::new(policy.clone(), Jail::from_config(jail, services), allowlist.to_vec());
+        e.synproxy = services.synproxy_modes();
         e
     }
 
@@ -920,7 +923,8 @@ mod tests {
 
     #[test]
     fn an_unblocked_address_is_banned_again_at_its_next_attack() {
-        let mut engine = Engine::from_config(&Config::default());
+        let mut engine =
+            Engine::from_config(&PolicyConfig::default(), &JailConfig::default(), &Services::default(), &[]);
         let now = Utc.timestamp_opt(1_800_000_100, 0).unwrap();
         let mut out = Vec::new();
         let attack = |engine: &mut Engine, from: i64, out: &mut Vec<Decision>| {

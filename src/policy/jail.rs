@@ -13,9 +13,11 @@ use chrono::{DateTime, Utc};
 
 use super::{span, Policy};
 use crate::addr::Cidr;
-use crate::config::Config;
 use crate::decision::Decision;
 use crate::event::Event;
+use crate::service::Services;
+
+use super::JailConfig;
 
 /// An attacker picks its addresses: without a bound, tracking them would be a DoS vector of its own.
 pub const MAX_TRACKED: usize = 200_000;
@@ -125,11 +127,10 @@ impl Jail {
         }
     }
 
-    pub fn from_config(cfg: &Config) -> Jail {
-        let j = &cfg.jail;
+    /// The jail's rule, and each service's with its own values in place of the jail's.
+    pub fn from_config(j: &JailConfig, services: &Services) -> Jail {
         let default = Rule { maxretry: j.maxretry, findtime: j.findtime, bantime: j.bantime };
-        let per_service = cfg
-            .services
+        let per_service = services
             .iter()
             .map(|(name, s)| {
                 let rule = Rule {

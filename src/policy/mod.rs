@@ -2,6 +2,7 @@
 //! replay the store. The daemon talks to it only through `Policy`, so the full engine can replace the jail.
 
 pub mod alert;
+pub mod config;
 pub mod engine;
 pub mod evidence;
 pub mod jail;
@@ -13,6 +14,8 @@ use chrono::{DateTime, Utc};
 
 use crate::decision::Decision;
 use crate::event::Event;
+
+pub use config::{JailConfig, PolicyConfig, PrefixBan};
 
 pub trait Policy: Send {
     /// Takes one event into account; decisions it leads to are pushed to `out`.
@@ -26,5 +29,5 @@ pub trait Policy: Send {
 /// A std duration as a chrono one, saturating (config durations are bounded; "forever" never overflows).
 pub(crate) fn span(d: Duration) -> chrono::Duration {
     // Bounded like every configured duration, so a time plus a span can never leave the calendar (a panic).
-    chrono::Duration::from_std(d.min(crate::config::MAX_DURATION)).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(d.min(crate::setting::MAX_DURATION)).unwrap_or(chrono::Duration::MAX)
 }

@@ -3,6 +3,7 @@
 //! backpressure (a file is its own buffer: falling behind loses nothing), counter and conntrack events are
 //! offered and shed when the pipeline is full (counted, shown by `floodgate status`).
 
+pub mod config;
 pub mod conntrack;
 pub mod file;
 pub mod journald;
@@ -18,6 +19,8 @@ use tokio::sync::mpsc;
 
 use crate::event::Event;
 
+pub use config::SourcesConfig;
+
 /// Where a file input stands after a batch of lines: the pipeline stores it with the batch's events, so a
 /// restart resumes exactly after the last line it recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +35,14 @@ pub struct Position {
 #[derive(Debug)]
 pub enum Feed {
     /// Raw lines (without their newline) for the parser. `first_line` numbers them (1-based) for files.
-    /// `stats` are the sending source's counters: the pipeline adds the events it parses from these lines.
+    /// `source` names the sender (its counters' identity): the pipeline counts the events it parses from these
+    /// lines for it, in its own memory.
     Lines {
         input: Arc<str>,
         lines: Vec<Vec<u8>>,
         first_line: Option<u64>,
         position: Option<Position>,
-        stats: Arc<SourceStats>,
+        source: Arc<SourceStats>,
     },
     /// Events a source produced itself (kernel counters, conntrack).
     Events { input: Arc<str>, events: Vec<Event> },
@@ -91,7 +95,7 @@ impl Sink {
         position: Option<Position>,
     ) -> bool {
         let n = lines.len() as u64;
-        let feed = Feed::Lines { input: input.clone(), lines, first_line, position, stats: self.stats.clone() };
+        let feed = Feed::Lines { input: input.clone(), lines, first_line, position, source: self.stats.clone() };
         let ok = self.tx.blocking_send(feed).is_ok();
         if ok {
             self.stats.lines.fetch_add(n, Ordering::Relaxed);

@@ -13,7 +13,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::addr::{ip_bytes, ip_from_bytes, Cidr};
 use crate::event::{Event, Kind, SynAction};
 
+pub mod config;
 mod decisions;
+pub use config::StoreConfig;
 pub use decisions::{Allowed, Ban, Enforced, LimitOn};
 
 /// Schema migrations, in order. The version of migration i is i + 1.

@@ -115,7 +115,7 @@ fn main() {
         (format!("deny {} countries", all_but_one.len()), format!("deny_countries = [{}]", all_but_one.join(", "))),
     ] {
         let cfg = config(&restriction);
-        let mut e = Enforcer::open(&cfg).expect("netlink");
+        let mut e = Enforcer::open(&cfg.enforcement()).expect("netlink");
         // The first sync installs the table; the timed ones replace loaded sets, as a daily update does.
         e.sync_geo().expect("first load");
         let mut times = Vec::new();

@@ -21,7 +21,7 @@ fn main() {
     let mut best = f64::MAX;
     let mut events = 0;
     for _ in 0..5 {
-        let mut parser = LineParser::from_config(&cfg, &[], ctx).expect("built-in rules load");
+        let mut parser = LineParser::from_config(cfg.parsing(), &[], ctx).expect("built-in rules load");
         let start = Instant::now();
         let mut reader = LineReader::new(&log[..], cfg.parse.max_line_bytes);
         let mut n = 0u64;
@@ -37,7 +37,7 @@ fn main() {
         events = n;
     }
     // The prefilter alone: how much of the time goes to finding candidate rules.
-    let parser = LineParser::from_config(&cfg, &[], ctx).unwrap();
+    let parser = LineParser::from_config(cfg.parsing(), &[], ctx).unwrap();
     let matcher = parser.matcher();
     let mut scratch = matcher.scratch();
     let (mut with_candidates, mut candidates) = (0u64, 0u64);

@@ -44,7 +44,6 @@ use floodgate::decision::{Decision, LimitMode};
 use floodgate::event::{Event, Kind};
 use floodgate::policy::engine::{Engine, Mode};
 use floodgate::policy::evidence::MAX_REAL;
-use floodgate::policy::jail::Jail;
 use floodgate::policy::Policy;
 
 const CHILD_ENV: &str = "BENCH_POLICY_CHILD";
@@ -88,7 +87,7 @@ fn engine() -> Engine {
         allowlist: vec!["203.0.113.10".parse().unwrap(), "192.0.2.0/28".parse().unwrap()],
         ..Default::default()
     };
-    Engine::new(floodgate::config::PolicyConfig::default(), Jail::from_config(&cfg), cfg.allowlist.clone())
+    cfg.policy_engine()
 }
 
 fn mib(kib: u64) -> String {
