@@ -19,6 +19,7 @@ use chrono::{DateTime, SecondsFormat};
 use serde_json::Value;
 
 use super::{Sink, Stop};
+use crate::parse::lines::{Line, LineBuffer};
 
 const INPUT: &str = "journald";
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -148,10 +149,8 @@ impl Follow<'_> {
         let Some(mut stdout) = self.child.0.stdout.take() else {
             return self.exited(0);
         };
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut pending: Vec<u8> = Vec::new();
-        // Inside an entry too long to keep: drop bytes up to its newline.
-        let mut skipping = false;
+        // Entries longer than the bound are skipped, never held whole.
+        let mut entry_lines = LineBuffer::new(MAX_ENTRY_BYTES);
         let mut entries = 0u64;
         loop {
             if self.stop.is_stopped() || self.sink.is_closed() {
@@ -165,7 +164,7 @@ impl Follow<'_> {
                     return self.exited(entries);
                 }
             }
-            let n = match stdout.read(&mut chunk) {
+            let n = match stdout.read(entry_lines.spare()) {
                 Ok(0) => return self.exited(entries),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -174,15 +173,17 @@ impl Follow<'_> {
                     return self.exited(entries);
                 }
             };
-            pending.extend_from_slice(&chunk[..n]);
+            entry_lines.filled(n);
             let mut lines = Vec::new();
-            let mut start = 0;
-            while let Some(i) = memchr::memchr(b'\n', &pending[start..]) {
-                let entry = &pending[start..start + i];
-                start += i + 1;
-                if std::mem::take(&mut skipping) || entry.is_empty() {
-                    continue;
-                }
+            while let Some(line) = entry_lines.next_line() {
+                let entry = match line {
+                    Line::Text([]) => continue,
+                    Line::Text(entry) => entry,
+                    Line::TooLong(bytes) => {
+                        tracing::debug!(bytes, "journald: overlong entry skipped");
+                        continue;
+                    }
+                };
                 entries += 1;
                 match serde_json::from_slice::<Value>(entry) {
                     Ok(value) => {
@@ -193,12 +194,6 @@ impl Follow<'_> {
                     }
                     Err(e) => tracing::debug!(error = %e, "journald: entry that is not JSON skipped"),
                 }
-            }
-            pending.drain(..start);
-            if pending.len() > MAX_ENTRY_BYTES {
-                tracing::debug!(bytes = pending.len(), "journald: overlong entry skipped");
-                pending.clear();
-                skipping = true;
             }
             if !lines.is_empty() && !self.sink.send_lines(self.input, lines, None, None) {
                 return Ended::Stopped;
