@@ -13,11 +13,10 @@
 //!   admin about alerts.
 //!
 //! Around the pipeline: [`config`], the operator's requests ([`control`]) from the commands ([`cli`]), country
-//! ranges ([`geo`]) and the advisor ([`advise`]).
+//! ranges ([`geo`]) and the advisor ([`advise`]). The few system calls std lacks live in [`os`].
 
 pub mod addr;
 pub mod advise;
-pub mod child;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -28,6 +27,7 @@ pub mod event;
 pub mod geo;
 pub mod nft;
 pub mod notice;
+pub mod os;
 pub mod parse;
 pub mod policy;
 pub mod source;

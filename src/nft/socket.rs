@@ -129,8 +129,8 @@ impl Socket {
             if left.is_zero() {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply from the kernel"));
             }
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+            // Whatever the wait says, the recv above tells.
+            let _ = crate::os::poll::wait_readable(&self.inner, left.min(Duration::from_secs(1)));
         }
     }
 

@@ -12,7 +12,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -20,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Position, Sink, Stop};
+use crate::os::poll::wait_readable;
 use crate::parse::lines::{Line, LineBuffer};
 
 /// Where the kernel publishes the id of the current boot (a UUID, new at every boot).
@@ -201,7 +201,7 @@ impl Reader {
             if !self.flush() {
                 return Ok(());
             }
-            poll_readable(&file, Stop::POLL)?;
+            wait_readable(&file, Stop::POLL)?;
         }
     }
 
@@ -308,21 +308,6 @@ fn read_boot_hash(path: &Path) -> io::Result<u64> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "empty boot id"));
     }
     Ok(boot_hash(&id))
-}
-
-/// Waits up to `timeout` for the file to become readable. A timeout or EINTR is not an error.
-fn poll_readable(file: &File, timeout: Duration) -> io::Result<()> {
-    let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd for the duration of the call; the fd is owned by `file`, which outlives it.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
