@@ -61,14 +61,15 @@ unsafe fn ip_of(sa: *const libc::sockaddr) -> Option<IpAddr> {
     if sa.is_null() {
         return None;
     }
-    // SAFETY (all three reads): the caller guarantees `sa` points to a sockaddr of the family it names, and
-    // sockaddr_in / sockaddr_in6 are what AF_INET / AF_INET6 addresses are.
+    // SAFETY: the caller guarantees `sa` points to a valid sockaddr, whose first field is the family.
     match i32::from(unsafe { (*sa).sa_family }) {
         libc::AF_INET => {
+            // SAFETY: an AF_INET address from getifaddrs is a whole sockaddr_in (the caller's guarantee).
             let sin = unsafe { &*sa.cast::<libc::sockaddr_in>() };
             Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
         }
         libc::AF_INET6 => {
+            // SAFETY: an AF_INET6 address from getifaddrs is a whole sockaddr_in6 (the caller's guarantee).
             let sin6 = unsafe { &*sa.cast::<libc::sockaddr_in6>() };
             Some(IpAddr::from(sin6.sin6_addr.s6_addr))
         }
