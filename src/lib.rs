@@ -17,11 +17,11 @@
 //! [`setting`] vocabulary (durations, the one-key error); [`config`] only assembles the file from them.
 //!
 //! Around the pipeline: the operator's requests ([`control`]) from the commands ([`cli`]), country ranges
-//! ([`geo`]) and the advisor ([`advise`]).
+//! ([`geo`]) and the advisor ([`advise`]). The few system calls std lacks live in [`os`], each `unsafe` with
+//! the reason it is sound.
 
 pub mod addr;
 pub mod advise;
-pub mod child;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -32,6 +32,7 @@ pub mod event;
 pub mod geo;
 pub mod nft;
 pub mod notice;
+pub mod os;
 pub mod parse;
 pub mod policy;
 pub mod service;

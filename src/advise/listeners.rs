@@ -10,11 +10,11 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::os::netlink::{Blocking, NetlinkSocket};
 use crate::source::conntrack::{messages, MsgHeader};
 
 /// One listening socket.
@@ -88,54 +88,22 @@ fn request(family: u8, seq: u32) -> Vec<u8> {
 }
 
 fn dump(family: u8) -> io::Result<Vec<Listener>> {
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let tv = libc::timeval { tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
+    let sock = NetlinkSocket::open(libc::NETLINK_SOCK_DIAG, 0, Blocking::Yes)?;
     // Without a timeout a kernel that never answers would hang the advisor; failing to set it is not fatal.
-    let _ = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    let req = request(family, 1);
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&to as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent != req.len() as isize {
-        return Err(io::Error::last_os_error());
-    }
-    // u32 words keep the buffer aligned for the headers.
-    let mut words = vec![0u32; READ_BYTES / 4];
+    let _ = sock.set_recv_timeout(RECV_TIMEOUT);
+    sock.send_to_kernel(&request(family, 1))?;
+    let mut buf = vec![0u8; READ_BYTES];
     let mut out = Vec::new();
     loop {
-        let n = unsafe { libc::recv(sock.as_raw_fd(), words.as_mut_ptr().cast(), READ_BYTES, 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "sock_diag: the dump ended without DONE"));
         }
-        let bytes = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), n as usize) };
+        let bytes = &buf[..n];
         match parse_page(bytes, &mut out) {
             Page::More => {}
             Page::Done => return Ok(out),

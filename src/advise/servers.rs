@@ -234,7 +234,7 @@ fn run(program: &Path, args: &[&str]) -> Result<String, RunError> {
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
 
-    let status = match crate::child::wait_until(&mut child, Instant::now() + COMMAND_TIMEOUT) {
+    let status = match crate::os::child::wait_until(&mut child, Instant::now() + COMMAND_TIMEOUT) {
         Ok(Some(status)) => status,
         waited => {
             let _ = child.kill();

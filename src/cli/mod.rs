@@ -111,7 +111,7 @@ impl Setup {
     pub fn open_store(&self) -> Result<Store> {
         Store::open(&self.db).with_context(|| {
             // The store and the kernel are root's; the likeliest cause of a failure here is not being root.
-            if unsafe { libc::geteuid() } != 0 {
+            if !crate::os::user::is_root() {
                 "opening the event store (floodgate's commands need root: run them with sudo)".to_string()
             } else {
                 "opening the event store".to_string()

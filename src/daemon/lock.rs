@@ -3,7 +3,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -25,7 +24,7 @@ pub fn acquire(db: &Path) -> Result<StateLock> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if crate::os::lock::try_lock_exclusive(&file).is_err() {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
         bail!(

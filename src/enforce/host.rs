@@ -9,31 +9,7 @@ use crate::addr::normalise;
 
 /// Every address configured on an interface of this network namespace, deduplicated and sorted.
 pub fn own_addresses() -> std::io::Result<Vec<IpAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we own until freeifaddrs; we only read it in between.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: the family tells which sockaddr type ifa_addr points to.
-            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-            if family == libc::AF_INET {
-                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
-            } else if family == libc::AF_INET6 {
-                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                out.push(normalise(IpAddr::from(sa.sin6_addr.s6_addr)));
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
+    let mut out: Vec<IpAddr> = crate::os::iface::entries()?.into_iter().filter_map(|e| e.addr).map(normalise).collect();
     out.sort();
     out.dedup();
     Ok(out)

@@ -77,51 +77,13 @@ pub fn wscale(mut space: u64) -> u8 {
 /// The smallest MTU among the interfaces that are up, loopback aside (through the calling thread's network
 /// namespace: getifaddrs and SIOCGIFMTU, not /sys, which shows the namespace it was mounted in).
 pub fn smallest_mtu() -> Option<u32> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we own until freeifaddrs; we only read it in between.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return None;
-    }
-    let mut names = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*cur };
-        let flags = ifa.ifa_flags as libc::c_int;
-        if flags & libc::IFF_UP != 0 && flags & libc::IFF_LOOPBACK == 0 && !ifa.ifa_name.is_null() {
-            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes().to_vec();
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    // SAFETY: a plain datagram socket, closed below; the ioctl only writes into `req`.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    let mut smallest: Option<u32> = None;
-    for name in names {
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        if name.len() >= req.ifr_name.len() {
-            continue;
-        }
-        for (d, s) in req.ifr_name.iter_mut().zip(&name) {
-            *d = *s as libc::c_char;
-        }
-        // SAFETY: `req` is a valid ifreq with a NUL-terminated name; SIOCGIFMTU fills ifru_mtu.
-        if unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) } == 0 {
-            let mtu = unsafe { req.ifr_ifru.ifru_mtu } as u32;
-            smallest = Some(smallest.map_or(mtu, |s| s.min(mtu)));
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    for e in crate::os::iface::entries().ok()? {
+        if e.is_up() && !e.is_loopback() && !e.name.is_empty() && !names.contains(&e.name) {
+            names.push(e.name);
         }
     }
-    // SAFETY: `fd` is ours and closed once.
-    unsafe { libc::close(fd) };
-    smallest
+    crate::os::iface::mtus(&names).into_iter().min()
 }
 
 #[cfg(test)]

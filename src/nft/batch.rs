@@ -72,7 +72,11 @@ fn cstr(s: &str) -> CString {
 
 /// A new nftnl set naming `table` and `set` (family inet): the start of every set and element message.
 /// The caller frees it with nftnl_set_free.
+/// # Safety
+/// The caller frees the returned set with nftnl_set_free.
 unsafe fn set_named(table: &CString, set: &CString) -> *mut sys::nftnl_set {
+    // SAFETY: the set is freshly allocated and only given pointers to CStrings that outlive the calls (nftnl copies
+    // them).
     unsafe {
         let s = sys::nftnl_set_alloc();
         sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
@@ -85,6 +89,8 @@ unsafe fn set_named(table: &CString, set: &CString) -> *mut sys::nftnl_set {
 impl Batch {
     pub fn new(first_seq: u32) -> Batch {
         let mut b = Batch { buf: Vec::with_capacity(1 << 16), next_seq: first_seq, msgs: Vec::new(), set_ids: 0 };
+        // SAFETY: `buf` is the start of the MSG_ROOM zeroed bytes raw() reserved; BATCH_BEGIN is a header and a
+        // nfgenmsg.
         b.raw(|buf, seq| unsafe { sys::nftnl_batch_begin(buf, seq) });
         b
     }
@@ -100,6 +106,7 @@ impl Batch {
 
     /// Closes the batch (BATCH_END).
     pub fn finish(&mut self) {
+        // SAFETY: as for BATCH_BEGIN: a header and a nfgenmsg written inside the room raw() reserved.
         self.raw(|buf, seq| unsafe { sys::nftnl_batch_end(buf, seq) });
     }
 
@@ -119,6 +126,9 @@ impl Batch {
         self.next_seq = self.next_seq.wrapping_add(1);
         self.buf.resize(start + MSG_ROOM, 0);
         let nlh = build(self.buf[start..].as_mut_ptr().cast(), seq);
+        // SAFETY: every `build` given to raw() (batch begin and end, push) returns the header nftnl wrote at the
+        // start of the room resized above, so `nlh` is valid, aligned (messages start at multiples of 4) and not
+        // freed.
         let len = unsafe { (*nlh).nlmsg_len } as usize;
         assert!(len <= MSG_ROOM, "netlink message of {len} bytes overflowed its room");
         self.buf.truncate(start + ((len + 3) & !3));
@@ -127,6 +137,8 @@ impl Batch {
 
     fn push(&mut self, kind: i32, flags: i32, what: What, payload: impl FnOnce(*mut libc::nlmsghdr)) {
         let flags = (flags | libc::NLM_F_ACK) as u16;
+        // SAFETY: `buf` is the start of the MSG_ROOM bytes raw() reserved; the header is written there and `payload`
+        // builds the body after it (each caller's SAFETY says how it stays inside).
         let (start, seq) = self.raw(|buf, seq| unsafe {
             let nlh = sys::nftnl_nlmsg_build_hdr(buf, kind as u16, NFPROTO_INET, flags, seq);
             payload(nlh);
@@ -145,6 +157,9 @@ impl Batch {
 
     fn table_msg(&mut self, kind: i32, flags: i32, what: String, table: &str) {
         let name = cstr(table);
+        // SAFETY: `nlh` is the header nftnl_nlmsg_build_hdr just wrote into this message's room (MSG_ROOM bytes, far
+        // more than one message takes); the nftnl object is allocated, given pointers to CStrings that outlive the
+        // call, serialised into that room and freed here, once.
         self.push(kind, flags, What::Object(what), |nlh| unsafe {
             let t = sys::nftnl_table_alloc();
             sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
@@ -160,6 +175,9 @@ impl Batch {
             libc::NFT_MSG_NEWCHAIN,
             libc::NLM_F_CREATE,
             What::Object(format!("create chain {chain}")),
+            // SAFETY: `nlh` is the header nftnl_nlmsg_build_hdr just wrote into this message's room (MSG_ROOM bytes,
+            // far more than one message takes); the nftnl object is allocated, given pointers to CStrings that
+            // outlive the call, serialised into that room and freed here, once.
             |nlh| unsafe {
                 let ch = sys::nftnl_chain_alloc();
                 sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TABLE as u16, t.as_ptr());
@@ -180,6 +198,9 @@ impl Batch {
     /// Deletes a chain (it must hold no rules and be referenced by none).
     pub fn delete_chain(&mut self, table: &str, chain: &str) {
         let (t, c) = (cstr(table), cstr(chain));
+        // SAFETY: `nlh` is the header nftnl_nlmsg_build_hdr just wrote into this message's room (MSG_ROOM bytes, far
+        // more than one message takes); the nftnl object is allocated, given pointers to CStrings that outlive the
+        // call, serialised into that room and freed here, once.
         self.push(libc::NFT_MSG_DELCHAIN, 0, What::Object(format!("delete chain {chain}")), |nlh| unsafe {
             let ch = sys::nftnl_chain_alloc();
             sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TABLE as u16, t.as_ptr());
@@ -193,6 +214,9 @@ impl Batch {
     /// Removes every rule of a chain (nft's `flush chain`).
     pub fn flush_chain(&mut self, table: &str, chain: &str) {
         let (t, c) = (cstr(table), cstr(chain));
+        // SAFETY: `nlh` is the header nftnl_nlmsg_build_hdr just wrote into this message's room (MSG_ROOM bytes, far
+        // more than one message takes); the nftnl object is allocated, given pointers to CStrings that outlive the
+        // call, serialised into that room and freed here, once.
         self.push(libc::NFT_MSG_DELRULE, 0, What::Object(format!("flush chain {chain}")), |nlh| unsafe {
             let r = sys::nftnl_rule_alloc();
             sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
@@ -206,6 +230,10 @@ impl Batch {
     pub fn add_rule(&mut self, table: &str, chain: &str, exprs: &[Expr], text: &str) {
         let (t, c) = (cstr(table), cstr(chain));
         let what = What::Object(format!("add rule to {chain}: {text}"));
+        // SAFETY: `nlh` is the header nftnl_nlmsg_build_hdr just wrote into this message's room (MSG_ROOM bytes, far
+        // more than one message takes); the nftnl object is allocated, given pointers to CStrings that outlive the
+        // call, serialised into that room and freed here, once. expr::build hands every expression it allocates to
+        // the rule, which frees them with it.
         self.push(libc::NFT_MSG_NEWRULE, libc::NLM_F_CREATE | libc::NLM_F_APPEND, what, |nlh| unsafe {
             let r = sys::nftnl_rule_alloc();
             sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
@@ -227,6 +255,9 @@ impl Batch {
             libc::NFT_MSG_NEWSET,
             libc::NLM_F_CREATE,
             What::Object(format!("create set {}", def.name)),
+            // SAFETY: `nlh` is the header nftnl_nlmsg_build_hdr just wrote into this message's room (MSG_ROOM bytes,
+            // far more than one message takes); the nftnl object is allocated, given pointers to CStrings that
+            // outlive the call, serialised into that room and freed here, once.
             |nlh| unsafe {
                 let s = set_named(&t, &n);
                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, id);
@@ -257,6 +288,10 @@ impl Batch {
             } else {
                 (libc::NFT_MSG_DELSETELEM, 0)
             };
+            // SAFETY: `nlh` is the header nftnl_nlmsg_build_hdr just wrote into this message's room (MSG_ROOM bytes,
+            // far more than one message takes); the nftnl object is allocated, given pointers to CStrings that
+            // outlive the call, serialised into that room and freed here, once. Each element belongs to the set once
+            // added; ELEMENTS_PER_MSG keeps a chunk well inside the room.
             self.push(kind, flags, what, |nlh| unsafe {
                 let s = set_named(&t, &n);
                 for (el, _) in chunk {
@@ -288,6 +323,9 @@ impl Batch {
     /// Empties a set (DELSETELEM without an element list).
     pub fn flush_set(&mut self, table: &str, set: &str) {
         let (t, n) = (cstr(table), cstr(set));
+        // SAFETY: `nlh` is the header nftnl_nlmsg_build_hdr just wrote into this message's room (MSG_ROOM bytes, far
+        // more than one message takes); the nftnl object is allocated, given pointers to CStrings that outlive the
+        // call, serialised into that room and freed here, once.
         self.push(libc::NFT_MSG_DELSETELEM, 0, What::Object(format!("flush set {set}")), |nlh| unsafe {
             let s = set_named(&t, &n);
             sys::nftnl_set_elems_nlmsg_build_payload(nlh, s);
@@ -299,6 +337,8 @@ impl Batch {
 /// A get or dump request, built into a buffer of its own (requests are small: a table and a name or two).
 fn request(kind: i32, flags: i32, seq: u32, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
     let mut buf = vec![0u8; 4096];
+    // SAFETY: the header is built at the start of a zeroed 4 KiB buffer that outlives the block, `payload` fills a
+    // small body (see each caller), and nlmsg_len is read back from the header just written.
     let len = unsafe {
         let nlh = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), kind as u16, NFPROTO_INET, flags as u16, seq);
         payload(nlh);
@@ -315,6 +355,9 @@ pub fn get_chains_request(seq: u32) -> Vec<u8> {
 
 /// The (table, name) of a NEWCHAIN message of the inet family.
 pub fn parse_chain(msg: &[u8]) -> Option<(String, String)> {
+    // SAFETY: `msg` is one whole netlink message (Messages checked nlmsg_len against the datagram) that outlives the
+    // block; the nftnl object is allocated here, read only through nftnl's getters while alive, strings and data
+    // copied out before it is freed, once (every return path frees it).
     unsafe {
         let ch = sys::nftnl_chain_alloc();
         let out = if sys::nftnl_chain_nlmsg_parse(msg.as_ptr().cast(), ch) < 0
@@ -336,6 +379,8 @@ pub fn parse_chain(msg: &[u8]) -> Option<(String, String)> {
 /// A dump request for the elements of one set.
 pub fn get_elements_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
     let (t, n) = (cstr(table), cstr(set));
+    // SAFETY: `nlh` is the header of request()'s 4 KiB buffer, far more than a table and a name or two take; the
+    // nftnl object gets pointers to CStrings that outlive the call, is serialised and freed here, once.
     request(libc::NFT_MSG_GETSETELEM, libc::NLM_F_DUMP | libc::NLM_F_ACK, seq, |nlh| unsafe {
         let s = set_named(&t, &n);
         sys::nftnl_set_elems_nlmsg_build_payload(nlh, s);
@@ -346,6 +391,8 @@ pub fn get_elements_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
 /// A request for one set's definition.
 pub fn get_set_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
     let (t, n) = (cstr(table), cstr(set));
+    // SAFETY: `nlh` is the header of request()'s 4 KiB buffer, far more than a table and a name or two take; the
+    // nftnl object gets pointers to CStrings that outlive the call, is serialised and freed here, once.
     request(libc::NFT_MSG_GETSET, libc::NLM_F_ACK, seq, |nlh| unsafe {
         let s = set_named(&t, &n);
         sys::nftnl_set_nlmsg_build_payload(nlh, s);
@@ -355,6 +402,9 @@ pub fn get_set_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
 
 /// The flags (NFT_SET_*) of a NEWSET message.
 pub fn parse_set_flags(msg: &[u8]) -> Option<u32> {
+    // SAFETY: `msg` is one whole netlink message (Messages checked nlmsg_len against the datagram) that outlives the
+    // block; the nftnl object is allocated here, read only through nftnl's getters while alive, strings and data
+    // copied out before it is freed, once (every return path frees it).
     unsafe {
         let s = sys::nftnl_set_alloc();
         let flags = (sys::nftnl_set_nlmsg_parse(msg.as_ptr().cast(), s) >= 0
@@ -368,6 +418,8 @@ pub fn parse_set_flags(msg: &[u8]) -> Option<u32> {
 /// A dump request for the rules of one chain.
 pub fn get_rules_request(table: &str, chain: &str, seq: u32) -> Vec<u8> {
     let (t, c) = (cstr(table), cstr(chain));
+    // SAFETY: `nlh` is the header of request()'s 4 KiB buffer, far more than a table and a name or two take; the
+    // nftnl object gets pointers to CStrings that outlive the call, is serialised and freed here, once.
     request(libc::NFT_MSG_GETRULE, libc::NLM_F_DUMP | libc::NLM_F_ACK, seq, |nlh| unsafe {
         let r = sys::nftnl_rule_alloc();
         sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
@@ -388,6 +440,10 @@ pub fn parse_rule_port_counter(msg: &[u8]) -> Option<(u16, u64)> {
 
 /// A rule's counter, with its `tcp dport == PORT` if it has one.
 pub fn parse_rule_counter(msg: &[u8]) -> Option<(Option<u16>, u64)> {
+    // SAFETY: `msg` is one whole netlink message (Messages checked nlmsg_len against the datagram) that outlives the
+    // block; the nftnl object is allocated here, read only through nftnl's getters while alive, strings and data
+    // copied out before it is freed, once (every return path frees it). The CMP data pointer is valid for the `len`
+    // nftnl reports, copied at once.
     unsafe {
         let r = sys::nftnl_rule_alloc();
         if sys::nftnl_rule_nlmsg_parse(msg.as_ptr().cast(), r) < 0 {
@@ -432,6 +488,10 @@ pub struct DumpedElem {
 
 /// Parses one NEWSETELEM dump message into its elements.
 pub fn parse_elements(msg: &[u8], out: &mut Vec<DumpedElem>) -> bool {
+    // SAFETY: `msg` is one whole netlink message (Messages checked nlmsg_len against the datagram) that outlives the
+    // block; the nftnl object is allocated here, read only through nftnl's getters while alive, strings and data
+    // copied out before it is freed, once (every return path frees it). Element keys are valid for the `len` nftnl
+    // reports and copied at once.
     unsafe {
         let s = sys::nftnl_set_alloc();
         if sys::nftnl_set_elems_nlmsg_parse(msg.as_ptr().cast(), s) < 0 {

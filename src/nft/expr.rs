@@ -138,6 +138,8 @@ fn cstr(s: &str) -> CString {
 /// # Safety
 /// `push` must take ownership of every pointer (add it to a rule, which frees it).
 pub unsafe fn build(e: &Expr, push: &mut dyn FnMut(*mut sys::nftnl_expr)) {
+    // SAFETY: each expression comes from alloc() (never null) and goes to `push`, which the caller guarantees takes
+    // ownership; the CStrings and byte slices passed to nftnl outlive the calls, which copy them.
     unsafe {
         match e {
             Expr::Nfproto(v) => {
@@ -216,8 +218,11 @@ pub unsafe fn build(e: &Expr, push: &mut dyn FnMut(*mut sys::nftnl_expr)) {
     }
 }
 
+/// # Safety
+/// The caller owns the returned expression and must hand it to a rule (which frees it) or free it.
 unsafe fn alloc(name: &str) -> *mut sys::nftnl_expr {
     let n = cstr(name);
+    // SAFETY: `n` is a NUL-terminated CString that outlives the call; a null result is handled below.
     let x = unsafe { sys::nftnl_expr_alloc(n.as_ptr()) };
     if x.is_null() {
         // Only on out-of-memory: nothing sensible to continue with.
@@ -226,7 +231,10 @@ unsafe fn alloc(name: &str) -> *mut sys::nftnl_expr {
     x
 }
 
+/// # Safety
+/// The caller owns the returned expression and must hand it to a rule (which frees it) or free it.
 unsafe fn meta(key: u32) -> *mut sys::nftnl_expr {
+    // SAFETY: `x` is a live expression from alloc(); only integers are set on it.
     unsafe {
         let x = alloc("meta");
         sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_META_KEY as u16, key);
@@ -235,11 +243,17 @@ unsafe fn meta(key: u32) -> *mut sys::nftnl_expr {
     }
 }
 
+/// # Safety
+/// The caller owns the returned expression and must hand it to a rule (which frees it) or free it.
 unsafe fn cmp_eq(data: &[u8]) -> *mut sys::nftnl_expr {
+    // SAFETY: same contract as cmp(), passed on to the caller.
     unsafe { cmp(libc::NFT_CMP_EQ as u32, data) }
 }
 
+/// # Safety
+/// The caller owns the returned expression and must hand it to a rule (which frees it) or free it.
 unsafe fn cmp(op: u32, data: &[u8]) -> *mut sys::nftnl_expr {
+    // SAFETY: `x` is a live expression from alloc(); `data` is valid for the length passed and nftnl copies it.
     unsafe {
         let x = alloc("cmp");
         sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_CMP_SREG as u16, REG1);
@@ -249,7 +263,10 @@ unsafe fn cmp(op: u32, data: &[u8]) -> *mut sys::nftnl_expr {
     }
 }
 
+/// # Safety
+/// The caller owns the returned expression and must hand it to a rule (which frees it) or free it.
 unsafe fn limit_over(l: &Limit) -> *mut sys::nftnl_expr {
+    // SAFETY: `x` is a live expression from alloc(); only integers are set on it.
     unsafe {
         let x = alloc("limit");
         sys::nftnl_expr_set_u64(x, sys::NFTNL_EXPR_LIMIT_RATE as u16, l.rate);
@@ -261,7 +278,10 @@ unsafe fn limit_over(l: &Limit) -> *mut sys::nftnl_expr {
     }
 }
 
+/// # Safety
+/// The caller owns the returned expression and must hand it to a rule (which frees it) or free it.
 unsafe fn verdict(code: i32, chain: Option<&str>) -> *mut sys::nftnl_expr {
+    // SAFETY: `x` is a live expression from alloc(); the chain's CString outlives the call, which copies it.
     unsafe {
         let x = alloc("immediate");
         sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_IMM_DREG as u16, libc::NFT_REG_VERDICT as u32);

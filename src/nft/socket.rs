@@ -61,14 +61,19 @@ impl Socket {
             }
             self.sndbuf = need;
         }
+        // SAFETY: sockaddr_nl is plain old data (integers and padding): all zeroes is a valid value.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
         let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut _, iov_len: buf.len() };
+        // SAFETY: msghdr is plain old data (pointers, lengths, flags): all zeroes, null pointers and no control data,
+        // is a valid value.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = &mut addr as *mut _ as *mut _;
         msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
+        // SAFETY: `msg` points to `addr` and one iovec over `buf`, all alive for the call and of the lengths given;
+        // sendmsg only reads them. The fd is owned by `self.inner`.
         let sent = unsafe { libc::sendmsg(fd, &msg, 0) };
         if sent < 0 {
             return Err(io::Error::last_os_error());
@@ -116,6 +121,8 @@ impl Socket {
     fn recv(&self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
         let fd = self.inner.as_raw_fd();
         loop {
+            // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which is ours for the call; the fd is
+            // owned by `self.inner`.
             let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut _, buf.len(), libc::MSG_DONTWAIT) };
             if n >= 0 {
                 return Ok(n as usize);
@@ -129,8 +136,8 @@ impl Socket {
             if left.is_zero() {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply from the kernel"));
             }
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+            // Whatever the wait says, the recv above tells.
+            let _ = crate::os::poll::wait_readable(&self.inner, left.min(Duration::from_secs(1)));
         }
     }
 
@@ -163,6 +170,8 @@ impl Socket {
 }
 
 fn setsockopt(fd: i32, level: i32, opt: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` is a live i32 and the length passed is its size; the kernel only reads it. The caller's fd is
+    // open (owned by the socket).
     let r = unsafe {
         libc::setsockopt(fd, level, opt, &value as *const i32 as *const _, std::mem::size_of::<i32>() as u32)
     };

@@ -3,8 +3,10 @@
 //! once, so the daemon repairs within a second instead of at its next periodic check.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
+
+use crate::os::netlink::{Blocking, NetlinkSocket};
+use crate::os::poll::wait_readable;
 
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -28,15 +30,14 @@ const NFGENMSG_LEN: usize = 4;
 const ATTR_TABLE: u16 = 1;
 
 pub struct Watch {
-    socket: mnl::Socket,
+    socket: NetlinkSocket,
     buf: Vec<u8>,
 }
 
 impl Watch {
     /// Joins the nftables notification group (needs CAP_NET_ADMIN, as writing the table does).
     pub fn open() -> io::Result<Watch> {
-        let socket = mnl::Socket::open(mnl::Bus::Netfilter)?;
-        socket.bind(1 << (NFNLGRP_NFTABLES - 1), 0)?;
+        let socket = NetlinkSocket::open(libc::NETLINK_NETFILTER, 1 << (NFNLGRP_NFTABLES - 1), Blocking::No)?;
         Ok(Watch { socket, buf: vec![0; 1 << 16] })
     }
 
@@ -44,26 +45,17 @@ impl Watch {
     /// socket than `ours` (floodgate's own writes are not news). A lost notification (ENOBUFS: too many at
     /// once) counts as a change: something happened that was not seen.
     pub fn wait(&mut self, table: &str, ours: u32, timeout: Duration) -> io::Result<bool> {
-        let fd = self.socket.as_raw_fd();
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd.
-        match unsafe { libc::poll(&mut p, 1, ms) } {
-            r if r < 0 => return Err(io::Error::last_os_error()),
-            0 => return Ok(false),
-            _ => {}
+        if !wait_readable(&self.socket, timeout)? {
+            return Ok(false);
         }
-        // SAFETY: the buffer is ours and as long as we say.
-        let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_DONTWAIT) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
+        match self.socket.recv(&mut self.buf) {
+            Ok(n) => Ok(touches(&self.buf[..n], table, ours)),
+            Err(e) => match e.raw_os_error() {
                 Some(libc::ENOBUFS) => Ok(true),
                 Some(libc::EAGAIN | libc::EINTR) => Ok(false),
                 _ => Err(e),
-            };
+            },
         }
-        Ok(touches(&self.buf[..n as usize], table, ours))
     }
 }
 

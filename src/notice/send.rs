@@ -78,10 +78,10 @@ fn run(key: &str, program: &Path, args: &[&str], input: Vec<u8>, timeout: Durati
         });
     }
 
-    let status = match crate::child::wait_until(&mut child, Instant::now() + timeout) {
+    let status = match crate::os::child::wait_until(&mut child, Instant::now() + timeout) {
         Ok(Some(status)) => status,
         waited => {
-            kill_group(&mut child);
+            crate::os::child::kill_group(&mut child);
             let _ = child.wait();
             return Err(match waited {
                 Err(e) => anyhow!("{key}: waiting for `{shown}` failed: {e}; killed it"),
@@ -101,16 +101,6 @@ fn run(key: &str, program: &Path, args: &[&str], input: Vec<u8>, timeout: Durati
     } else {
         Err(anyhow!("{key}: `{shown}` failed ({status}): {stderr}"))
     }
-}
-
-fn kill_group(child: &mut std::process::Child) {
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) takes plain integers and touches no memory of ours. The child is not reaped yet, so its
-        // pid (which is also its group id, see process_group(0)) cannot have been reused.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-    }
-    // In case the group kill was refused; harmless if the child is already dead.
-    let _ = child.kill();
 }
 
 /// `text` on one line of at most `max` characters, for quoting a program's stderr in an error.

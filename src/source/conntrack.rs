@@ -17,7 +17,6 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +25,8 @@ use chrono::{DateTime, Utc};
 
 use super::{Sink, Stop};
 use crate::event::{Event, Kind};
+use crate::os::netlink::{Blocking, NetlinkSocket};
+use crate::os::poll::wait_readable;
 
 /// Events handed to the pipeline in one `Feed`: big enough that a flood costs few channel sends.
 const BATCH_MAX: usize = 512;
@@ -114,9 +115,7 @@ impl ConntrackSource {
         };
         sink.stats.waiting.store(false, Ordering::Relaxed);
         sink.stats.ready.store(true, Ordering::Relaxed);
-        let fd = socket.as_raw_fd();
-        // u32 words keep the buffer aligned for nlmsghdr, as mnl's recv_raw requires.
-        let mut words = vec![0u32; READ_BYTES / 4];
+        let mut buf = vec![0u8; READ_BYTES];
         let mut batch: Vec<Event> = Vec::new();
         let mut batch_since = Instant::now();
         let mut loss = LossLog::default();
@@ -124,7 +123,7 @@ impl ConntrackSource {
 
         while !stop.is_stopped() && !sink.is_closed() {
             let wait = if batch.is_empty() { Stop::POLL } else { BATCH_AGE.saturating_sub(batch_since.elapsed()) };
-            if let Err(e) = poll_readable(fd, wait) {
+            if let Err(e) = wait_readable(&socket, wait) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     // poll on a socket we own should not fail; back off rather than spin.
                     tracing::warn!(error = %e, "conntrack: poll failed");
@@ -133,13 +132,13 @@ impl ConntrackSource {
             }
             // Drain what the kernel has queued (the socket is non-blocking), up to a full batch.
             while batch.len() < BATCH_MAX {
-                match socket.recv_raw(as_bytes_mut(&mut words)) {
+                match socket.recv(&mut buf) {
                     Ok(n) => {
                         if batch.is_empty() {
                             batch_since = Instant::now();
                         }
                         let now = Utc::now();
-                        let datagram = &as_bytes_mut(&mut words)[..n];
+                        let datagram = &buf[..n];
                         let conns = messages(datagram).filter_map(|(h, payload)| parse_message(&h, payload));
                         let at = Instant::now();
                         batch.extend(conns.filter(|c| assured.keep(c, at)).filter_map(|c| c.into_event(now)));
@@ -224,59 +223,20 @@ impl LossLog {
     }
 }
 
-fn as_bytes_mut(words: &mut [u32]) -> &mut [u8] {
-    // Safety: u8 has no alignment or validity requirements, and the length covers exactly the same memory.
-    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
-}
-
-fn open_socket() -> io::Result<mnl::Socket> {
-    let socket = mnl::Socket::open(mnl::Bus::Netfilter)?;
+fn open_socket() -> io::Result<NetlinkSocket> {
     let groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1))
         | (1 << (NFNLGRP_CONNTRACK_UPDATE - 1))
         | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1));
     // Binding a multicast group is what needs CAP_NET_ADMIN (and loads nf_conntrack_netlink on demand).
-    socket.bind(groups, 0)?;
-    let fd = socket.as_raw_fd();
+    // Non-blocking, so one wake-up drains everything queued without a poll per message.
+    let socket = NetlinkSocket::open(libc::NETLINK_NETFILTER, groups, Blocking::No)?;
     // FORCE ignores rmem_max but needs CAP_NET_ADMIN; we have it if the bind worked, yet fall back anyway.
-    if setsockopt_int(fd, libc::SO_RCVBUFFORCE, RCVBUF_BYTES).is_err() {
-        if let Err(e) = setsockopt_int(fd, libc::SO_RCVBUF, RCVBUF_BYTES) {
+    if socket.set_recv_buffer(RCVBUF_BYTES, true).is_err() {
+        if let Err(e) = socket.set_recv_buffer(RCVBUF_BYTES, false) {
             tracing::warn!(error = %e, "conntrack: cannot enlarge the receive buffer; a flood will lose events");
         }
     }
-    // Non-blocking, so one wake-up drains everything queued without a poll per message.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
     Ok(socket)
-}
-
-fn setsockopt_int(fd: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Waits until `fd` is readable or `timeout` passes.
-fn poll_readable(fd: libc::c_int, timeout: Duration) -> io::Result<bool> {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    match unsafe { libc::poll(&mut p, 1, ms) } {
-        r if r < 0 => Err(io::Error::last_os_error()),
-        0 => Ok(false),
-        _ => Ok(true),
-    }
 }
 
 /// What a conntrack event says happened to the entry.

@@ -1,6 +1,7 @@
 //! The file source: `tail -F` for one log file. It owns following a file by name across rename rotation,
 //! copytruncate, deletion and late creation, resuming from a stored [`Position`] after a restart, and cutting
-//! the bytes into complete lines with bounded memory (an overlong line is skipped, never held whole).
+//! the bytes into complete lines with bounded memory (through [`LineBuffer`]: an overlong line is skipped, never
+//! held whole).
 //!
 //! It blocks (it runs on a tokio blocking thread), sleeps on inotify events for the file's directory, and
 //! looks at the file every [`Stop::POLL`] anyway, so a lost event never stalls it and a stop is seen promptly.
@@ -17,9 +18,8 @@ use std::time::{Duration, Instant};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::{Position, Sink, Stop};
+use crate::parse::lines::{Line, LineBuffer};
 
-/// Bytes asked of each read(2): large enough to catch up on a backlog quickly, small enough to stay bounded.
-const CHUNK_BYTES: usize = 64 * 1024;
 /// A batch is sent when it holds this many lines...
 const BATCH_LINES: usize = 1024;
 /// ...or this many bytes, so a batch of long lines does not hold megabytes.
@@ -69,18 +69,6 @@ enum Start {
     Beginning,
 }
 
-/// What is being done with the bytes after the last newline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Skip {
-    /// Kept in `partial` until the newline arrives.
-    No,
-    /// Part of a line longer than the limit: dropped as it is read; the count is of bytes dropped so far.
-    Overlong(u64),
-    /// The tail end of a line that was already being written when we started at the end of the file: it would
-    /// reach the parser as a fragment (a truncated address is a wrong address), so it is dropped.
-    Fragment,
-}
-
 /// One open file being followed.
 struct Tail {
     file: File,
@@ -88,13 +76,11 @@ struct Tail {
     inode: u64,
     /// Bytes read from the file so far.
     offset: u64,
-    /// Offset just after the last newline consumed: what a [`Position`] records.
-    line_start: u64,
-    /// Lines consumed before `line_start`, when known (not after starting from an offset).
+    /// The bytes read, cut into lines; its offset (just after the last newline consumed) is what a [`Position`]
+    /// records.
+    lines: LineBuffer,
+    /// Lines consumed before the lines' offset, when known (not after starting from an offset).
     lines_done: Option<u64>,
-    /// Bytes of the line being written, at most `max_line_bytes`.
-    partial: Vec<u8>,
-    skip: Skip,
     /// When the name was first seen to point to another, still empty file (see [`ROTATE_GRACE`]).
     replaced_since: Option<Instant>,
     /// An overlong line is reported once per file, not once per line: an attacker can write many.
@@ -103,7 +89,7 @@ struct Tail {
 
 impl Tail {
     fn position(&self) -> Position {
-        Position { inode: self.inode, offset: self.line_start }
+        Position { inode: self.inode, offset: self.lines.offset() }
     }
 }
 
@@ -195,7 +181,6 @@ struct Tailer {
     max_line_bytes: usize,
     stop: Stop,
     out: Out,
-    chunk: Vec<u8>,
     watcher: Option<RecommendedWatcher>,
     events: Option<mpsc::Receiver<notify::Result<notify::Event>>>,
     watching: bool,
@@ -231,7 +216,6 @@ impl Tailer {
             max_line_bytes: source.max_line_bytes,
             stop,
             out,
-            chunk: vec![0; CHUNK_BYTES],
             watcher,
             events,
             watching: false,
@@ -313,10 +297,8 @@ impl Tailer {
                     }
                     // What was after the partial line went into the copy: the partial alone is not a line.
                     tail.offset = 0;
-                    tail.line_start = 0;
+                    tail.lines.reset(0);
                     tail.lines_done = Some(0);
-                    tail.partial.clear();
-                    tail.skip = Skip::No;
                 }
                 Verdict::Gone => {
                     self.finish(&mut tail)?;
@@ -364,31 +346,34 @@ impl Tailer {
         let mut file = File::open(path)?;
         let meta = file.metadata()?;
         let len = meta.len();
-        let (offset, lines_done, skip) = match start {
-            Start::Beginning => (0, Some(0), Skip::No),
+        let (offset, lines_done, mid_line) = match start {
+            Start::Beginning => (0, Some(0), false),
             Start::End => {
                 let mut last = [0u8; 1];
                 let mid_line = len > 0 && file.read_exact_at(&mut last, len - 1).is_ok() && last[0] != b'\n';
-                (len, None, if mid_line { Skip::Fragment } else { Skip::No })
+                (len, None, mid_line)
             }
             Start::Resume(p) if p.inode == meta.ino() && p.offset <= len => {
-                (p.offset, if p.offset == 0 { Some(0) } else { None }, Skip::No)
+                (p.offset, if p.offset == 0 { Some(0) } else { None }, false)
             }
             // Another file (rotated while we were down), or this one truncated: all of it is new.
-            Start::Resume(_) => (0, Some(0), Skip::No),
+            Start::Resume(_) => (0, Some(0), false),
         };
         if offset > 0 {
             file.seek(SeekFrom::Start(offset))?;
+        }
+        let mut lines = LineBuffer::new(self.max_line_bytes);
+        lines.reset(offset);
+        if mid_line {
+            lines.skip_fragment();
         }
         Ok(Tail {
             file,
             dev: meta.dev(),
             inode: meta.ino(),
             offset,
-            line_start: offset,
+            lines,
             lines_done,
-            partial: Vec::new(),
-            skip,
             replaced_since: None,
             overlong_reported: false,
         })
@@ -433,7 +418,7 @@ impl Tailer {
                 // Unsent lines are not lost: positions only advance with sent batches, a restart re-reads them.
                 return Err(Fail::Halt);
             }
-            let n = match tail.file.read(&mut self.chunk) {
+            let n = match tail.file.read(tail.lines.spare()) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -442,42 +427,20 @@ impl Tailer {
                     return Err(Fail::Io(e));
                 }
             };
-            let data = &self.chunk[..n];
-            let base = tail.offset;
             tail.offset += n as u64;
-            let mut from = 0;
-            while let Some(i) = memchr::memchr(b'\n', &data[from..]) {
-                let end = from + i;
-                let piece = &data[from..end];
-                from = end + 1;
-                tail.line_start = base + from as u64;
+            tail.lines.filled(n);
+            loop {
+                let line = match tail.lines.next_line() {
+                    None => break,
+                    Some(Line::Text(text)) => Ok(text.to_vec()),
+                    Some(Line::TooLong(bytes)) => Err(bytes),
+                };
                 let line_no = tail.lines_done.map(|done| done + 1);
                 tail.lines_done = line_no;
-                match std::mem::replace(&mut tail.skip, Skip::No) {
-                    Skip::Fragment => {}
-                    Skip::Overlong(skipped) => self.out.overlong(tail, skipped + piece.len() as u64, max)?,
-                    Skip::No if tail.partial.len() + piece.len() > max => {
-                        let bytes = (tail.partial.len() + piece.len()) as u64;
-                        tail.partial = Vec::new();
-                        self.out.overlong(tail, bytes, max)?;
-                    }
-                    Skip::No => {
-                        let mut line = std::mem::take(&mut tail.partial);
-                        line.extend_from_slice(piece);
-                        self.out.push(tail, line, line_no)?;
-                    }
+                match line {
+                    Ok(line) => self.out.push(tail, line, line_no)?,
+                    Err(bytes) => self.out.overlong(tail, bytes, max)?,
                 }
-            }
-            let rest = &data[from..];
-            match &mut tail.skip {
-                Skip::No if tail.partial.len() + rest.len() > max => {
-                    tail.skip = Skip::Overlong((tail.partial.len() + rest.len()) as u64);
-                    // Give the memory back: an overlong line is never held.
-                    tail.partial = Vec::new();
-                }
-                Skip::No => tail.partial.extend_from_slice(rest),
-                Skip::Overlong(skipped) => *skipped += rest.len() as u64,
-                Skip::Fragment => {}
             }
         }
         self.out.flush(tail)
@@ -485,19 +448,19 @@ impl Tailer {
 
     /// The file is done with (rotated or deleted): its last line, even without a newline, is complete.
     fn finish(&mut self, tail: &mut Tail) -> Result<(), Fail> {
-        match std::mem::replace(&mut tail.skip, Skip::No) {
-            Skip::No if !tail.partial.is_empty() => {
-                tail.line_start = tail.offset;
+        let line = match tail.lines.finish() {
+            None => None,
+            Some(Line::Text(text)) => Some(Ok(text.to_vec())),
+            Some(Line::TooLong(bytes)) => Some(Err(bytes)),
+        };
+        match line {
+            None => {}
+            Some(Ok(line)) => {
                 let line_no = tail.lines_done.map(|done| done + 1);
                 tail.lines_done = line_no;
-                let line = std::mem::take(&mut tail.partial);
                 self.out.push(tail, line, line_no)?;
             }
-            Skip::Overlong(skipped) => {
-                tail.line_start = tail.offset;
-                self.out.overlong(tail, skipped, self.max_line_bytes)?;
-            }
-            Skip::No | Skip::Fragment => {}
+            Some(Err(bytes)) => self.out.overlong(tail, bytes, self.max_line_bytes)?,
         }
         self.out.flush(tail)
     }

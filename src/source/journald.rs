@@ -8,9 +8,8 @@
 //! file tailed from its end. The child is killed when the source stops.
 
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +18,9 @@ use chrono::{DateTime, SecondsFormat};
 use serde_json::Value;
 
 use super::{Sink, Stop};
+use crate::os::child::wait_until;
+use crate::os::poll::wait_readable;
+use crate::parse::lines::{Line, LineBuffer};
 
 const INPUT: &str = "journald";
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -148,16 +150,14 @@ impl Follow<'_> {
         let Some(mut stdout) = self.child.0.stdout.take() else {
             return self.exited(0);
         };
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut pending: Vec<u8> = Vec::new();
-        // Inside an entry too long to keep: drop bytes up to its newline.
-        let mut skipping = false;
+        // Entries longer than the bound are skipped, never held whole.
+        let mut entry_lines = LineBuffer::new(MAX_ENTRY_BYTES);
         let mut entries = 0u64;
         loop {
             if self.stop.is_stopped() || self.sink.is_closed() {
                 return Ended::Stopped;
             }
-            match readable(&stdout, Stop::POLL) {
+            match wait_readable(&stdout, Stop::POLL) {
                 Ok(false) => continue,
                 Ok(true) => {}
                 Err(e) => {
@@ -165,7 +165,7 @@ impl Follow<'_> {
                     return self.exited(entries);
                 }
             }
-            let n = match stdout.read(&mut chunk) {
+            let n = match stdout.read(entry_lines.spare()) {
                 Ok(0) => return self.exited(entries),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -174,15 +174,17 @@ impl Follow<'_> {
                     return self.exited(entries);
                 }
             };
-            pending.extend_from_slice(&chunk[..n]);
+            entry_lines.filled(n);
             let mut lines = Vec::new();
-            let mut start = 0;
-            while let Some(i) = memchr::memchr(b'\n', &pending[start..]) {
-                let entry = &pending[start..start + i];
-                start += i + 1;
-                if std::mem::take(&mut skipping) || entry.is_empty() {
-                    continue;
-                }
+            while let Some(line) = entry_lines.next_line() {
+                let entry = match line {
+                    Line::Text([]) => continue,
+                    Line::Text(entry) => entry,
+                    Line::TooLong(bytes) => {
+                        tracing::debug!(bytes, "journald: overlong entry skipped");
+                        continue;
+                    }
+                };
                 entries += 1;
                 match serde_json::from_slice::<Value>(entry) {
                     Ok(value) => {
@@ -194,12 +196,6 @@ impl Follow<'_> {
                     Err(e) => tracing::debug!(error = %e, "journald: entry that is not JSON skipped"),
                 }
             }
-            pending.drain(..start);
-            if pending.len() > MAX_ENTRY_BYTES {
-                tracing::debug!(bytes = pending.len(), "journald: overlong entry skipped");
-                pending.clear();
-                skipping = true;
-            }
             if !lines.is_empty() && !self.sink.send_lines(self.input, lines, None, None) {
                 return Ended::Stopped;
             }
@@ -208,20 +204,16 @@ impl Follow<'_> {
 
     /// The child closed its output: collect its exit status (killing it if it lingers).
     fn exited(&mut self, entries: u64) -> Ended {
-        let until = Instant::now() + EXIT_GRACE;
-        let status = loop {
-            match self.child.0.try_wait() {
-                Ok(Some(s)) => break s.to_string(),
-                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
-                Ok(None) => {
-                    let _ = self.child.0.kill();
-                    break match self.child.0.wait() {
-                        Ok(s) => format!("output closed, killed ({s})"),
-                        Err(e) => format!("output closed, killed ({e})"),
-                    };
+        let status = match wait_until(&mut self.child.0, Instant::now() + EXIT_GRACE) {
+            Ok(Some(s)) => s.to_string(),
+            Ok(None) => {
+                let _ = self.child.0.kill();
+                match self.child.0.wait() {
+                    Ok(s) => format!("output closed, killed ({s})"),
+                    Err(e) => format!("output closed, killed ({e})"),
                 }
-                Err(e) => break format!("unknown ({e})"),
             }
+            Err(e) => format!("unknown ({e})"),
         };
         Ended::Exited { status, entries }
     }
@@ -285,20 +277,6 @@ fn value_text(v: &Value) -> Option<String> {
 /// A host name or tag kept as one space-free token, so the line still splits where the parser expects.
 fn token(s: &str) -> String {
     s.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect()
-}
-
-/// Waits up to `timeout` for output (or end of output). False on timeout or EINTR.
-fn readable(stdout: &ChildStdout, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: stdout.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd for the duration of the call; the fd is owned by `stdout`, which outlives it.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
-    }
-    // POLLHUP / POLLERR too: the read that follows returns the end of output or the error.
-    Ok(r > 0 && pfd.revents != 0)
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -20,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Position, Sink, Stop};
+use crate::os::poll::wait_readable;
+use crate::parse::lines::{Line, LineBuffer};
 
 /// Where the kernel publishes the id of the current boot (a UUID, new at every boot).
 pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
@@ -200,7 +201,7 @@ impl Reader {
             if !self.flush() {
                 return Ok(());
             }
-            poll_readable(&file, Stop::POLL)?;
+            wait_readable(&file, Stop::POLL)?;
         }
     }
 
@@ -209,15 +210,12 @@ impl Reader {
         let mut file = File::open(path)?;
         let mut offset = if self.cursor.from_end { file.seek(SeekFrom::End(0))? } else { 0 };
         self.opened();
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut pending: Vec<u8> = Vec::new();
-        // Inside a line too long to keep: drop bytes up to its newline.
-        let mut skipping = false;
+        let mut records = LineBuffer::new(MAX_LINE_BYTES);
         loop {
             if self.stopped() {
                 return Ok(());
             }
-            match file.read(&mut chunk) {
+            match file.read(records.spare()) {
                 Ok(0) => {
                     if !self.flush() {
                         return Ok(());
@@ -225,28 +223,22 @@ impl Reader {
                     // Truncated (rewritten from scratch): read it again from the top.
                     if file.metadata()?.len() < offset {
                         offset = file.seek(SeekFrom::Start(0))?;
-                        pending.clear();
-                        skipping = false;
+                        records.reset(0);
                     }
                     std::thread::sleep(Stop::POLL);
                 }
                 Ok(n) => {
                     offset += n as u64;
-                    pending.extend_from_slice(&chunk[..n]);
-                    let mut start = 0;
-                    while let Some(i) = memchr::memchr(b'\n', &pending[start..]) {
-                        let line = &pending[start..start + i];
-                        if !std::mem::take(&mut skipping) && !line.starts_with(b" ") && !line.is_empty() {
-                            let line = line.to_vec();
-                            self.record(&line, false);
+                    records.filled(n);
+                    while let Some(line) = records.next_line() {
+                        match line {
+                            // Dictionary lines (` KEY=VALUE`) belong to the record before them.
+                            Line::Text(line) if !line.starts_with(b" ") && !line.is_empty() => self.record(line, false),
+                            Line::Text(_) => {}
+                            Line::TooLong(bytes) => {
+                                tracing::debug!(file = %path.display(), bytes, "kmsg: overlong record skipped")
+                            }
                         }
-                        start += i + 1;
-                    }
-                    pending.drain(..start);
-                    if pending.len() > MAX_LINE_BYTES {
-                        tracing::debug!(file = %path.display(), "kmsg: overlong record skipped");
-                        pending.clear();
-                        skipping = true;
                     }
                     if self.lines.len() >= BATCH_MAX && !self.flush() {
                         return Ok(());
@@ -316,21 +308,6 @@ fn read_boot_hash(path: &Path) -> io::Result<u64> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "empty boot id"));
     }
     Ok(boot_hash(&id))
-}
-
-/// Waits up to `timeout` for the file to become readable. A timeout or EINTR is not an error.
-fn poll_readable(file: &File, timeout: Duration) -> io::Result<()> {
-    let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd for the duration of the call; the fd is owned by `file`, which outlives it.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
