@@ -62,7 +62,7 @@ SKIP_LOG := $(abspath $(or $(CARGO_TARGET_DIR),target))/skipped-kernel-tests.txt
 
 test: lint
 	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
-	FLOODGATE_SKIP_LOG=$(SKIP_LOG) $(CARGO) test; rc=$$?; \
+	@echo "$(CARGO) test"; FLOODGATE_SKIP_LOG=$(SKIP_LOG) $(CARGO) test; rc=$$?; \
 	if [ -s $(SKIP_LOG) ]; then \
 		echo "== SKIPPED: $$(wc -l < $(SKIP_LOG)) kernel tests in $$(cut -f1 $(SKIP_LOG) | sort -u | wc -l) suites did NOT run:"; \
 		cut -f1,3 $(SKIP_LOG) | sort | uniq -c | sed 's/^/     /'; \
