@@ -6,17 +6,14 @@
 //!
 //! Every `sysctl -w` runs inside a namespace of the test; the host's values are read before and after.
 
-mod netns;
-#[path = "netns/syn.rs"]
-mod syn;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use netns::{Netns, Pair};
+use floodgate_lab::netns::{self, Netns, Pair};
+use floodgate_lab::syn;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");

@@ -4,8 +4,6 @@
 //! connects. Nothing here touches the host's ruleset or conntrack
 //! table: every nft and conntrack command runs inside the server namespace.
 
-mod netns;
-
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,7 +13,7 @@ use floodgate::event::{Event, Kind};
 use floodgate::nft::Kernel;
 use floodgate::source::conntrack::ConntrackSource;
 use floodgate::source::{Feed, Sink, SourceStats, Stop};
-use netns::{Netns, Pair};
+use floodgate_lab::netns::{self, Netns, Pair};
 use tokio::sync::mpsc;
 
 const SOURCE: &str = "203.0.113.7";

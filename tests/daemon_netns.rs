@@ -1,36 +1,30 @@
 //! The daemon end to end, in namespaces: `floodgate run` tails a log file, a kmsg-format record file and a
 //! netstat-format counter file of the test's own, bans in its namespace's kernel, and serves the CLI.
 
-mod netns;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use netns::{wait_for, Daemon, Pair};
+use floodgate_lab::daemon::{Daemon, Lab};
+use floodgate_lab::netns;
+use floodgate_lab::wait::{wait_for, within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 
-struct Env {
-    pair: Pair,
-    dir: tempfile::TempDir,
-}
+floodgate_lab::lab_env!(
+    /// The lab with this suite's files: a mail log, a kmsg-format record file and a netstat-format counter file.
+    Env
+);
 
 impl Env {
     fn new(tag: &str) -> Env {
-        let pair = Pair::new(tag, &["203.0.113.7", "203.0.113.8"]);
-        pair.listen(143);
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env { pair, dir };
+        let env = Env(Lab::new(tag, &["203.0.113.7", "203.0.113.8"], BIN));
+        env.pair.listen(143);
         env.write_config("floodgate.toml", 3);
         std::fs::write(env.path("netstat"), netstat(0)).unwrap();
         std::fs::write(env.path("kmsg"), "").unwrap();
         env
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
     }
 
     fn write_config(&self, name: &str, maxretry: u32) {
@@ -49,32 +43,6 @@ impl Env {
             ),
         )
         .unwrap();
-    }
-
-    fn start(&self) -> Daemon {
-        let (cfg, db, sock, log) =
-            (self.path("floodgate.toml"), self.path("f.db"), self.path("fg.sock"), self.path("daemon.log"));
-        Daemon::start(&self.pair.server, BIN, &cfg, &db, &sock, &log)
-    }
-
-    fn daemon_log(&self) -> String {
-        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
-    }
-
-    /// Runs the CLI in the server namespace with `config` (the daemon's by default) and a db path the daemon
-    /// does not use: an answer that shows the daemon's state came through the socket.
-    fn fg_with(&self, config: &str, args: &[&str]) -> Output {
-        let cfg = self.path(config);
-        let db = self.path("not-the-daemons.db");
-        let mut cmd = vec![BIN, "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap()];
-        cmd.extend_from_slice(args);
-        self.pair.server.exec(&cmd)
-    }
-
-    fn fg(&self, args: &[&str]) -> String {
-        let out = self.fg_with("floodgate.toml", args);
-        assert!(out.status.success(), "floodgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The store's events, read directly (WAL lets a reader in while the daemon writes).
@@ -332,7 +300,7 @@ fn counts_survive_a_reload_and_a_restart_and_a_changed_jail_is_rebuilt_from_the_
     std::thread::sleep(Duration::from_millis(600));
     assert!(!env.banned("203.0.113.8"), "three of four\n{}\n{:#?}", env.daemon_log(), env.events(&[]));
     env.append("mail.log", &failures("203.0.113.8", 13, 1));
-    if !netns::within(Duration::from_secs(5), || env.banned("203.0.113.8")) {
+    if !within(Duration::from_secs(5), || env.banned("203.0.113.8")) {
         panic!("no ban across a changed reload\n{}", env.daemon_log());
     }
     // Three failures, a restart, one more: banned. The replay does not ban 203.0.113.7 again (already answered).

@@ -1,63 +1,45 @@
 //! Enforcement end to end, through the CLI, against the real kernel: a server and an attacker namespace joined
 //! by a veth pair, floodgate's table in the server's namespace, TCP connects from the attacker's addresses.
 
-mod netns;
-
 use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
-use netns::Pair;
+use floodgate_lab::daemon::Lab;
+use floodgate_lab::netns;
 
+const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 const PORT: u16 = 25;
 /// On the allowlist (config) though inside 203.0.113.0/24.
 const ADMIN: &str = "203.0.113.10";
 const SOURCES: &[&str] = &["203.0.113.7", ADMIN, "198.18.4.4", "2001:db8:1::5"];
 
-struct Env {
-    pair: Pair,
-    dir: tempfile::TempDir,
-}
+floodgate_lab::lab_env!(
+    /// The lab with limits tight enough to see: the CLI acts on kernel and store directly, no daemon.
+    Env
+);
 
 impl Env {
     fn new(tag: &str) -> Env {
-        let pair = Pair::new(tag, SOURCES);
-        pair.listen(PORT);
-        let dir = tempfile::tempdir().unwrap();
+        let env = Env(Lab::new(tag, SOURCES, BIN));
+        env.pair.listen(PORT);
         // One token per minute: a second SYN within the minute is over the limit, whatever the machine's speed.
         std::fs::write(
-            dir.path().join("floodgate.toml"),
+            env.path("floodgate.toml"),
             format!(
                 "allowlist = [\"{ADMIN}\"]\n[enforce]\nsource_rate = \"1/minute\"\nsource_burst = 1\n\
                  global_rate = \"1/minute\"\nglobal_burst = 1\n[services.smtp]\nports = [{PORT}]\n"
             ),
         )
         .unwrap();
-        Env { pair, dir }
+        env
     }
 
     fn db(&self) -> PathBuf {
-        self.dir.path().join("f.db")
-    }
-
-    /// Runs floodgate inside the server namespace.
-    fn fg(&self, args: &[&str]) -> Output {
-        let cfg = self.dir.path().join("floodgate.toml");
-        let db = self.db();
-        let mut cmd =
-            vec![env!("CARGO_BIN_EXE_floodgate"), "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap()];
-        cmd.extend_from_slice(args);
-        self.pair.server.exec(&cmd)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.fg(args);
-        assert!(out.status.success(), "floodgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.path("f.db")
     }
 
     fn fails(&self, args: &[&str]) -> String {
-        let out = self.fg(args);
+        let out = self.cli(args);
         assert_eq!(out.status.code(), Some(1), "floodgate {args:?} should fail cleanly: {out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
@@ -169,11 +151,11 @@ fn reconcile_restores_bans_with_their_remaining_time_and_removes_strays() {
     // `flush table` removes the rules: the bans stop working until floodgate repairs the table.
     env.pair.server.nft(&["flush", "table", "inet", "floodgate"]);
     assert!(env.connects("198.51.100.2"));
-    let out = env.fg(&["list"]);
+    let out = env.cli(&["list"]);
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("chain prerouting has 0 rule(s), 10 expected"), "list warns of the flushed rules: {e}");
     env.ok(&["reconcile"]);
-    assert!(!String::from_utf8_lossy(&env.fg(&["list"]).stderr).contains("warning"));
+    assert!(!String::from_utf8_lossy(&env.cli(&["list"]).stderr).contains("warning"));
     assert!(!env.connects("198.51.100.2"));
     assert!(!env.connects("2001:db8:1::5"));
 
@@ -183,7 +165,7 @@ fn reconcile_restores_bans_with_their_remaining_time_and_removes_strays() {
     assert!(env.connects("198.51.100.2"));
     env.ok(&["reconcile"]);
     env.pair.server.nft(&["add", "element", "inet", "floodgate", "ban4", "{", "198.18.9.9", "}"]);
-    let out = env.fg(&["reconcile"]);
+    let out = env.cli(&["reconcile"]);
     // A ban the store does not know (a lost or replaced store, a hand edit) is never removed: adopted, loudly.
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("ban not in the store, kept and adopted into it: 198.18.9.9"), "{out:?}");
@@ -232,7 +214,7 @@ fn without_cap_net_admin_the_error_says_so() {
         return;
     }
     let env = Env::new("cap");
-    let cfg = env.dir.path().join("floodgate.toml");
+    let cfg = env.path("floodgate.toml");
     let db = env.db();
     let out = env.pair.server.exec(&[
         "setpriv",

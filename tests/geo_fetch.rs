@@ -2,11 +2,6 @@
 //! copy; every kind of failure (HTTP errors, cut-off and corrupt bodies, oversize, silence, empty) leaves
 //! the last good copy byte for byte. Then the database reads back what was stored.
 
-#[path = "benches/gen.rs"]
-mod gen;
-#[path = "benches/geo_gen.rs"]
-mod geo_gen;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,6 +13,7 @@ use std::time::{Duration, Instant};
 use floodgate::geo::fetch::{self, Format, Limits, Outcome, Source};
 use floodgate::geo::parse::parse_rir;
 use floodgate::geo::{Country, GeoDb};
+use floodgate_lab::geo_gen;
 
 const GOOD: &str = "\
 2.3|apnic|20261120|5|19830613|20261119|+1000

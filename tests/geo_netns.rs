@@ -2,12 +2,12 @@
 //! world, the allowlist always let in. The country data is a small RIR-format file written here and fetched
 //! through a file:// source, as `floodgate geo update` fetches the registries' files.
 
-mod netns;
-
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use netns::Pair;
+use floodgate_lab::daemon::Lab;
+use floodgate_lab::netns;
+
+const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 
 /// "JP" in the fixture (203.0.113.0/24), "DE" (198.18.0.0/15), and the admin: DE but allowlisted.
 const JP: &str = "203.0.113.5";
@@ -33,51 +33,35 @@ const GOOD: &[&str] = &[
     "apnic||ipv4|198.51.100.0|256||available",
 ];
 
-struct Env {
-    pair: Pair,
-    dir: tempfile::TempDir,
-}
+floodgate_lab::lab_env!(
+    /// The lab with one country-restricted port and a fixture RIR file fetched through file://.
+    Env
+);
 
 impl Env {
     fn new(tag: &str) -> Env {
-        let pair = Pair::new(tag, &[JP, DE, ADMIN, JP6]);
-        pair.listen(25);
-        pair.listen(993);
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("delegated-test-extended-latest");
+        let env = Env(Lab::new(tag, &[JP, DE, ADMIN, JP6], BIN));
+        env.pair.listen(25);
+        env.pair.listen(993);
+        let src = env.source();
         std::fs::write(&src, rir_file(GOOD)).unwrap();
         std::fs::write(
-            dir.path().join("floodgate.toml"),
+            env.path("floodgate.toml"),
             format!(
                 "allowlist = [\"{ADMIN}\"]\n\
                  [services.smtp]\nports = [25]\n\
                  [services.imap]\nports = [993]\ncountries = [\"JP\"]\n\
                  [geo]\ndir = \"{}\"\ntimeout = \"5s\"\nsources = [{{ url = \"file://{}\" }}]\n",
-                dir.path().join("geo").display(),
+                env.path("geo").display(),
                 src.display()
             ),
         )
         .unwrap();
-        Env { pair, dir }
+        env
     }
 
     fn source(&self) -> PathBuf {
-        self.dir.path().join("delegated-test-extended-latest")
-    }
-
-    fn fg(&self, args: &[&str]) -> Output {
-        let cfg = self.dir.path().join("floodgate.toml");
-        let db = self.dir.path().join("f.db");
-        let mut cmd =
-            vec![env!("CARGO_BIN_EXE_floodgate"), "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap()];
-        cmd.extend_from_slice(args);
-        self.pair.server.exec(&cmd)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.fg(args);
-        assert!(out.status.success(), "floodgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.path("delegated-test-extended-latest")
     }
 
     /// Who gets through to 993 and to 25, as (JP on 993, DE on 993, DE on 25, admin on 993).
@@ -126,7 +110,7 @@ fn a_truncated_or_corrupt_download_keeps_the_old_sets_and_a_flush_is_repaired() 
     }
     let env = Env::new("geobad");
     env.ok(&["geo", "update"]);
-    let good = cached(env.dir.path());
+    let good = cached(env.files.dir.path());
     assert!(good.contains("203.0.113.0"));
 
     // Truncated: the last records missing (the version line's count says so), then a corrupt field.
@@ -138,11 +122,11 @@ fn a_truncated_or_corrupt_download_keeps_the_old_sets_and_a_flush_is_repaired() 
         ("empty", String::new()),
     ] {
         std::fs::write(env.source(), text).unwrap();
-        let out = env.fg(&["geo", "update"]);
+        let out = env.cli(&["geo", "update"]);
         assert!(!out.status.success(), "{what}: a failed source makes the command fail");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("FAILED") && stdout.contains("last good copy"), "{what}: {stdout}");
-        assert_eq!(cached(env.dir.path()), good, "{what}: the last good copy is kept byte for byte");
+        assert_eq!(cached(env.files.dir.path()), good, "{what}: the last good copy is kept byte for byte");
         assert_eq!(env.reach(), (true, false, true, true), "{what}: the sets still hold the good data");
     }
 

@@ -1,15 +1,13 @@
 //! The netlink layer against the real kernel, in namespaces of its own: the ruleset installs, element
 //! batches are one transaction, timeouts and CIDR intervals read back as written.
 
-mod netns;
-
 use std::time::Duration;
 
 use floodgate::addr::Cidr;
 use floodgate::config::Config;
 use floodgate::nft::ruleset::{BAN4, BAN4_NET, BAN6, BAN6_NET, GLOBAL_PORTS};
 use floodgate::nft::{Kernel, Key, SetOp};
-use netns::Netns;
+use floodgate_lab::netns::{self, Netns};
 
 /// An address for the hash sets, a prefix for the interval sets.
 fn net(s: &str) -> Key {

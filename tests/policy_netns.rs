@@ -13,18 +13,16 @@
 //!
 //! Floods are bounded in packets and time and come from 198.18.0.0/15 only.
 
-mod netns;
-#[path = "netns/syn.rs"]
-mod syn;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netns::{Daemon, DaemonFiles, Pair};
+use floodgate_lab::daemon::Lab;
+use floodgate_lab::netns::{self, Pair};
+use floodgate_lab::syn;
+use floodgate_lab::wait::within_every;
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -34,10 +32,10 @@ const OTHER: &str = "198.51.100.2";
 const ISP: [&str; 3] = ["203.0.113.21", "203.0.113.22", "203.0.113.23"];
 const PORTS: [u16; 5] = [25, 587, 110, 995, 80];
 
-struct Env {
-    pair: Pair,
-    files: DaemonFiles,
-}
+floodgate_lab::lab_env!(
+    /// The lab with SMTP-speaking listeners and a conntrack-fed daemon that notifies through a hook.
+    Env
+);
 
 impl Env {
     /// The pair, SMTP-speaking listeners on `PORTS`, the spoofed range routed back through the attacker, and a
@@ -45,11 +43,10 @@ impl Env {
     fn new(tag: &str, extra: &str) -> Env {
         let mut sources = ISP.to_vec();
         sources.push(ADMIN);
-        let pair = Pair::new(tag, &sources);
+        let env = Env(Lab::new(tag, &sources, BIN));
         for port in PORTS {
-            smtp_listener(&pair, port);
+            smtp_listener(&env.pair, port);
         }
-        let env = Env { pair, files: DaemonFiles::new() };
         env.pair.route_spoofed_back();
         let hook = env.path("hook");
         std::fs::write(&hook, format!("#!/bin/sh\ncat >> '{}'\n", env.path("hook.jsonl").display())).unwrap();
@@ -71,26 +68,9 @@ impl Env {
         env
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.files.path(name)
-    }
-
     fn sysctl(&self, key: &str, value: &str) {
         let out = self.pair.server.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
         assert!(out.status.success(), "sysctl {key}={value}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn start(&self) -> Daemon {
-        self.files.start(&self.pair.server)
-    }
-
-    fn daemon_log(&self) -> String {
-        self.files.daemon_log()
-    }
-
-    /// The CLI through the daemon's socket.
-    fn fg(&self, args: &[&str]) -> String {
-        self.files.fg(&self.pair.server, args)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -221,17 +201,9 @@ fn smtp_session(from: &str, port: u16) -> Result<(), String> {
     expect(&mut r, "221")
 }
 
-fn within(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ok() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Whether `ok` holds within `timeout`, polled every 50 ms.
+fn within(timeout: Duration, ok: impl FnMut() -> bool) -> bool {
+    within_every(timeout, Duration::from_millis(50), ok)
 }
 
 #[test]

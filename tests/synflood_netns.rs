@@ -4,16 +4,14 @@
 //! allowlisted client still served under it, no spoofed source banned, and the port back to normal once the
 //! flood has stopped. Everything stays inside the namespaces; the flood is bounded in packets and time.
 
-mod netns;
-#[path = "netns/syn.rs"]
-mod syn;
-
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netns::{Daemon, DaemonFiles, Pair};
+use floodgate_lab::daemon::Lab;
+use floodgate_lab::netns;
+use floodgate_lab::syn;
+use floodgate_lab::wait::within_every;
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -23,26 +21,21 @@ const ALLOWED: &str = "203.0.113.10";
 const FLOOD_SOURCES: u32 = 1_000;
 const FLOOD_FOR: Duration = Duration::from_millis(3_500);
 
-struct Env {
-    pair: Pair,
-    files: DaemonFiles,
-}
+floodgate_lab::lab_env!(
+    /// The lab with a conntrack-fed daemon guarding one port.
+    Env
+);
 
 impl Env {
     fn new(tag: &str) -> Env {
-        let pair = Pair::new(tag, &[ALLOWED]);
-        pair.listen(PORT);
+        let env = Env(Lab::new(tag, &[ALLOWED], BIN));
+        env.pair.listen(PORT);
         // Nothing else on the server: no `ct` rule of the test's own. With `[sources] conntrack = true`
         // floodgate's table makes the kernel track, as it must on a bare host.
-        pair.route_spoofed_back();
-        let env = Env { pair, files: DaemonFiles::new() };
+        env.pair.route_spoofed_back();
         env.write_config();
         std::fs::write(env.path("mail.log"), "").unwrap();
         env
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.files.path(name)
     }
 
     fn write_config(&self) {
@@ -61,19 +54,6 @@ impl Env {
             ),
         )
         .unwrap();
-    }
-
-    fn start(&self) -> Daemon {
-        self.files.start(&self.pair.server)
-    }
-
-    fn daemon_log(&self) -> String {
-        self.files.daemon_log()
-    }
-
-    /// The CLI through the daemon's socket.
-    fn fg(&self, args: &[&str]) -> String {
-        self.files.fg(&self.pair.server, args)
     }
 
     fn port_mode(&self) -> String {
@@ -131,17 +111,9 @@ impl Env {
     }
 }
 
-fn within(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ok() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Whether `ok` holds within `timeout`, polled every 200 ms (each poll runs the CLI).
+fn within(timeout: Duration, ok: impl FnMut() -> bool) -> bool {
+    within_every(timeout, Duration::from_millis(200), ok)
 }
 
 /// The flood's plan: (source, SYN number) in send order, rounds over the sources so that distinct sources

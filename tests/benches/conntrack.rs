@@ -12,7 +12,7 @@
 //! the bench's own on the same multicast groups, counting what the kernel sent, so that "read and dropped" has a
 //! figure. Nothing touches the host's namespace, ruleset or conntrack table.
 //!
-//! - flood: spoofed SYNs from 198.18.0.0/15 through a raw socket (tests/netns/syn.rs, at most 5,000 per call):
+//! - flood: spoofed SYNs from 198.18.0.0/15 through a raw socket (tests/lab/src/syn.rs, at most 5,000 per call):
 //!   FLOODS back to back, each from spoofed sources of its own: 5,000 SYNs over 2 s, 5,000 over 1 s, then
 //!   5,000 as a burst over 100 ms (what the sender achieves is printed). The server namespace's SYN timeouts are
 //!   cut to 5 s (its own sysctls) so that the entries' DESTROY wave comes within the bench: 10-35 s after the
@@ -24,14 +24,6 @@
 //! Prints figures; asserts only sanity (no conn_assured for a spoofed source, at most two per real address, the
 //! source delivering at all) and exits 1 when that fails. Needs root; without it, prints why and exits.
 
-#[path = "../netns/mod.rs"]
-mod netns;
-#[path = "../netns/syn.rs"]
-mod syn;
-
-#[path = "proc_memory.rs"]
-mod proc_memory;
-use proc_memory::memory;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -47,7 +39,9 @@ use floodgate::event::Kind;
 use floodgate::nft::Kernel;
 use floodgate::source::conntrack::ConntrackSource;
 use floodgate::source::{Feed, Sink, SourceStats, Stop};
-use netns::Pair;
+use floodgate_lab::netns::Pair;
+use floodgate_lab::proc_memory::memory;
+use floodgate_lab::syn;
 use tokio::sync::mpsc;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);

@@ -1,7 +1,7 @@
 //! `make bench`: country ranges, from files to the kernel. A generated file shaped like the five RIRs'
 //! delegated-extended statistics together (BENCH_GEO_LINES, default 250,000 lines: ~240 countries, skewed, many
-//! adjacent ranges; see geo_gen.rs) is parsed and merged, then loaded into floodgate's own table in a private
-//! network namespace (the host's ruleset is never touched), each load one netlink batch:
+//! adjacent ranges; see tests/lab/src/geo_gen.rs) is parsed and merged, then loaded into floodgate's own table in
+//! a private network namespace (the host's ruleset is never touched), each load one netlink batch:
 //!
 //! - allow-only: one service restricted to the country holding the most space (the sets hold that country);
 //! - deny-list: one service denying every country but one (the sets hold nearly the whole file: the largest
@@ -12,18 +12,13 @@
 //! that phase's own peak: the generated file itself (held in memory) is counted in all of them.
 //! Needs root for the kernel part; without it, prints why and stops after the parse.
 
-mod gen;
-#[path = "geo_gen.rs"]
-mod geo_gen;
-
-#[path = "proc_memory.rs"]
-mod proc_memory;
 use std::time::{Duration, Instant};
 
 use floodgate::config::Config;
 use floodgate::enforce::Enforcer;
 use floodgate::geo::fetch::{Format, Source};
 use floodgate::geo::GeoDb;
+use floodgate_lab::{geo_gen, proc_memory};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

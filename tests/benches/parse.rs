@@ -3,15 +3,13 @@
 //! fail2ban's Postfix filter on the same 200k-line file, side by side, when fail2ban is installed (its server is
 //! never started). Prints figures; asserts nothing about speed.
 
-#[path = "gen.rs"]
-mod gen;
-
 use std::time::Instant;
 
 use floodgate::config::Config;
 use floodgate::parse::header::{TimeContext, Zone};
 use floodgate::parse::lines::{Line, LineReader};
 use floodgate::parse::{LineParser, Outcome};
+use floodgate_lab::gen;
 
 fn main() {
     let lines: usize = std::env::var("BENCH_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);

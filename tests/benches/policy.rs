@@ -26,12 +26,6 @@
 //!   rotating over 400,000 addresses from 198.18.0.0/15 on, over the four ports;
 //! - 20-30 min, quiet again: the ports calm down and converge (after `converge_after`, 5 min).
 
-#[path = "gen.rs"]
-mod gen;
-
-#[path = "proc_memory.rs"]
-mod proc_memory;
-use proc_memory::memory;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::Command;
@@ -45,6 +39,8 @@ use floodgate::event::{Event, Kind};
 use floodgate::policy::engine::{Engine, Mode};
 use floodgate::policy::evidence::MAX_REAL;
 use floodgate::policy::Policy;
+use floodgate_lab::gen;
+use floodgate_lab::proc_memory::memory;
 
 const CHILD_ENV: &str = "BENCH_POLICY_CHILD";
 /// This server's address, as conntrack reports it for the new connections.
@@ -233,10 +229,6 @@ fn brute_addr(b: u32) -> IpAddr {
     v4(0x2d40_0000 + (b / 200) * 256 + b % 200 + 1)
 }
 
-fn unit(r: &mut gen::Rng) -> f64 {
-    (r.next() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 fn trace(total: usize, seed: u64) -> (Vec<Event>, Vec<Phase>) {
     let quiet_dos = QUIET_RATE * 900.0 + DOS_RATE * 300.0;
     // A small BENCH_EVENTS scales the quiet and DoS phases down so that the DDoS still gets half.
@@ -281,7 +273,7 @@ fn trace(total: usize, seed: u64) -> (Vec<Event>, Vec<Phase>) {
             let ev = if roll < 70 {
                 let mut e = Event::new(time, Kind::ConnNew, n.conn_new.clone());
                 e.local_addr = Some(ours);
-                if p.stage == Stage::Quiet || unit(&mut r) < normal_share {
+                if p.stage == Stage::Quiet || r.unit() < normal_share {
                     let c = active(&mut r, NORMAL, ACTIVE);
                     e.addr = Some(normal_addr(c));
                     e.port = Some(PORTS[(c % 4) as usize]);
@@ -318,7 +310,7 @@ fn trace(total: usize, seed: u64) -> (Vec<Event>, Vec<Phase>) {
                 e.service = Some(n.services[service_of(port)].clone());
                 e.user = Some("info".to_string());
                 e
-            } else if unit(&mut r) < connect_share {
+            } else if r.unit() < connect_share {
                 let mut e = Event::new(time, Kind::Connect, n.connect.clone());
                 // Postfix's own clients: those on port 25.
                 let c = active(&mut r, NORMAL, ACTIVE);

@@ -1,14 +1,12 @@
 //! `make bench`: events/s ingested into the SQLite store in batches, and database bytes per event.
 
-#[path = "gen.rs"]
-mod gen;
-
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{TimeZone, Utc};
 use floodgate::event::{Event, Kind};
 use floodgate::store::{Origin, Store};
+use floodgate_lab::gen;
 
 fn main() {
     let total: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);

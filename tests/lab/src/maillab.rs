@@ -7,7 +7,6 @@
 //! there). Only the packages' binaries and Postfix's meta files (/etc/postfix/postfix-files, which `postfix
 //! check` reads to create the queue) come from the host. The recipe and the real log lines it produces are in
 //! the project's notes on mail logs; the choices that matter for tests are commented where they are made.
-#![allow(dead_code)]
 
 pub mod client;
 
@@ -15,9 +14,11 @@ use std::ffi::CString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::netns::Netns;
+use crate::skip;
+use crate::wait::within_every;
 
 /// The lab's one mailbox user and the password Dovecot accepts for it.
 pub const USER: &str = "alice";
@@ -31,6 +32,8 @@ pub const PORTS: [(u16, &str); 4] = [(25, "smtp"), (587, "submission"), (143, "i
 const BINARIES: [&str; 3] = ["/usr/sbin/postfix", "/usr/sbin/dovecot", "/usr/lib/postfix/sbin/master"];
 /// Executables under these paths, inside the lab's namespace, belong to the lab (and are stopped with it).
 const EXE_PREFIXES: [&str; 3] = ["/usr/lib/postfix/", "/usr/lib/dovecot/", "/usr/sbin/dovecot"];
+/// How often the lab's waits look again.
+const POLL: Duration = Duration::from_millis(50);
 /// Lines of each log quoted when something fails.
 const TAIL_LINES: usize = 40;
 
@@ -46,11 +49,7 @@ pub fn available(test: &str) -> bool {
          keeps apt from starting them on the host: see .ci/run)",
         missing.join(", ")
     );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: needs a real Postfix and Dovecot: {why}");
-    }
-    eprintln!("SKIPPED {test}: needs a real Postfix and Dovecot: {why}");
-    false
+    skip::skip(test, &format!("a real Postfix and Dovecot: {why}"))
 }
 
 /// A running Postfix + Dovecot inside one network namespace. Dropping it stops both and kills whatever of
@@ -269,9 +268,9 @@ service auth {{
         // turns it off; the auth process skips it silently when the anvil-auth-penalty socket is missing
         // (ENOENT) when it starts, which is on the first login, after this. Removed here, before any client.
         let penalty = self.path("dovecot-run/anvil-auth-penalty");
-        wait_until(Duration::from_secs(10), || penalty.exists()).unwrap_or_else(|_| {
-            panic!("dovecot did not create {} within 10 s\n{}", penalty.display(), self.log_tails())
-        });
+        if !within_every(Duration::from_secs(10), POLL, || penalty.exists()) {
+            panic!("dovecot did not create {} within 10 s\n{}", penalty.display(), self.log_tails());
+        }
         std::fs::remove_file(&penalty).unwrap_or_else(|e| panic!("{}: {e}", penalty.display()));
     }
 
@@ -298,7 +297,7 @@ service auth {{
             .spawn()
             .unwrap_or_else(|e| panic!("ip netns exec {} {cmd:?}: {e}", self.ns));
         let mut status = None;
-        let _ = wait_until(Duration::from_secs(30), || {
+        within_every(Duration::from_secs(30), POLL, || {
             status = child.try_wait().unwrap();
             status.is_some()
         });
@@ -318,14 +317,14 @@ service auth {{
     /// a probe would leave connect/disconnect lines in the logs the tests read.
     fn wait_listening(&self, timeout: Duration) {
         let mut listening = String::new();
-        let all = wait_until(timeout, || {
+        let all = within_every(timeout, POLL, || {
             let out = self.exec(&["ss", "-Hltn"]);
             listening = String::from_utf8_lossy(&out.stdout).into_owned();
             PORTS.iter().all(|(port, _)| {
                 listening.lines().any(|l| l.split_whitespace().nth(3).is_some_and(|a| a.ends_with(&format!(":{port}"))))
             })
         });
-        if all.is_err() {
+        if !all {
             panic!(
                 "the lab's ports {:?} not all listening in {} within {timeout:?}; listening:\n{listening}\n{}",
                 PORTS.map(|p| p.0),
@@ -373,16 +372,17 @@ service auth {{
         {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
-        if wait_until(Duration::from_secs(5), || self.processes().is_empty()).is_ok() {
+        if within_every(Duration::from_secs(5), POLL, || self.processes().is_empty()) {
             return Ok(());
         }
         let left = self.processes();
         for (pid, _) in &left {
             unsafe { libc::kill(*pid, libc::SIGKILL) };
         }
-        match wait_until(Duration::from_secs(5), || self.processes().is_empty()) {
-            Ok(()) => Err(format!("killed (SIGKILL) what was left 5 s after stopping: {left:?}")),
-            Err(()) => Err(format!("still running after SIGKILL: {:?}", self.processes())),
+        if within_every(Duration::from_secs(5), POLL, || self.processes().is_empty()) {
+            Err(format!("killed (SIGKILL) what was left 5 s after stopping: {left:?}"))
+        } else {
+            Err(format!("still running after SIGKILL: {:?}", self.processes()))
         }
     }
 }
@@ -408,19 +408,6 @@ fn user_ids(name: &str) -> (u32, u32) {
         "no system user {name} (errno {r}): are the postfix and dovecot packages installed?"
     );
     (pw.pw_uid, pw.pw_gid)
-}
-
-fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<(), ()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ok() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The last `n` lines of `text`.

@@ -22,11 +22,6 @@
 //! attacker's sources are in 198.51.100.0/24 (spoofed ones, later, only in 198.18.0.0/15); the admin is
 //! 203.0.113.10. Needs root; skips without it, and without Postfix and Dovecot, except under CI=true.
 
-mod maillab;
-mod netns;
-#[path = "netns/syn.rs"]
-mod syn;
-
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -34,8 +29,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use maillab::{client, MailLab};
-use netns::{Daemon, Netns};
+use floodgate_lab::daemon::Daemon;
+use floodgate_lab::maillab::{self, client, MailLab};
+use floodgate_lab::netns::{self, Netns};
+use floodgate_lab::syn;
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 /// The mail server's address, as every client (attacker or admin) reaches it.

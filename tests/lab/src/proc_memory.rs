@@ -1,5 +1,4 @@
-//! This process's memory as the kernel counts it, for the benches' figures. Included with
-//! `#[path = "proc_memory.rs"] mod proc_memory;`.
+//! This process's memory as the kernel counts it, for the benches' figures.
 
 /// VmRSS and VmHWM of this process, in KiB (0 when unreadable).
 pub fn memory() -> (u64, u64) {

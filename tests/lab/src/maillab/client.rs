@@ -118,6 +118,24 @@ impl Smtp {
     }
 }
 
+/// Connects and reads the greeting, which must start with `ok` (`* OK` for IMAP, `+OK` for POP3); returns the
+/// reading and the writing side.
+fn greeted(
+    from: IpAddr,
+    to: SocketAddr,
+    connect_timeout: Duration,
+    protocol: &str,
+    ok: &str,
+) -> io::Result<(BufReader<TcpStream>, TcpStream)> {
+    let stream = connect(from, to, connect_timeout)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let greeting = read_line(&mut reader, to, "greeting")?;
+    if !greeting.starts_with(ok) {
+        return Err(io::Error::other(format!("{to} {protocol} greeting: {greeting:?}")));
+    }
+    Ok((reader, stream))
+}
+
 /// `a1 LOGIN user password` after the greeting; returns the tagged answer (`a1 OK ...` or `a1 NO ...`), then
 /// logs out.
 pub fn imap_login(
@@ -127,13 +145,7 @@ pub fn imap_login(
     password: &str,
     connect_timeout: Duration,
 ) -> io::Result<String> {
-    let stream = connect(from, to, connect_timeout)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    let greeting = read_line(&mut reader, to, "greeting")?;
-    if !greeting.starts_with("* OK") {
-        return Err(io::Error::other(format!("{to} IMAP greeting: {greeting:?}")));
-    }
+    let (mut reader, mut writer) = greeted(from, to, connect_timeout, "IMAP", "* OK")?;
     writer.write_all(format!("a1 LOGIN {user} {password}\r\n").as_bytes())?;
     let answer = loop {
         let line = read_line(&mut reader, to, "LOGIN")?;
@@ -153,13 +165,7 @@ pub fn pop3_login(
     password: &str,
     connect_timeout: Duration,
 ) -> io::Result<String> {
-    let stream = connect(from, to, connect_timeout)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    let greeting = read_line(&mut reader, to, "greeting")?;
-    if !greeting.starts_with("+OK") {
-        return Err(io::Error::other(format!("{to} POP3 greeting: {greeting:?}")));
-    }
+    let (mut reader, mut writer) = greeted(from, to, connect_timeout, "POP3", "+OK")?;
     writer.write_all(format!("USER {user}\r\n").as_bytes())?;
     let user_answer = read_line(&mut reader, to, "USER")?;
     if !user_answer.starts_with("+OK") {

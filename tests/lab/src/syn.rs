@@ -1,6 +1,5 @@
 //! Hand-built spoofed SYNs through a raw socket, for kernel tests that need a SYN flood: bounded in packets and
-//! paced over a given time. Included with `#[path = "netns/syn.rs"] mod syn;` by the tests that use it.
-#![allow(dead_code)]
+//! paced over a given time.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -1,19 +1,20 @@
 //! Network namespaces for kernel tests: created by the test, deleted when it ends (even on panic). Nothing here
-//! touches the host's own namespace or ruleset.
-#![allow(dead_code)]
+//! touches the host's own namespace or ruleset. A [`Pair`] is the usual lab: a server and an attacker joined by a
+//! veth pair.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::Path;
-use std::process::{Child, Stdio};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// True when the test can use namespaces. Without root it skips with a message, except under CI, where a
-/// skipped kernel test would be a silent hole: there it fails.
+use crate::skip;
+
+/// True when the test can use namespaces: root, iproute2 and nftables. Otherwise a loud skip, or under `CI=true`
+/// a failure (see [`crate::skip`]).
 pub fn available(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let have_ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
     let have_nft = Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success());
@@ -27,11 +28,7 @@ pub fn available(test: &str) -> bool {
     } else {
         "no `nft` (nftables)"
     };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: needs root, iproute2 and nftables for network namespaces ({why}); CI must provide them");
-    }
-    eprintln!("SKIPPED {test}: needs root, iproute2 and nftables for network namespaces ({why})");
-    false
+    skip::skip(test, &format!("root, iproute2 and nftables for network namespaces ({why})"))
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -83,6 +80,7 @@ impl Netns {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: a valid namespace descriptor, owned by `file` for the call; setns only changes this thread.
             let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
             f()
@@ -213,141 +211,5 @@ fn connect_from(from: IpAddr, to: SocketAddr, timeout: Duration) -> bool {
             true
         }
         Err(_) => false,
-    }
-}
-
-/// Whether `ok` holds within `timeout` (polled every 25 ms).
-pub fn within(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    true
-}
-
-/// Waits until `ok`, failing the test after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// A daemon's files in a temporary directory, under the names the namespace tests use: `floodgate.toml` (the
-/// test writes it), `f.db`, `fg.sock`, `daemon.log`.
-pub struct DaemonFiles {
-    pub dir: tempfile::TempDir,
-}
-
-impl DaemonFiles {
-    pub fn new() -> DaemonFiles {
-        DaemonFiles { dir: tempfile::tempdir().unwrap() }
-    }
-
-    pub fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `floodgate run` in `ns` on these files.
-    pub fn start(&self, ns: &Netns) -> Daemon {
-        let (cfg, db, sock, log) =
-            (self.path("floodgate.toml"), self.path("f.db"), self.path("fg.sock"), self.path("daemon.log"));
-        Daemon::start(ns, env!("CARGO_BIN_EXE_floodgate"), &cfg, &db, &sock, &log)
-    }
-
-    pub fn daemon_log(&self) -> String {
-        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
-    }
-
-    /// The CLI in `ns` with the daemon's config and a db the daemon does not use: what it shows came through the
-    /// socket. Fails the test (quoting the daemon's log) when the command fails.
-    pub fn fg(&self, ns: &Netns, args: &[&str]) -> String {
-        let cfg = self.path("floodgate.toml");
-        let db = self.path("not-the-daemons.db");
-        let mut cmd =
-            vec![env!("CARGO_BIN_EXE_floodgate"), "--config", cfg.to_str().unwrap(), "--db", db.to_str().unwrap()];
-        cmd.extend_from_slice(args);
-        let out = ns.exec(&cmd);
-        assert!(
-            out.status.success(),
-            "floodgate {args:?}: {}\ndaemon log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.daemon_log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-/// `floodgate run` in a namespace, killed on drop.
-pub struct Daemon {
-    child: Option<Child>,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Daemon {
-    /// Starts `BIN -v --config CONFIG --db DB run` in `ns` (stderr to `log`) and returns once `socket` exists,
-    /// which the daemon creates only when its sources have taken their positions.
-    pub fn start(ns: &Netns, bin: &str, config: &Path, db: &Path, socket: &Path, log: &Path) -> Daemon {
-        let err = std::fs::File::create(log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, bin, "-v", "--config"])
-            .arg(config)
-            .arg("--db")
-            .arg(db)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        let mut d = Daemon { child: Some(child), log: log.to_path_buf() };
-        wait_for("the control socket", Duration::from_secs(10), || {
-            assert!(d.alive(), "the daemon exited: {}", d.log());
-            socket.exists()
-        });
-        d
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The daemon's pid (`ip netns exec` execs it in place).
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    pub fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    /// Sends SIGTERM and returns the exit code.
-    pub fn stop(mut self) -> Option<i32> {
-        self.signal(libc::SIGTERM);
-        let mut c = self.child.take()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "the daemon did not stop within 10 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 }

@@ -6,12 +6,9 @@
 //! merging matters. Deterministic: the same lines and seed give the same file. Nothing is sent anywhere; the
 //! addresses are only parsed and loaded into sets.
 
-// Shared by the bench and the tests; each uses only part of it.
-#![allow(dead_code)]
-
 use std::fmt::Write;
 
-// The benches' one deterministic generator: the includer declares `mod gen` (tests/benches/gen.rs) too.
+// The lab's one deterministic generator.
 use crate::gen::Rng;
 
 /// The registries and their share of the records (roughly today's).

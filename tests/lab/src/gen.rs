@@ -1,16 +1,13 @@
 //! A synthetic mail log for the benchmarks: mostly normal Postfix and Dovecot traffic with ~10% abuse lines,
 //! in the formats real servers print (see tests/samples). Deterministic: the same seed gives the same log.
 
-// Shared by both benches; each uses only part of it.
-#![allow(dead_code)]
-
 pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         // xorshift64*: fast and good enough to vary addresses and line choice.
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -18,11 +15,11 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
     /// A value in 0..1.
     pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -34,7 +31,7 @@ pub fn mail_log(lines: usize, seed: u64) -> Vec<u8> {
         let ts = format!("Nov 21 {:02}:{:02}:{:02}", 8 + (sec / 3600) % 12, (sec / 60) % 60, sec % 60);
         let pid = 20000 + r.below(5000);
         let ip = format!("198.51.100.{}", r.below(254) + 1);
-        let qid = format!("{:X}", r.next() & 0x00FF_FFFF_FFFF);
+        let qid = format!("{:X}", r.next_u64() & 0x00FF_FFFF_FFFF);
         let line = if r.below(10) == 0 {
             match r.below(6) {
                 0 => format!("{ts} mx postfix/smtpd[{pid}]: warning: unknown[{ip}]: SASL PLAIN authentication failed: (reason unavailable), sasl_username=alice"),
