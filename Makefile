@@ -6,7 +6,7 @@ PREFIX   ?= /usr/local
 DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux conntrack procps
 DEMO_DIR := $(or $(TMPDIR),/tmp)/floodgate-demo
 
-MAIL_PKGS := postfix dovecot-core dovecot-imapd dovecot-pop3d hydra openssh-server
+MAIL_PKGS := postfix dovecot-core dovecot-imapd dovecot-pop3d hydra openssh-server nats-server
 # fail2ban only for `make bench` (fail2ban-regex side by side with floodgate parse); its server is never started.
 BENCH_PKGS := fail2ban
 
@@ -42,7 +42,7 @@ mail-deps:
 		printf 'postfix postfix/main_mailer_type select Local only\npostfix postfix/mailname string mx.example.test\n' | $$SUDO debconf-set-selections; \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; rc=$$?; \
 		[ -z "$$own_policy" ] || $$SUDO rm -f /usr/sbin/policy-rc.d; \
-		if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --quiet postfix dovecot ssh 2>/dev/null || true; fi; \
+		if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --quiet postfix dovecot ssh nats-server 2>/dev/null || true; fi; \
 		exit $$rc; \
 	fi
 

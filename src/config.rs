@@ -4,7 +4,7 @@
 //! Each section's type, defaults and validation live with the component that reads it: `[sources]` in
 //! `source::config`, `[parse]` in `parse::config`, `[store]` in `store::config`, `[jail]` and `[policy]` in
 //! `policy::config`, `[services.NAME]` in `service`, `[enforce]` in `enforce::config`, `[geo]` in
-//! `geo::config`, `[notify]` in `notice::config`. This file reads the file, runs each section's validation,
+//! `geo::config`, `[notify]` in `notice::config`, `[fleet]` in `fleet::config`. This file reads the file, runs each section's validation,
 //! checks what spans sections, and reports any error with file, line and the one key; and it assembles what
 //! each component is built from (`parsing`, `enforcement`, `ruleset`).
 
@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::addr::Cidr;
 use crate::enforce::EnforceConfig;
+use crate::fleet::FleetConfig;
 use crate::geo::GeoConfig;
 use crate::nft::{PortLimits, Ruleset};
 use crate::notice::NotifyConfig;
@@ -58,6 +59,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub notify: NotifyConfig,
     pub geo: GeoConfig,
+    /// Hosts sharing their bans (`[fleet]`); none without the section.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// `[daemon]`: the daemon itself. Its section lives here because the daemon is what assembles every other.
@@ -120,6 +123,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             notify: NotifyConfig::default(),
             geo: GeoConfig::default(),
+            fleet: None,
         }
     }
 }
@@ -172,6 +176,9 @@ impl Config {
         self.daemon.validate()?;
         self.sources.validate()?;
         self.geo.validate(self.services.country_restricted())?;
+        if let Some(f) = &self.fleet {
+            f.validate()?;
+        }
         if let Some(c) = self.allowlist.iter().find(|c| c.prefix_len() == 0) {
             return Err(Invalid::new("allowlist", format!("`{c}` would exempt every address")));
         }
@@ -196,6 +203,7 @@ impl Config {
             geo: &self.geo,
             allowlist: &self.allowlist,
             track: self.sources.conntrack,
+            fleet: self.fleet.is_some(),
         }
     }
 

@@ -81,4 +81,17 @@ pub enum Decision {
         cidr: Cidr,
         origin: String,
     },
+    /// Applies another fleet host's ban (after this host's own checks) in the fleet's sets, or replaces the one
+    /// applied for the target before. `host` is whose verdict it is.
+    Remote {
+        cidr: Cidr,
+        until: Option<DateTime<Utc>>,
+        host: String,
+        reason: String,
+    },
+    /// No fleet host bans the target any more (lifted, unblocked everywhere, or refused on a second look).
+    RemoteLift {
+        cidr: Cidr,
+        reason: String,
+    },
 }

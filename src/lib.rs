@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod decision;
 pub mod enforce;
 pub mod event;
+pub mod fleet;
 pub mod geo;
 pub mod nft;
 pub mod notice;

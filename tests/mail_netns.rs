@@ -313,11 +313,12 @@ impl Scenario {
         words[at + 1].parse().unwrap()
     }
 
-    /// The notices the daemon's notify.exec hook received, one JSON document each.
+    /// The notices the daemon's notify.exec hook received, one JSON document each. A line without its newline
+    /// is one the hook is still writing (cat copies stdin in pieces): it is read at the next call.
     fn alerts(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.path("alerts.jsonl")).unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
+        text.split_inclusive('\n')
+            .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("the hook got a notice that is not JSON ({e}): {l}"))
             })

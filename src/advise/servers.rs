@@ -17,7 +17,7 @@
 //!   (kept for compatibility), so it is asked for alone if the joint query fails. 2.3's doveconf prints nothing for
 //!   a name it does not know; 2.4's fails: either way an unknown name is simply missing from the map. Without
 //!   auth_verbose the only line about a failed login is the login process's `(auth failed, N attempts in M secs)`,
-//!   written when the connection closes (THC-Hydra against the mail lab, tests/hydra_mail.rs: 30 of 30 guesses before the ban).
+//!   written when the connection closes (THC-Hydra against the mail lab, tests/hydra_netns.rs: 30 of 30 guesses before the ban).
 //! - Postfix postconf(5) (3.7.11, installed here): `smtpd_hard_error_limit` (default "normal: 20, overload: 1"; the
 //!   server disconnects when it is reached), `smtpd_client_auth_rate_limit` (default 0 = no limit: AUTH commands
 //!   per client per `anvil_rate_time_unit`, default 60s, "regardless of whether or not Postfix actually accepts

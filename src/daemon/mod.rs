@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::control::{Request, Response};
 use crate::enforce::Enforcer;
+use crate::fleet::link::{FromFleet, LinkStats};
+use crate::fleet::member::Member;
 use crate::source::{self, Feed, Position, Sink, SourceStats, Stop};
 use crate::store::Store;
 use pipeline::{Pipeline, SourceEntry};
@@ -172,12 +174,26 @@ pub fn run(config: Config, config_path: Option<PathBuf>, db: PathBuf, dry_run: b
         .thread_name("floodgate")
         .build()
         .context("starting the runtime")?;
-    rt.block_on(serve(config, config_path, store, enforcer, dry_run))
+    rt.block_on(serve(config, config_path, db, store, enforcer, dry_run))
+}
+
+/// With `[fleet]` (and not a dry run): the link to the fleet's servers on a task of its own, and this host as
+/// the pipeline's member. What the link receives comes back through the returned channel.
+fn join_fleet(pipeline: &mut Pipeline, db: &std::path::Path) -> mpsc::Receiver<FromFleet> {
+    // Without a fleet: a channel nobody sends on, so the loop below needs no special case.
+    let (from_tx, from_rx) = mpsc::channel(64);
+    let Some(cfg) = pipeline.config.fleet.clone().filter(|_| !pipeline.dry_run) else { return from_rx };
+    let (to_tx, to_rx) = mpsc::channel(4096);
+    let stats = Arc::new(LinkStats::default());
+    pipeline.fleet = Some(Member::new(&cfg, to_tx, stats.clone()));
+    tokio::spawn(crate::fleet::link::run(cfg, db.to_path_buf(), to_rx, from_tx, stats));
+    from_rx
 }
 
 async fn serve(
     config: Config,
     config_path: Option<PathBuf>,
+    db: PathBuf,
     mut store: Store,
     mut enforcer: Enforcer,
     dry_run: bool,
@@ -208,6 +224,7 @@ async fn serve(
         tokio::task::block_in_place(|| pipeline.rebuild_windows()).context("rebuilding the failure windows")?;
     tokio::task::block_in_place(|| pipeline.flush());
     tracing::info!(replayed, "failure windows rebuilt from the store");
+    let mut from_fleet = join_fleet(&mut pipeline, &db);
     let (mut running, entries) = start_sources(&pipeline.config, &pipeline.store, &tx, !pipeline.dry_run);
     pipeline.sources = entries;
     // Last: a socket that answers means a daemon whose sources have taken their positions (so a line written
@@ -279,6 +296,7 @@ async fn serve(
                 });
             }
             Some(()) = repairs.recv() => tokio::task::block_in_place(|| pipeline.repair()),
+            Some(m) = from_fleet.recv() => tokio::task::block_in_place(|| pipeline.fleet(m)),
             _ = tick.tick() => tokio::task::block_in_place(|| pipeline.tick()),
         }
     }

@@ -19,6 +19,8 @@ use crate::control::{self, Request, Response};
 use crate::decision::Decision;
 use crate::enforce::{EnforceError, Enforcer};
 use crate::event::Event;
+use crate::fleet::link::FromFleet;
+use crate::fleet::member::Member;
 use crate::notice::{Notice, Notifier, Throttle};
 use crate::parse::header::TimeContext;
 use crate::parse::{LineParser, Outcome};
@@ -81,6 +83,8 @@ pub struct Pipeline {
     synproxy_ready: Result<(), String>,
     /// Whether the conntrack source delivers what the kernel tracks (see `check_conntrack`).
     conntrack_health: ConntrackHealth,
+    /// This host in the fleet, with `[fleet]`.
+    pub fleet: Option<Member>,
 }
 
 /// How often the SYN proxy's prerequisites are read again (an admin fixing a sysctl is noticed within this).
@@ -135,6 +139,7 @@ impl Pipeline {
             synproxy_checked: None,
             synproxy_ready: Err("not checked yet".into()),
             conntrack_health: ConntrackHealth::default(),
+            fleet: None,
         };
         pipeline.check_synproxy();
         Ok(pipeline)
@@ -243,11 +248,22 @@ impl Pipeline {
         match self.enforcer.decide(&mut self.store, &decisions, now) {
             Ok(_) => {
                 for d in &decisions {
-                    if let Decision::Ban { cidr, until, reason, origin, .. } = d {
-                        self.bans_made += 1;
-                        let until = until.map_or("forever".to_string(), |u| crate::event::format_time(&u));
-                        tracing::warn!(%cidr, %until, %reason, %origin, "banned");
+                    match d {
+                        Decision::Ban { cidr, until, reason, origin, .. } => {
+                            self.bans_made += 1;
+                            let until = until.map_or("forever".to_string(), |u| crate::event::format_time(&u));
+                            tracing::warn!(%cidr, %until, %reason, %origin, "banned");
+                        }
+                        Decision::Remote { cidr, until, host, reason } => {
+                            let until = until.map_or("forever".to_string(), |u| crate::event::format_time(&u));
+                            tracing::info!(%cidr, %until, %host, %reason, "banned by the fleet");
+                        }
+                        _ => {}
                     }
+                }
+                if let Some(f) = &mut self.fleet {
+                    f.applied(decisions.iter().filter(|d| matches!(d, Decision::Remote { .. })).count());
+                    f.local_decided(&decisions, now);
                 }
             }
             Err(EnforceError::Store(e)) => {
@@ -367,6 +383,31 @@ impl Pipeline {
         self.conntrack_health.observe(events, waiting, tracked);
     }
 
+    /// What the fleet's link passed: remote verdicts through the same gate as local bans, then enforced.
+    pub fn fleet(&mut self, m: FromFleet) {
+        let Some(f) = &mut self.fleet else { return };
+        let now = Utc::now();
+        let store = &self.store;
+        let mut remote = f.take(m, now, || match store.enforced(now) {
+            Ok(s) => s.remote.iter().map(|r| r.cidr).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the fleet's bans from the store; stale ones stay until they end");
+                Vec::new()
+            }
+        });
+        match self.enforcer.screen(&self.store, &mut remote) {
+            Ok(refused) => {
+                for r in &refused {
+                    tracing::info!(cidr = %r.cidr, why = %r.why, reason = %r.reason, "fleet ban not applied here");
+                }
+                f.gate_refused(refused.len());
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the allowlist; the fleet's decisions wait"),
+        }
+        self.decisions.extend(remote);
+        self.apply_decisions(now);
+    }
+
     /// Housekeeping: windows slide, ended bans leave the store, rates are measured.
     pub fn tick(&mut self) {
         let now = Utc::now();
@@ -374,6 +415,9 @@ impl Pipeline {
         self.check_synproxy();
         self.check_conntrack();
         self.policy.tick(now, &mut self.decisions);
+        if let Some(f) = &mut self.fleet {
+            self.decisions.extend(f.tick(now));
+        }
         self.record_unrecorded(now);
         self.flush();
         self.notify(now);
@@ -477,6 +521,12 @@ impl Pipeline {
                     now: Utc::now(),
                 };
                 let response = control::handle(req, cx);
+                if let Some(f) = &mut self.fleet {
+                    // Bans the operator made or lifted here are this host's verdicts too.
+                    if response.ok && matches!(req, Request::Block { .. } | Request::Unblock { .. }) {
+                        f.resync();
+                    }
+                }
                 if let (true, Request::Unblock { targets, all, .. }) = (response.ok, req) {
                     // The policy must not go on taking them for banned, or their next attack is let through.
                     if *all {
@@ -565,6 +615,7 @@ impl Pipeline {
             tracked_sources: self.policy.tracked(),
             ports,
             problems: self.conntrack_health.problem().into_iter().map(str::to_string).collect(),
+            fleet: self.fleet.as_ref().map(Member::status),
             synproxy: match &self.synproxy_ready {
                 Ok(()) => "ready".into(),
                 Err(why) => format!("not possible: {why}"),

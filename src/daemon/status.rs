@@ -64,6 +64,9 @@ pub struct Status {
     /// Things that are wrong and need the admin (a configured source that delivers nothing).
     #[serde(default)]
     pub problems: Vec<String>,
+    /// This host in the fleet, with `[fleet]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::member::FleetStatus>,
     /// Whether the SYN proxy can be used here, or why not.
     #[serde(default)]
     pub synproxy: String,
@@ -139,6 +142,28 @@ impl Status {
         }
         if !self.synproxy.is_empty() {
             let _ = writeln!(s, "SYN proxy: {}", self.synproxy);
+        }
+        if let Some(f) = &self.fleet {
+            let link = match (f.connected, &f.last_error) {
+                (true, _) => "connected".to_string(),
+                (false, Some(e)) => format!("NOT CONNECTED ({e}); local protection goes on"),
+                (false, None) => "connecting".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "fleet: host {} {link}; published {}, withdrawn {}; received {}, applied {}, held {}; refused {} \
+                 (entries) {} (limits) {} (this host's gate), {} from a newer floodgate",
+                f.host,
+                f.published,
+                f.withdrawn,
+                f.received,
+                f.applied,
+                f.held,
+                f.refused_entries,
+                f.refused_limits,
+                f.refused_gate,
+                f.newer
+            );
         }
         if self.unrecorded > 0 {
             let _ = writeln!(

@@ -97,6 +97,8 @@ pub struct Setup<'a> {
     pub allowlist: &'a [Cidr],
     /// Whether the table carries the rule that makes the kernel track connections (conntrack is a source).
     pub track: bool,
+    /// Whether the table carries the fleet's sets (`[fleet]` is configured).
+    pub fleet: bool,
 }
 
 impl Setup<'_> {
@@ -123,6 +125,7 @@ impl Setup<'_> {
             geo,
             owner: None,
             track: self.track,
+            fleet: self.fleet,
             // The shape of a standard Ethernet host; the daemon measures the real one (enforce::synproxy).
             synproxy: Synproxy::standard(synproxy_ports),
         }

@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 use crate::addr::Cidr;
 use crate::decision::{Decision, LimitMode};
 use crate::nft::ruleset::{
-    ALLOW4, ALLOW6, BAN4, BAN4_NET, BAN6, BAN6_NET, GLOBAL_PORTS, OWNER_PREFIX, SOURCE_PORTS, SYNPROXY_PORTS,
+    ALLOW4, ALLOW6, BAN4, BAN4_NET, BAN6, BAN6_NET, FLEET4, FLEET4_NET, FLEET6, FLEET6_NET, GLOBAL_PORTS, OWNER_PREFIX,
+    SOURCE_PORTS, SYNPROXY_PORTS,
 };
 use crate::nft::{Element, Kernel, Key, NftError, Ruleset};
 use crate::store::{Enforced, Store, StoreError};
@@ -121,6 +122,30 @@ fn own_addresses_logged() -> Vec<std::net::IpAddr> {
         tracing::error!(error = %e, "cannot read this host's addresses; only loopback and special addresses are protected");
         Vec::new()
     })
+}
+
+/// Bans as the four sets hold them: addresses in the hash sets as they are (a hash set and an interval set may
+/// overlap: a packet is dropped if either holds its source, so an address inside a banned prefix keeps its own
+/// end), prefixes flattened for the interval sets. In order: v4, v6, v4 prefixes, v6 prefixes.
+fn ban_sets(bans: impl Iterator<Item = (Cidr, i64)>, now: DateTime<Utc>) -> [Vec<Want>; 4] {
+    let [mut v4, mut v6, mut v4_net, mut v6_net] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut prefixes: Vec<(Cidr, i64)> = Vec::new();
+    for (cidr, until) in bans {
+        match (cidr.is_host(), cidr.addr().is_ipv4()) {
+            (true, true) => v4.push((Key::Addr(cidr.addr()), remaining(until, now))),
+            (true, false) => v6.push((Key::Addr(cidr.addr()), remaining(until, now))),
+            (false, _) => prefixes.push((cidr, until)),
+        }
+    }
+    for (cidr, until) in plan::flatten_bans(&prefixes) {
+        let w = (Key::Net(cidr), remaining(until, now));
+        if cidr.addr().is_ipv4() {
+            v4_net.push(w)
+        } else {
+            v6_net.push(w)
+        }
+    }
+    [v4, v6, v4_net, v6_net]
 }
 
 fn remaining(until: i64, now: DateTime<Utc>) -> Option<Duration> {
@@ -247,7 +272,7 @@ impl Enforcer {
         self.read_allowlist(store)?;
         let mut refused = Vec::new();
         decisions.retain(|d| match d {
-            Decision::Ban { cidr, reason, .. } => match self.refusal(cidr) {
+            Decision::Ban { cidr, reason, .. } | Decision::Remote { cidr, reason, .. } => match self.refusal(cidr) {
                 Some(why) => {
                     refused.push(Refused { cidr: *cidr, why, reason: reason.clone() });
                     false
@@ -312,24 +337,8 @@ impl Enforcer {
         // Addresses go to the hash sets as they are: a hash set and an interval set may overlap (a packet is
         // dropped if either holds its source), so an address inside a banned prefix keeps its own end. Only
         // prefixes among themselves must be flattened, for the interval sets.
-        let (mut ban4, mut ban6, mut ban4_net, mut ban6_net) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut prefixes: Vec<(Cidr, i64)> = Vec::new();
-        for b in &state.bans {
-            let until = b.until.map_or(FOREVER, |u| u.timestamp_micros());
-            match (b.cidr.is_host(), b.cidr.addr().is_ipv4()) {
-                (true, true) => ban4.push((Key::Addr(b.cidr.addr()), remaining(until, now))),
-                (true, false) => ban6.push((Key::Addr(b.cidr.addr()), remaining(until, now))),
-                (false, _) => prefixes.push((b.cidr, until)),
-            }
-        }
-        for (cidr, until) in plan::flatten_bans(&prefixes) {
-            let w = (Key::Net(cidr), remaining(until, now));
-            if cidr.addr().is_ipv4() {
-                ban4_net.push(w)
-            } else {
-                ban6_net.push(w)
-            }
-        }
+        let [ban4, ban6, ban4_net, ban6_net] =
+            ban_sets(state.bans.iter().map(|b| (b.cidr, b.until.map_or(FOREVER, |u| u.timestamp_micros()))), now);
         let mut allow: Vec<Cidr> = self.config_allow.clone();
         allow.extend(state.allowlist.iter().map(|a| a.cidr));
         let (mut allow4, mut allow6) = (Vec::new(), Vec::new());
@@ -356,7 +365,7 @@ impl Enforcer {
                 LimitMode::Synproxy => {}
             }
         }
-        vec![
+        let mut sets = vec![
             (ALLOW4, allow4),
             (ALLOW6, allow6),
             (BAN4, ban4),
@@ -366,7 +375,13 @@ impl Enforcer {
             (SOURCE_PORTS, source),
             (GLOBAL_PORTS, global),
             (SYNPROXY_PORTS, synproxy),
-        ]
+        ];
+        if self.ruleset.fleet {
+            let remote = state.remote.iter().map(|r| (r.cidr, r.until.map_or(FOREVER, |u| u.timestamp_micros())));
+            let [f4, f6, f4_net, f6_net] = ban_sets(remote, now);
+            sets.extend([(FLEET4, f4), (FLEET6, f6), (FLEET4_NET, f4_net), (FLEET6_NET, f6_net)]);
+        }
+        sets
     }
 
     /// Makes the kernel sets hold `state`, in one batch. A missing table is installed first. A ban the store
@@ -611,6 +626,17 @@ impl Enforcer {
                     state.allowlist.push(crate::store::Allowed { cidr: *cidr, added: now, comment: comment.clone() })
                 }
                 Decision::Disallow { cidr, .. } => state.allowlist.retain(|a| a.cidr != *cidr),
+                Decision::Remote { cidr, until, host, reason } => {
+                    state.remote.retain(|r| r.cidr != *cidr);
+                    state.remote.push(crate::store::RemoteBan {
+                        cidr: *cidr,
+                        host: host.clone(),
+                        since: now,
+                        until: *until,
+                        reason: reason.clone(),
+                    });
+                }
+                Decision::RemoteLift { cidr, .. } => state.remote.retain(|r| r.cidr != *cidr),
             }
         }
         self.mirror = None;
@@ -743,6 +769,27 @@ impl Enforcer {
                     in_store: row.is_some(),
                     figures: None,
                 });
+            }
+        }
+        if self.ruleset.fleet {
+            // Another host's ban: `origin` names that host, `fleet:mx1`.
+            let by_cidr: HashMap<Cidr, &crate::store::RemoteBan> = state.remote.iter().map(|r| (r.cidr, r)).collect();
+            for set in [FLEET4, FLEET6, FLEET4_NET, FLEET6_NET] {
+                for e in self.kernel.elements(&table, set)? {
+                    let Some(piece) = e.key.cidr() else { continue };
+                    let row = by_cidr.get(&piece);
+                    out.push(Listed {
+                        action: "fleet_ban".into(),
+                        target: piece.to_string(),
+                        expires_s: e.expires.map(|d| d.as_secs()),
+                        reason: row.map_or_else(|| "not in the store".into(), |r| r.reason.clone()),
+                        origin: row.map_or_else(String::new, |r| format!("fleet:{}", r.host)),
+                        since: row.map(|r| r.since),
+                        in_kernel: true,
+                        in_store: row.is_some(),
+                        figures: None,
+                    });
+                }
             }
         }
         Ok(out)

@@ -20,6 +20,11 @@ pub const BAN6: &str = "ban6";
 /// bans are addresses; prefixes stay few.
 pub const BAN4_NET: &str = "ban4_net";
 pub const BAN6_NET: &str = "ban6_net";
+/// Other fleet hosts' bans, as this host applies them: the same shapes as the local ban sets.
+pub const FLEET4: &str = "fleet4";
+pub const FLEET6: &str = "fleet6";
+pub const FLEET4_NET: &str = "fleet4_net";
+pub const FLEET6_NET: &str = "fleet6_net";
 /// Ports whose per-source (hashlimit-style) limit is on; each element times out unless refreshed.
 pub const SOURCE_PORTS: &str = "limit_source_ports";
 /// Ports whose global (limit-style) limit is on; each element times out unless refreshed.
@@ -118,6 +123,9 @@ pub struct Ruleset {
     /// The SYN proxy's machinery, for the ports that may use it (`synproxy` not `never`). Its rules hold a `ct`
     /// and a `synproxy` expression, so they too switch conntrack on.
     pub synproxy: Option<Synproxy>,
+    /// `[fleet]` is configured: sets of their own for other hosts' bans (so `list` tells them apart and a
+    /// remote ban never overwrites a local one), dropped right after the local bans.
+    pub fleet: bool,
 }
 
 /// What the SYN proxy answers a SYN with: the MSS the interfaces allow, and the window scale the host's own
@@ -194,7 +202,14 @@ impl Ruleset {
         let geo = self.geo.iter().flat_map(|g| {
             [(g.set4(), TYPE_IPV4, 4, interval), (g.set6(), TYPE_IPV6, 16, interval), (g.switch(), TYPE_SERVICE, 2, 0)]
         });
-        for (name, key_type, key_len, flags) in sets.into_iter().chain(geo) {
+        let fleet = [
+            (FLEET4, TYPE_IPV4, 4, timeout),
+            (FLEET6, TYPE_IPV6, 16, timeout),
+            (FLEET4_NET, TYPE_IPV4, 4, interval | timeout),
+            (FLEET6_NET, TYPE_IPV6, 16, interval | timeout),
+        ];
+        let fleet = fleet.into_iter().filter(|_| self.fleet);
+        for (name, key_type, key_len, flags) in sets.into_iter().chain(fleet).chain(geo) {
             b.add_set(t, &SetDef { name, key_type, key_len, flags, timeout_ms: None, size: None });
         }
         for p in &self.ports {
@@ -344,6 +359,14 @@ impl Ruleset {
             v4(BAN4_NET, vec![Expr::Counter, Expr::Drop]),
             v6(BAN6_NET, vec![Expr::Counter, Expr::Drop]),
         ];
+        if self.fleet {
+            rules.extend([
+                v4(FLEET4, vec![Expr::Counter, Expr::Drop]),
+                v6(FLEET6, vec![Expr::Counter, Expr::Drop]),
+                v4(FLEET4_NET, vec![Expr::Counter, Expr::Drop]),
+                v6(FLEET6_NET, vec![Expr::Counter, Expr::Drop]),
+            ]);
+        }
         for g in &self.geo {
             rules.push(geo(g, false));
             rules.push(geo(g, true));

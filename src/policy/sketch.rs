@@ -1137,7 +1137,7 @@ mod tests {
             // 300 sources, a few of them heavy; hashes with only 8 homes, near the end of the 32-entry table, so
             // that probe runs are long, wrap around, and evictions shift entries back.
             let r = splitmix(&mut state);
-            let id = if r % 3 == 0 { r % 4 } else { r % 300 };
+            let id = if r.is_multiple_of(3) { r % 4 } else { r % 300 };
             let hash = ((id % 8) + 24) | (id << 32);
             let weight = 1 + (r >> 60);
             top.add(hash, v4(id as u32), weight, CAPACITY);

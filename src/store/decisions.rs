@@ -38,12 +38,24 @@ pub struct Allowed {
     pub comment: Option<String>,
 }
 
+/// Another fleet host's ban, as this host applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteBan {
+    pub cidr: Cidr,
+    pub host: String,
+    pub since: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
+    pub reason: String,
+}
+
 /// What is in force at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Enforced {
     pub bans: Vec<Ban>,
     pub limits: Vec<LimitOn>,
     pub allowlist: Vec<Allowed>,
+    /// Other fleet hosts' bans (empty without a fleet).
+    pub remote: Vec<RemoteBan>,
 }
 
 fn parse_cidr(path: &str, text: &str) -> Result<Cidr, StoreError> {
@@ -112,7 +124,34 @@ fn read(tx: &rusqlite::Connection, path: &str, now: DateTime<Utc>) -> Result<Enf
     }
     let limits = read_limits(tx, path, now)?;
     let allowlist = read_allowlist(tx, path)?;
-    Ok(Enforced { bans, limits, allowlist })
+    let remote = read_remote(tx, path, now)?;
+    Ok(Enforced { bans, limits, allowlist, remote })
+}
+
+fn read_remote(tx: &rusqlite::Connection, path: &str, now: DateTime<Utc>) -> Result<Vec<RemoteBan>, StoreError> {
+    let q = |e| sql(path, "reading the fleet's bans", e);
+    let mut st = tx
+        .prepare_cached(
+            "SELECT cidr, host, since_us, until_us, reason FROM remote_bans WHERE until_us IS NULL OR until_us > ?1",
+        )
+        .map_err(q)?;
+    let rows = st
+        .query_map([ts_us(&now)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<i64>>(3)?, r.get(4)?))
+        })
+        .map_err(q)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (cidr, host, since, until, reason) = row.map_err(q)?;
+        out.push(RemoteBan {
+            cidr: parse_cidr(path, &cidr)?,
+            host,
+            since: from_us(since),
+            until: until.map(from_us),
+            reason,
+        });
+    }
+    Ok(out)
 }
 
 fn read_allowlist(tx: &rusqlite::Connection, path: &str) -> Result<Vec<Allowed>, StoreError> {
@@ -145,6 +184,10 @@ fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Resu
             ("allow".into(), cidr.to_string(), None, comment.as_deref().unwrap_or(""), origin)
         }
         Decision::Disallow { cidr, origin } => ("disallow".into(), cidr.to_string(), None, "", origin),
+        Decision::Remote { cidr, until, host, reason } => {
+            ("remote_ban".into(), cidr.to_string(), until.map(|u| ts_us(&u)), reason, host)
+        }
+        Decision::RemoteLift { cidr, reason } => ("remote_lift".into(), cidr.to_string(), None, reason, "fleet"),
     };
     let figures = match d {
         Decision::Ban { figures, .. } | Decision::Limit { figures, .. } => figures.as_deref(),
@@ -193,6 +236,19 @@ fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Resu
         }
         Decision::Disallow { .. } => {
             tx.execute("DELETE FROM allowlist WHERE cidr = ?1", [&target]).map_err(q)?;
+        }
+        Decision::Remote { host, .. } => {
+            tx.prepare_cached(
+                "INSERT INTO remote_bans (cidr, host, since_us, until_us, reason, decision_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (cidr) DO UPDATE SET host = excluded.host, since_us = excluded.since_us,
+                 until_us = excluded.until_us, reason = excluded.reason, decision_id = excluded.decision_id",
+            )
+            .and_then(|mut st| st.execute(params![target, host, now_us, until, reason, id]))
+            .map_err(q)?;
+        }
+        Decision::RemoteLift { .. } => {
+            tx.execute("DELETE FROM remote_bans WHERE cidr = ?1", [&target]).map_err(q)?;
         }
     }
     Ok(())
@@ -273,7 +329,11 @@ impl Store {
         let a =
             self.conn.execute("DELETE FROM bans WHERE until_us IS NOT NULL AND until_us <= ?1", [now_us]).map_err(q)?;
         let b = self.conn.execute("DELETE FROM limits WHERE until_us <= ?1", [now_us]).map_err(q)?;
-        Ok(a + b)
+        let c = self
+            .conn
+            .execute("DELETE FROM remote_bans WHERE until_us IS NOT NULL AND until_us <= ?1", [now_us])
+            .map_err(q)?;
+        Ok(a + b + c)
     }
 }
 

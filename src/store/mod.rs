@@ -16,7 +16,7 @@ use crate::event::{Event, Kind, SynAction};
 pub mod config;
 mod decisions;
 pub use config::StoreConfig;
-pub use decisions::{Allowed, Ban, Enforced, LimitOn};
+pub use decisions::{Allowed, Ban, Enforced, LimitOn, RemoteBan};
 
 /// Schema migrations, in order. The version of migration i is i + 1.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -25,6 +25,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_kernel_counter", include_str!("../../migrations/0003_kernel_counter.sql")),
     ("0004_store_id", include_str!("../../migrations/0004_store_id.sql")),
     ("0005_conn_assured", include_str!("../../migrations/0005_conn_assured.sql")),
+    ("0006_fleet", include_str!("../../migrations/0006_fleet.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

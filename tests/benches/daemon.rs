@@ -391,7 +391,7 @@ impl Log {
         let ts = now();
         for _ in 0..n {
             self.mixed += 1;
-            if self.mixed % FAILURE_EVERY == 0 {
+            if self.mixed.is_multiple_of(FAILURE_EVERY) {
                 let a = self.attacker();
                 failure(buf, &ts, a, self.mixed);
             } else {

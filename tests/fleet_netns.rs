@@ -1,0 +1,276 @@
+//! The fleet's side of enforcement against the real kernel, in a namespace of its own: another host's ban goes
+//! into the fleet's own sets (never over a local ban), passes the same gate as a local one (the allowlist and
+//! the host's own addresses win), survives a restart from the store, and leaves when lifted.
+
+use chrono::{Duration as Span, Utc};
+
+use floodgate::config::Config;
+use floodgate::decision::Decision;
+use floodgate::enforce::Enforcer;
+use floodgate::nft::ruleset::{BAN4, FLEET4, FLEET4_NET, FLEET6};
+use floodgate::nft::Kernel;
+use floodgate::store::Store;
+use std::io::Write;
+use std::time::Duration;
+
+use floodgate_lab::daemon::DaemonFiles;
+use floodgate_lab::netns::{self, Netns, Pair};
+
+fn fleet_config() -> Config {
+    let text = "allowlist = [\"203.0.113.10\"]\n[fleet]\nservers = [\"nats://198.51.100.100:4222\"]\nhost = \"mx2\"\n";
+    Config::from_toml(text, "fleet.toml").unwrap()
+}
+
+fn remote(cidr: &str, host: &str, minutes: i64) -> Decision {
+    Decision::Remote {
+        cidr: cidr.parse().unwrap(),
+        until: Some(Utc::now() + Span::minutes(minutes)),
+        host: host.into(),
+        reason: "auth failures".into(),
+    }
+}
+
+fn elements(set: &'static str) -> Vec<String> {
+    let mut k = Kernel::open().unwrap();
+    k.elements("floodgate", set).unwrap().iter().map(|e| e.key.to_string()).collect()
+}
+
+#[test]
+fn remote_bans_live_in_the_fleet_sets_pass_the_same_gate_and_survive_a_restart() {
+    if !netns::available("remote_bans_live_in_the_fleet_sets_pass_the_same_gate_and_survive_a_restart") {
+        return;
+    }
+    let ns = Netns::new("fleet");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("f.db");
+    let got = ns.enter(move || {
+        let cfg = fleet_config();
+        let mut store = Store::open(&db).unwrap();
+        let mut e = Enforcer::open(&cfg.enforcement()).unwrap();
+        let now = Utc::now();
+        e.reconcile(&mut store, now).unwrap();
+        let mut decisions = vec![
+            remote("198.51.100.7", "mx1", 10),
+            remote("203.0.113.0/24", "mx3", 10),
+            remote("2001:db8:1::5", "mx1", 10),
+            // The gate: the allowlist and loopback win over any host's verdict.
+            remote("203.0.113.10", "mx1", 10),
+            remote("127.0.0.1", "mx1", 10),
+        ];
+        let refused = e.screen(&store, &mut decisions).unwrap();
+        e.decide(&mut store, &decisions, now).unwrap();
+        let first = (elements(FLEET4), elements(FLEET4_NET), elements(FLEET6), elements(BAN4));
+        // A restart: a fresh enforcer over a flushed table re-applies the store's remote bans at once.
+        Kernel::open().unwrap().delete_table("floodgate").unwrap();
+        let mut e = Enforcer::open(&cfg.enforcement()).unwrap();
+        e.reconcile(&mut store, Utc::now()).unwrap();
+        let restarted = elements(FLEET4);
+        let lift = Decision::RemoteLift { cidr: "198.51.100.7".parse().unwrap(), reason: "lifted by mx1".into() };
+        e.decide(&mut store, &[lift], Utc::now()).unwrap();
+        let lifted = elements(FLEET4);
+        let stored = store.enforced(Utc::now()).unwrap().remote;
+        (refused.len(), first, restarted, lifted, stored.len())
+    });
+    let (refused, (fleet4, fleet4_net, fleet6, ban4), restarted, lifted, stored) = got;
+    assert_eq!(refused, 2, "the allowlisted address and loopback are refused");
+    assert_eq!(fleet4, ["198.51.100.7"]);
+    assert_eq!(fleet4_net, ["203.0.113.0/24"]);
+    assert_eq!(fleet6, ["2001:db8:1::5"]);
+    assert!(ban4.is_empty(), "a remote ban never lands in the local sets: {ban4:?}");
+    assert_eq!(restarted, ["198.51.100.7"], "re-applied from the store after a restart");
+    assert!(lifted.is_empty(), "{lifted:?}");
+    assert_eq!(stored, 2, "the prefix and the IPv6 address remain");
+}
+
+/// `nats-server -js` in a namespace, killed on drop; its JetStream store outlives a restart.
+struct Nats {
+    child: Option<std::process::Child>,
+    ns: String,
+    store: std::path::PathBuf,
+}
+
+impl Nats {
+    fn start(ns: &Netns, store: &std::path::Path) -> Nats {
+        let mut n = Nats { child: None, ns: ns.name.clone(), store: store.to_path_buf() };
+        n.restart();
+        n
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, "nats-server", "-js", "-a", NATS_ADDR, "-p", "4222", "-sd"])
+            .arg(&self.store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server (apt-get install nats-server)");
+        self.child = Some(child);
+        let up = floodgate_lab::wait::within(Duration::from_secs(10), || listening(&self.ns));
+        assert!(up, "nats-server did not listen");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether the server accepts connections (seen from inside its namespace: `ss` lists its listener).
+fn listening(ns: &str) -> bool {
+    let out = netns::run(&["ip", "netns", "exec", ns, "ss", "-Htln", &format!("src {NATS_ADDR}:4222")]);
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The fleet's server, on a link between mx1's and mx2's namespaces (not an attacker's address).
+const NATS_ADDR: &str = "203.0.113.253";
+const GUESSER: &str = "203.0.113.7";
+/// On mx2's allowlist: a ban of it published by mx1 is refused there.
+const ADMIN: &str = "203.0.113.10";
+
+/// Each host tails its own mail.log; IMAP and SMTP are the protected services.
+fn write_config(files: &DaemonFiles, host: &str, allow: &str) {
+    let (socket, log) = (files.path("fg.sock"), files.path("mail.log"));
+    std::fs::write(&log, "").unwrap();
+    let text = format!(
+        "allowlist = [{allow}]\n[sources]\nfiles = [\"{}\"]\nkmsg = false\nnetstat = false\n\
+         [services.smtp]\nports = [25]\n[services.imap]\nports = [143]\n\
+         [daemon]\nsocket = \"{}\"\n[fleet]\nservers = [\"nats://{NATS_ADDR}:4222\"]\nhost = \"{host}\"\n",
+        log.display(),
+        socket.display()
+    );
+    std::fs::write(files.path("floodgate.toml"), text).unwrap();
+}
+
+/// Dovecot's line for one failed IMAP login from `addr`.
+fn failure(addr: &str, n: u32) -> String {
+    let now = Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
+    format!(
+        "{now} mx1 dovecot[812]: imap-login: Info: Disconnected: Aborted login (auth failed, 1 attempts in 2 secs): \
+         user=<u{n}>, method=PLAIN, rip={addr}, lip=198.51.100.1, session=<s{n}>\n"
+    )
+}
+
+fn fleet_bans(files: &DaemonFiles, ns: &Netns) -> Vec<serde_json::Value> {
+    files
+        .fg(ns, &["list", "--json"])
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["action"] == "fleet_ban")
+        .collect()
+}
+
+fn status(files: &DaemonFiles, ns: &Netns) -> serde_json::Value {
+    serde_json::from_str(&files.fg(ns, &["status", "--json"])).unwrap()
+}
+
+#[test]
+fn a_ban_on_mx1_is_dropped_by_mx2_lifted_everywhere_and_survives_an_engine_outage() {
+    let name = "a_ban_on_mx1_is_dropped_by_mx2_lifted_everywhere_and_survives_an_engine_outage";
+    if !netns::available(name) {
+        return;
+    }
+    let have_nats =
+        std::process::Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !have_nats && floodgate_lab::skip::skip(name, "nats-server (apt-get install nats-server; `make mail-deps`)") {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_floodgate");
+    let mx1 = Pair::new("fl1", &[GUESSER, ADMIN]);
+    let mx2 = Pair::new("fl2", &[GUESSER, ADMIN, "203.0.113.8"]);
+    mx2.listen(25);
+    // The fleet's own link between the two servers.
+    netns::run(&[
+        "ip",
+        "link",
+        "add",
+        "fgfl1",
+        "netns",
+        &mx1.server.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "fgfl2",
+        "netns",
+        &mx2.server.name,
+    ]);
+    mx1.server.ip(&["addr", "add", &format!("{NATS_ADDR}/30"), "dev", "fgfl1"]);
+    mx2.server.ip(&["addr", "add", "203.0.113.254/30", "dev", "fgfl2"]);
+    mx1.server.ip(&["link", "set", "fgfl1", "up"]);
+    mx2.server.ip(&["link", "set", "fgfl2", "up"]);
+    let (f1, f2) = (DaemonFiles::new(bin), DaemonFiles::new(bin));
+    let mut nats = Nats::start(&mx1.server, &f1.path("nats"));
+    write_config(&f1, "mx1", "");
+    write_config(&f2, "mx2", &format!("\"{ADMIN}\""));
+    let _d1 = f1.start(&mx1.server);
+    let _d2 = f2.start(&mx2.server);
+    let connected = |f: &DaemonFiles, ns: &Netns| status(f, ns)["fleet"]["connected"] == true;
+    assert!(
+        floodgate_lab::wait::within(Duration::from_secs(10), || connected(&f1, &mx1.server)
+            && connected(&f2, &mx2.server)),
+        "the fleet did not connect:\nmx1: {}\nmx2: {}",
+        f1.daemon_log(),
+        f2.daemon_log()
+    );
+    assert!(mx2.connects(GUESSER, 25), "before any ban the guesser reaches mx2");
+
+    // The jail on mx1 bans a password guesser (five failed logins in its log); mx2 drops its SYNs.
+    let t = std::time::Instant::now();
+    let lines: String = (0..5).map(|n| failure(GUESSER, n)).collect();
+    std::fs::OpenOptions::new().append(true).open(f1.path("mail.log")).unwrap().write_all(lines.as_bytes()).unwrap();
+    let arrived = floodgate_lab::wait::within_every(Duration::from_secs(5), Duration::from_millis(5), || {
+        !fleet_bans(&f2, &mx2.server).is_empty()
+    });
+    let latency = t.elapsed();
+    assert!(arrived, "mx2 never applied mx1's ban:\n{}", f2.daemon_log());
+    println!("propagation, log line on mx1 -> fleet set on mx2: {latency:?} (5 ms polling included)");
+    let bans = fleet_bans(&f2, &mx2.server);
+    assert_eq!(bans[0]["target"], GUESSER);
+    assert_eq!(bans[0]["origin"], "fleet:mx1", "{bans:?}");
+    assert!(!mx2.connects(GUESSER, 25), "mx2 drops the guesser on mx1's word");
+    assert!(fleet_bans(&f1, &mx1.server).is_empty(), "mx1's own ban stays in its own sets");
+
+    // mx2's allowlist wins over mx1's verdict.
+    f1.fg(&mx1.server, &["block", ADMIN, "--for", "1h"]);
+    assert!(
+        floodgate_lab::wait::within(Duration::from_secs(5), || status(&f2, &mx2.server)["fleet"]["refused_gate"] == 1),
+        "mx2 did not refuse the allowlisted address: {}",
+        status(&f2, &mx2.server)["fleet"]
+    );
+    assert!(mx2.connects(ADMIN, 25));
+
+    // Unblocked on mx1: lifted on mx2.
+    f1.fg(&mx1.server, &["unblock", GUESSER]);
+    assert!(
+        floodgate_lab::wait::within(Duration::from_secs(5), || fleet_bans(&f2, &mx2.server).is_empty()),
+        "mx2 kept a ban mx1 lifted: {:?}",
+        fleet_bans(&f2, &mx2.server)
+    );
+    assert!(mx2.connects(GUESSER, 25));
+
+    // The engine down: mx1 still bans at once; its verdict reaches mx2 once the engine is back.
+    nats.stop();
+    f1.fg(&mx1.server, &["block", "203.0.113.8", "--for", "1h"]);
+    let local = f1.fg(&mx1.server, &["list", "--json"]);
+    assert!(local.contains("203.0.113.8"), "mx1 enforces locally without the fleet: {local}");
+    assert!(floodgate_lab::wait::within(Duration::from_secs(10), || !connected(&f1, &mx1.server)));
+    assert!(status(&f1, &mx1.server)["fleet"]["last_error"].is_string());
+    nats.restart();
+    assert!(
+        floodgate_lab::wait::within(Duration::from_secs(20), || fleet_bans(&f2, &mx2.server)
+            .iter()
+            .any(|b| b["target"] == "203.0.113.8")),
+        "mx2 never got the ban made during the outage:\nmx1: {}\nmx2: {}",
+        f1.daemon_log(),
+        f2.daemon_log()
+    );
+    assert!(!mx2.connects("203.0.113.8", 25));
+}
