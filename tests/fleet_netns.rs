@@ -273,4 +273,30 @@ fn a_ban_on_mx1_is_dropped_by_mx2_lifted_everywhere_and_survives_an_engine_outag
         f2.daemon_log()
     );
     assert!(!mx2.connects("203.0.113.8", 25));
+
+    // The operator, from mx2: a fleet-wide block reaches every host, mx2 itself included.
+    f2.fg(&mx2.server, &["fleet", "block", "203.0.113.9", "--for", "1h"]);
+    let everywhere = |f: &DaemonFiles, ns: &Netns, t: &str| fleet_bans(f, ns).iter().any(|b| b["target"] == t);
+    assert!(
+        floodgate_lab::wait::within(Duration::from_secs(5), || everywhere(&f1, &mx1.server, "203.0.113.9")
+            && everywhere(&f2, &mx2.server, "203.0.113.9")),
+        "the fleet-wide block did not reach both hosts"
+    );
+    let per_host: serde_json::Value =
+        serde_json::from_str(&f2.fg(&mx2.server, &["fleet", "status", "--json"])).unwrap();
+    assert_eq!(per_host["bans_per_host"]["o"], 1, "{per_host}");
+    assert!(per_host["bans_per_host"]["b.mx1"].as_u64().unwrap() >= 1, "{per_host}");
+    // A fleet-wide unblock lifts it everywhere, and lifts mx1's own ban of the guesser too.
+    f2.fg(&mx2.server, &["fleet", "unblock", "203.0.113.9", "203.0.113.8"]);
+    let gone = |f: &DaemonFiles, ns: &Netns| {
+        let all = f.fg(ns, &["list", "--json"]);
+        !all.contains("203.0.113.9") && !all.contains("203.0.113.8")
+    };
+    assert!(
+        floodgate_lab::wait::within(Duration::from_secs(5), || gone(&f1, &mx1.server) && gone(&f2, &mx2.server)),
+        "an unblock everywhere left bans:\nmx1: {}\nmx2: {}",
+        f1.fg(&mx1.server, &["list", "--json"]),
+        f2.fg(&mx2.server, &["list", "--json"])
+    );
+    assert!(mx2.connects("203.0.113.8", 25));
 }

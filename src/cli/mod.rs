@@ -4,6 +4,7 @@ pub mod advise;
 pub mod allow;
 pub mod block;
 pub mod events;
+pub mod fleet;
 pub mod geo;
 pub mod limit;
 pub mod list;
@@ -66,6 +67,8 @@ pub enum Command {
     Reload(ReloadArgs),
     /// Country ranges for country-restricted ports: update (download and load), load, lookup.
     Geo(geo::Args),
+    /// Several hosts sharing their bans ([fleet]): status, and the operator's fleet-wide block and unblock.
+    Fleet(fleet::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,5 +209,6 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Reload(_) => ctx.execute(Request::Reload).map(|_| ()),
         Command::Geo(args) => geo::run(&ctx, args),
+        Command::Fleet(args) => fleet::run(&ctx, args),
     }
 }

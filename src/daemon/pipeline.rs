@@ -388,13 +388,26 @@ impl Pipeline {
         let Some(f) = &mut self.fleet else { return };
         let now = Utc::now();
         let store = &self.store;
-        let mut remote = f.take(m, now, || match store.enforced(now) {
-            Ok(s) => s.remote.iter().map(|r| r.cidr).collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the fleet's bans from the store; stale ones stay until they end");
-                Vec::new()
-            }
-        });
+        let read = |what: &str| {
+            store.enforced(now).map_err(|e| tracing::error!(error = %e, "cannot read {what} from the store")).ok()
+        };
+        let mut remote = f.take(
+            m,
+            now,
+            || read("the fleet's bans").map(|s| s.remote.iter().map(|r| r.cidr).collect()).unwrap_or_default(),
+            || read("the local bans").map(|s| s.bans.iter().map(|b| (b.cidr, b.since)).collect()).unwrap_or_default(),
+        );
+        // A local ban lifted by the fleet's operator: the policy must not go on taking it for banned.
+        let released: Vec<crate::addr::Cidr> = remote
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Unban { cidr, .. } => Some(*cidr),
+                _ => None,
+            })
+            .collect();
+        if !released.is_empty() {
+            self.policy.released(Some(&released));
+        }
         match self.enforcer.screen(&self.store, &mut remote) {
             Ok(refused) => {
                 for r in &refused {

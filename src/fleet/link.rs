@@ -110,6 +110,13 @@ pub async fn run(
     }
 }
 
+/// The bucket, opened (or created, where the credentials may) over a new connection: the CLI's way in.
+pub async fn open(cfg: &FleetConfig) -> Result<kv::Store> {
+    let client = connect(cfg).await?;
+    let js = async_nats::jetstream::new(client);
+    tokio::time::timeout(OP_TIMEOUT, bucket(cfg, &js)).await.context("the bucket did not answer")?
+}
+
 async fn connect(cfg: &FleetConfig) -> Result<async_nats::Client> {
     let mut opts =
         async_nats::ConnectOptions::new().name(format!("floodgate {}", cfg.host)).connection_timeout(OP_TIMEOUT);

@@ -81,8 +81,15 @@ impl Member {
 
     /// What the link passed, as decisions for the pipeline. `stored` is the remote bans the store holds, read
     /// only when the bucket has been read whole (`FromFleet::Current`): those the board does not hold any more
-    /// were lifted while this host was away.
-    pub fn take(&mut self, m: FromFleet, now: DateTime<Utc>, stored: impl FnOnce() -> Vec<Cidr>) -> Vec<Decision> {
+    /// were lifted while this host was away. `local` is this host's own bans with when each was made, read only
+    /// for an unblock everywhere, which lifts those made before it too.
+    pub fn take(
+        &mut self,
+        m: FromFleet,
+        now: DateTime<Utc>,
+        stored: impl FnOnce() -> Vec<Cidr>,
+        mut local: impl FnMut() -> Vec<(Cidr, DateTime<Utc>)>,
+    ) -> Vec<Decision> {
         let mut out = Vec::new();
         match m {
             FromFleet::Entries(entries) => {
@@ -100,8 +107,18 @@ impl Member {
                             continue;
                         }
                     };
-                    if let Entry::Newer { key } = &entry {
-                        tracing::warn!(%key, "fleet: an entry from a newer floodgate, skipped");
+                    match &entry {
+                        Entry::Newer { key } => tracing::warn!(%key, "fleet: an entry from a newer floodgate, skipped"),
+                        Entry::UnblockEverywhere { target, made } => {
+                            out.extend(local().into_iter().filter(|(c, since)| c == target && since <= made).map(
+                                |(cidr, _)| Decision::Unban {
+                                    cidr,
+                                    reason: "unblocked everywhere by the fleet's operator".into(),
+                                    origin: "fleet".into(),
+                                },
+                            ));
+                        }
+                        _ => {}
                     }
                     let outcome = self.board.apply(entry, now);
                     if let Some(r) = outcome.refused {
