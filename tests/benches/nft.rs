@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use floodgate::config::Config;
 use floodgate::nft::ruleset::BAN4;
 use floodgate::nft::{Kernel, Key, Ruleset, SetOp};
+use floodgate_lab::netns;
 
 const TABLE: &str = "floodgate";
 const RUNS: usize = 5;
@@ -44,13 +45,8 @@ struct Row {
 }
 
 fn main() {
-    if unsafe { libc::geteuid() } != 0 {
-        println!("nft: skipped: needs root (network namespace)");
-        return;
-    }
     // Still one thread: the new namespace is the whole process's, and every `nft` child inherits it.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        println!("nft: skipped: cannot enter a new network namespace: {}", std::io::Error::last_os_error());
+    if !netns::private_netns("nft") {
         return;
     }
     let n: usize = std::env::var("BENCH_BANS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
