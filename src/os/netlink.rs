@@ -73,9 +73,12 @@ impl NetlinkSocket {
         self.set_option(if force { libc::SO_RCVBUFFORCE } else { libc::SO_RCVBUF }, &bytes)
     }
 
-    /// A blocking read gives up with `WouldBlock` after `timeout` (whole seconds).
+    /// A blocking read gives up with `WouldBlock` after `timeout` (to the microsecond).
     pub fn set_recv_timeout(&self, timeout: Duration) -> io::Result<()> {
-        let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
         self.set_option(libc::SO_RCVTIMEO, &tv)
     }
 
