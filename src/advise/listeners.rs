@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::os::netlink::{Blocking, NetlinkSocket};
+use crate::os::netlink::{Blocking, NetlinkSocket, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_DUMP, NLM_F_REQUEST};
 use crate::source::conntrack::{messages, MsgHeader};
 
 /// One listening socket.
@@ -44,13 +44,8 @@ impl Listener {
     }
 }
 
-// linux/sock_diag.h, linux/inet_diag.h, linux/netlink.h.
+// linux/sock_diag.h, linux/inet_diag.h.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_HDRLEN: usize = 16;
 /// struct inet_diag_req_v2: family, protocol, ext, pad, states (u32), inet_diag_sockid (48 bytes).
 const REQ_LEN: usize = 56;
 /// struct inet_diag_msg without its attributes.
@@ -195,6 +190,7 @@ fn proc_addr(hex: &str) -> Option<IpAddr> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::os::netlink::test_message;
 
     /// An inet_diag_msg netlink message as the kernel sends it.
     pub(crate) fn diag_message(addr: IpAddr, port: u16, state: u8, rqueue: u32, wqueue: u32) -> Vec<u8> {
@@ -218,13 +214,7 @@ pub(crate) mod tests {
     }
 
     fn nl(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
-        v.extend_from_slice(&kind.to_ne_bytes());
-        v.extend_from_slice(&0x2u16.to_ne_bytes()); // NLM_F_MULTI
-        v.extend_from_slice(&[0; 8]);
-        v.extend_from_slice(payload);
-        v
+        test_message(kind, 0x2 /* NLM_F_MULTI */, payload)
     }
 
     #[test]

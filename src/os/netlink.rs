@@ -7,6 +7,26 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+// Message framing (linux/netlink.h) as it is on the wire, for the users that build and parse messages: a
+// message type or flag set is a u16 there, where the libc crate has c_int.
+/// The message header: length (u32), type, flags (u16 each), sequence number, port id (u32 each).
+pub const NLMSG_HDRLEN: usize = 16;
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+/// Types below this are netlink control messages (NOOP, ERROR, DONE, OVERRUN), not a protocol's own.
+pub const NLMSG_MIN_TYPE: u16 = 0x10;
+pub const NLM_F_REQUEST: u16 = 0x1;
+pub const NLM_F_ACK: u16 = 0x4;
+/// NLM_F_ROOT | NLM_F_MATCH: every object, not one.
+pub const NLM_F_DUMP: u16 = 0x300;
+pub const NLM_F_CREATE: u16 = 0x400;
+/// The attribute header: length and type (u16 each).
+pub const NLA_HDRLEN: usize = 4;
+/// Flag bits the kernel may set in nla_type; the attribute's number is what remains ([`NLA_TYPE_MASK`]).
+pub const NLA_F_NESTED: u16 = 0x8000;
+pub const NLA_F_NET_BYTEORDER: u16 = 0x4000;
+pub const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
+
 #[derive(Debug)]
 pub struct NetlinkSocket {
     fd: OwnedFd,
@@ -53,9 +73,12 @@ impl NetlinkSocket {
         self.set_option(if force { libc::SO_RCVBUFFORCE } else { libc::SO_RCVBUF }, &bytes)
     }
 
-    /// A blocking read gives up with `WouldBlock` after `timeout` (whole seconds).
+    /// A blocking read gives up with `WouldBlock` after `timeout` (to the microsecond).
     pub fn set_recv_timeout(&self, timeout: Duration) -> io::Result<()> {
-        let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
         self.set_option(libc::SO_RCVTIMEO, &tv)
     }
 
@@ -134,6 +157,19 @@ impl AsRawFd for NetlinkSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+/// One message framed as the kernel frames it (sequence number and port id 0), for tests that hand-build the
+/// datagrams their parser reads.
+#[cfg(test)]
+pub(crate) fn test_message(kind: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(NLMSG_HDRLEN + payload.len());
+    v.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
+    v.extend_from_slice(&kind.to_ne_bytes());
+    v.extend_from_slice(&flags.to_ne_bytes());
+    v.extend_from_slice(&[0; 8]); // seq, pid
+    v.extend_from_slice(payload);
+    v
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ use chrono::{DateTime, Utc};
 
 use super::{Sink, Stop};
 use crate::event::{Event, Kind};
-use crate::os::netlink::{Blocking, NetlinkSocket};
+use crate::os::netlink::{
+    Blocking, NetlinkSocket, NLA_HDRLEN, NLA_TYPE_MASK, NLMSG_HDRLEN, NLMSG_MIN_TYPE, NLM_F_CREATE,
+};
 use crate::os::poll::wait_readable;
 
 /// Events handed to the pipeline in one `Feed`: big enough that a flood costs few channel sends.
@@ -53,17 +55,9 @@ const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-/// Types below this are netlink control messages (NOOP, ERROR, DONE, OVERRUN), not conntrack.
-const NLMSG_MIN_TYPE: u16 = 0x10;
-const NLM_F_CREATE: u16 = 0x400;
 
-const NLMSG_HDRLEN: usize = 16;
+/// struct nfgenmsg: family, version, resource id.
 const NFGENMSG_LEN: usize = 4;
-const NLA_HDRLEN: usize = 4;
-/// Flag bits the kernel may set in nla_type; the attribute's number is what remains.
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_F_NET_BYTEORDER: u16 = 0x4000;
-const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
 
 // Attributes (linux/netfilter/nfnetlink_conntrack.h).
 const CTA_TUPLE_ORIG: u16 = 1;
@@ -386,6 +380,7 @@ fn tuple_addrs(ip: &[u8]) -> Option<(IpAddr, IpAddr)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::os::netlink::{test_message, NLA_F_NESTED, NLA_F_NET_BYTEORDER};
 
     /// One attribute, padded to 4 bytes, with `flags` or'ed into its type.
     fn attr(kind: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
@@ -405,13 +400,7 @@ mod tests {
         // nfgenmsg: family, version, res_id (big-endian).
         let mut body = vec![libc::AF_INET as u8, 0, 0, 0];
         body.extend(attributes.concat());
-        let mut v = Vec::new();
-        v.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
-        v.extend_from_slice(&kind.to_ne_bytes());
-        v.extend_from_slice(&flags.to_ne_bytes());
-        v.extend_from_slice(&[0; 8]); // seq, pid
-        v.extend(body);
-        v
+        test_message(kind, flags, &body)
     }
 
     fn tuple(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {

@@ -674,6 +674,20 @@ mod tests {
         }
     }
 
+    /// A fresh directory and the path of `mail.log` in it, not created yet; the file is gone with the directory.
+    fn log_dir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mail.log");
+        (dir, path)
+    }
+
+    /// [`log_dir`] with `mail.log` created holding `contents`.
+    fn mail_log(contents: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let (dir, path) = log_dir();
+        fs::write(&path, contents).expect("create");
+        (dir, path)
+    }
+
     fn append(path: &Path, bytes: &[u8]) {
         let mut file = OpenOptions::new().create(true).append(true).open(path).expect("open for append");
         file.write_all(bytes).expect("append");
@@ -693,9 +707,7 @@ mod tests {
 
     #[test]
     fn appended_lines_arrive_in_order_exactly_once_with_line_numbers() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
-        fs::write(&path, b"").expect("create");
+        let (_dir, path) = mail_log(b"");
         let mut h = start(&path, 1000, true, None);
         append(&path, b"one\ntwo\n");
         let got = h.expect(&["one", "two"]);
@@ -712,10 +724,8 @@ mod tests {
 
     #[test]
     fn start_at_end_skips_existing_lines_and_from_start_reads_them() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
         // The last existing line is still being written: its rest must not arrive as a line of its own.
-        fs::write(&path, b"old1\nold2\nhalf-wri").expect("create");
+        let (_dir, path) = mail_log(b"old1\nold2\nhalf-wri");
         let mut h = start(&path, 1000, false, None);
         // When the source has opened the file is unknown: probe until a line comes through.
         let mut got = Vec::new();
@@ -739,9 +749,7 @@ mod tests {
 
     #[test]
     fn a_partial_line_is_held_until_its_newline() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
-        fs::write(&path, b"").expect("create");
+        let (_dir, path) = mail_log(b"");
         let mut h = start(&path, 1000, true, None);
         append(&path, b"hel");
         h.expect_quiet(Duration::from_millis(400));
@@ -755,12 +763,10 @@ mod tests {
 
     #[test]
     fn an_overlong_line_is_counted_not_sent() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
         let mut data = b"short\n".to_vec();
         data.extend(std::iter::repeat_n(b'x', 300_000));
         data.extend(b"\nafter\n");
-        fs::write(&path, &data).expect("create");
+        let (_dir, path) = mail_log(&data);
         let mut h = start(&path, 100, true, None);
         let got = h.expect(&["short", "after"]);
         assert_eq!(got[1].line_no, Some(3));
@@ -771,8 +777,7 @@ mod tests {
 
     #[test]
     fn rename_rotation_loses_no_line_and_repeats_none() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
+        let (dir, path) = log_dir();
         let rotated = dir.path().join("mail.log.1");
         let mut writer = OpenOptions::new().create(true).append(true).open(&path).expect("open");
         writer.write_all(b"a1\na2\n").expect("write");
@@ -797,8 +802,7 @@ mod tests {
 
     #[test]
     fn after_a_rename_the_old_file_is_followed_while_the_new_one_is_empty() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
+        let (dir, path) = log_dir();
         let mut old_writer = OpenOptions::new().create(true).append(true).open(&path).expect("open");
         let mut h = start(&path, 1000, true, None);
         old_writer.write_all(b"before\n").expect("write");
@@ -817,9 +821,7 @@ mod tests {
 
     #[test]
     fn copytruncate_restarts_at_zero() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
-        fs::write(&path, b"x1 first\nx2 second\n").expect("create");
+        let (_dir, path) = mail_log(b"x1 first\nx2 second\n");
         let mut h = start(&path, 1000, true, None);
         h.expect(&["x1 first", "x2 second"]);
         let file = OpenOptions::new().write(true).open(&path).expect("open");
@@ -833,8 +835,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_waited_for_then_read_from_its_start() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
+        let (_dir, path) = log_dir();
         // Not from_start: a file created after we started is new, all of it is read anyway.
         let mut h = start(&path, 1000, false, None);
         wait_for("waiting to be set", || h.stats.waiting.load(Ordering::Relaxed));
@@ -846,9 +847,7 @@ mod tests {
 
     #[test]
     fn a_deleted_then_recreated_file_is_read_from_its_start() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
-        fs::write(&path, b"d1\n").expect("create");
+        let (_dir, path) = mail_log(b"d1\n");
         let mut h = start(&path, 1000, true, None);
         h.expect(&["d1"]);
         fs::remove_file(&path).expect("remove");
@@ -860,9 +859,7 @@ mod tests {
 
     #[test]
     fn resume_continues_exactly_after_the_position() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
-        fs::write(&path, b"r1\nr2\nr3\n").expect("create");
+        let (_dir, path) = mail_log(b"r1\nr2\nr3\n");
         let resume = Position { inode: inode(&path), offset: 3 };
         let mut h = start(&path, 1000, false, Some(resume));
         let got = h.expect(&["r2", "r3"]);
@@ -875,9 +872,7 @@ mod tests {
 
     #[test]
     fn resume_with_another_inode_reads_the_new_file_from_its_start() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
-        fs::write(&path, b"n1\nn2\n").expect("create");
+        let (_dir, path) = mail_log(b"n1\nn2\n");
         let resume = Position { inode: inode(&path).wrapping_add(12345), offset: 3 };
         let mut h = start(&path, 1000, false, Some(resume));
         let got = h.expect(&["n1", "n2"]);
@@ -887,10 +882,8 @@ mod tests {
 
     #[test]
     fn resume_after_a_rotation_while_down_reads_the_rest_of_the_rotated_file_first() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
+        let (dir, path) = mail_log(b"o1\no2\no3");
         let rotated = dir.path().join("mail.log.1");
-        fs::write(&path, b"o1\no2\no3").expect("create");
         let resume = Position { inode: inode(&path), offset: 3 };
         fs::rename(&path, &rotated).expect("rename");
         fs::write(&path, b"n1\n").expect("create new");
@@ -903,9 +896,7 @@ mod tests {
 
     #[test]
     fn a_resume_past_the_end_of_the_same_file_reads_it_from_the_start() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
-        fs::write(&path, b"t1\n").expect("create");
+        let (_dir, path) = mail_log(b"t1\n");
         // Truncated while we were down.
         let resume = Position { inode: inode(&path), offset: 500 };
         let mut h = start(&path, 1000, false, Some(resume));
@@ -915,8 +906,7 @@ mod tests {
 
     #[test]
     fn stop_is_noticed_promptly_and_a_closed_sink_ends_the_run() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mail.log");
+        let (_dir, path) = log_dir();
         let mut h = start(&path, 1000, false, None);
         std::thread::sleep(Duration::from_millis(100));
         let asked = Instant::now();

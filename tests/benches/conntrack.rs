@@ -26,7 +26,6 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::thread::JoinHandleExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -37,6 +36,7 @@ use std::time::{Duration, Instant};
 use floodgate::config::Config;
 use floodgate::event::Kind;
 use floodgate::nft::Kernel;
+use floodgate::os::netlink::{Blocking, NetlinkSocket, NLMSG_HDRLEN, NLM_F_CREATE};
 use floodgate::source::conntrack::ConntrackSource;
 use floodgate::source::{Feed, Sink, SourceStats, Stop};
 use floodgate_lab::netns::Pair;
@@ -406,64 +406,31 @@ fn consume(mut rx: mpsc::Receiver<Feed>, counts: &Counts, since: Instant) -> Has
 /// Counts conntrack's multicast messages by type, on a socket of its own bound to the same groups as the
 /// source, until `stop`. Run it on a thread in the server namespace.
 fn count_multicast(m: &Multicast, stop: &Stop) {
-    // SAFETY: plain socket(2); the fd is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
-    assert!(fd >= 0, "netlink socket: {}", std::io::Error::last_os_error());
-    // SAFETY: a new descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_nl is plain data (its padding is private in libc, hence zeroed rather than built).
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     // NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY are groups 1, 2, 3: bits 0-2 of the legacy mask.
-    addr.nl_groups = 0b111;
-    let r = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "bind conntrack groups: {}", std::io::Error::last_os_error());
+    let sock = NetlinkSocket::open(libc::NETLINK_NETFILTER, 0b111, Blocking::Yes).expect("conntrack groups");
     // As big as the source's, so that this listener is no likelier to fall behind; and a receive timeout, so
     // the stop flag is looked at.
-    let rcvbuf: libc::c_int = 16 << 20;
-    let timeout = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-    // SAFETY: both options take the pointed-to value of the given size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&rcvbuf as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
+    let _ = sock.set_recv_buffer(16 << 20, true);
+    let _ = sock.set_recv_timeout(Duration::from_millis(200));
     const NEW: u16 = 1 << 8; // NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW
     const DELETE: u16 = 1 << 8 | 2;
-    const NLM_F_CREATE: u16 = 0x400;
     let mut buf = vec![0u8; 64 << 10];
     while !stop.is_stopped() {
-        // SAFETY: `buf` is writable for its whole length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
-                m.overruns.fetch_add(1, Relaxed);
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::ENOBUFS) {
+                    m.overruns.fetch_add(1, Relaxed);
+                }
+                continue;
             }
-            continue;
-        }
-        let mut rest = &buf[..n as usize];
-        while rest.len() >= 16 {
+        };
+        let mut rest = &buf[..n];
+        while rest.len() >= NLMSG_HDRLEN {
             let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
             let kind = u16::from_ne_bytes([rest[4], rest[5]]);
             let flags = u16::from_ne_bytes([rest[6], rest[7]]);
-            if len < 16 || len > rest.len() {
+            if len < NLMSG_HDRLEN || len > rest.len() {
                 break;
             }
             match kind {

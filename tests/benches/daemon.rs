@@ -23,12 +23,16 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use floodgate::nft::{Kernel, Key};
+use floodgate::os::netlink::{
+    Blocking, NetlinkSocket, NLA_F_NESTED, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_REQUEST,
+};
+use floodgate_lab::child::KillOnDrop;
+use floodgate_lab::netns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 const TABLE: &str = "floodgate";
@@ -54,13 +58,8 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
-    if unsafe { libc::geteuid() } != 0 {
-        println!("daemon: skipped: needs root (network namespace)");
-        return;
-    }
     // Still one thread: the new namespace is the whole process's, and the daemon child inherits it.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        println!("daemon: skipped: cannot enter a new network namespace: {}", std::io::Error::last_os_error());
+    if !netns::private_netns("daemon") {
         return;
     }
     let probes = env("BENCH_PROBES", 1_000) as usize;
@@ -176,20 +175,11 @@ fn main() {
 
 /// The daemon under test, killed if the bench ends early.
 struct Daemon {
-    child: Option<Child>,
+    child: KillOnDrop,
     pid: i32,
     dir: tempfile::TempDir,
     /// Round trips of the `floodgate status` calls made so far.
     status_calls: Vec<Duration>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 impl Daemon {
@@ -223,7 +213,7 @@ impl Daemon {
             .spawn()
             .expect("start the daemon");
         let pid = child.id() as i32;
-        let mut d = Daemon { child: Some(child), pid, dir, status_calls: Vec::new() };
+        let mut d = Daemon { child: KillOnDrop::new(child), pid, dir, status_calls: Vec::new() };
         // The socket is bound last: once it exists, the sources are started (not necessarily reading yet: see
         // from_start above).
         let sock = d.path("fg.sock");
@@ -249,7 +239,7 @@ impl Daemon {
     fn check_alive(&mut self) {
         if let Some(c) = self.child.as_mut() {
             if let Some(status) = c.try_wait().expect("wait") {
-                self.child = None;
+                *self.child = None;
                 panic!("daemon: the daemon exited ({status}); its log:\n{}", tail(&self.log(), 40));
             }
         }
@@ -451,7 +441,7 @@ impl Latency {
 /// `elements` reads it again after a 10 ms sleep. Polled that way, ~8% of the probes at 1,000 elements came out
 /// 10 ms late, the bench's own sleep. BENCH_POLL=dump polls with `elements` all the same, for comparison.
 struct Lookup {
-    fd: OwnedFd,
+    sock: NetlinkSocket,
     seq: u32,
     buf: Vec<u8>,
 }
@@ -463,20 +453,17 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_DATA_VALUE: u16 = 1;
-const NLA_F_NESTED: u16 = 1 << 15;
 
 impl Lookup {
     fn open() -> Lookup {
-        let fd =
-            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
-        assert!(fd >= 0, "netlink socket: {}", std::io::Error::last_os_error());
-        Lookup { fd: unsafe { OwnedFd::from_raw_fd(fd) }, seq: 0, buf: vec![0; 16 << 10] }
+        let sock = NetlinkSocket::open(libc::NETLINK_NETFILTER, 0, Blocking::Yes).expect("netlink socket");
+        Lookup { sock, seq: 0, buf: vec![0; 16 << 10] }
     }
 
     /// Whether `addr` is in set `ban4` of table `inet floodgate` now.
     fn contains(&mut self, addr: Ipv4Addr) -> bool {
         fn attr(m: &mut Vec<u8>, kind: u16, data: &[u8]) {
-            m.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+            m.extend_from_slice(&((NLA_HDRLEN + data.len()) as u16).to_ne_bytes());
             m.extend_from_slice(&kind.to_ne_bytes());
             m.extend_from_slice(data);
             m.resize(m.len().next_multiple_of(4), 0);
@@ -489,7 +476,7 @@ impl Lookup {
             m[at..at + 2].copy_from_slice(&len.to_ne_bytes());
         }
         self.seq = self.seq.wrapping_add(1);
-        let mut m = vec![0u8; 16];
+        let mut m = vec![0u8; NLMSG_HDRLEN];
         // nfgenmsg: family, version, resource id.
         m.extend_from_slice(&[libc::NFPROTO_INET as u8, 0, 0, 0]);
         attr(&mut m, NFTA_SET_ELEM_LIST_TABLE, format!("{TABLE}\0").as_bytes());
@@ -498,33 +485,30 @@ impl Lookup {
             nest(m, NFTA_LIST_ELEM, |m| nest(m, NFTA_SET_ELEM_KEY, |m| attr(m, NFTA_DATA_VALUE, &addr.octets())))
         });
         let kind = (libc::NFNL_SUBSYS_NFTABLES << 8 | libc::NFT_MSG_GETSETELEM) as u16;
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
         let len = m.len() as u32;
         m[0..4].copy_from_slice(&len.to_ne_bytes());
         m[4..6].copy_from_slice(&kind.to_ne_bytes());
         m[6..8].copy_from_slice(&flags.to_ne_bytes());
         m[8..12].copy_from_slice(&self.seq.to_ne_bytes());
-        let fd = self.fd.as_raw_fd();
-        // An unconnected netlink socket sends to the kernel.
-        let sent = unsafe { libc::send(fd, m.as_ptr().cast(), m.len(), 0) };
-        assert_eq!(sent, m.len() as isize, "netlink send: {}", std::io::Error::last_os_error());
+        self.sock.send_to_kernel(&m).expect("netlink send");
         let element = (libc::NFNL_SUBSYS_NFTABLES << 8 | libc::NFT_MSG_NEWSETELEM) as u16;
         let mut found = false;
         loop {
-            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
-            assert!(n > 0, "netlink recv: {}", std::io::Error::last_os_error());
-            let b = &self.buf[..n as usize];
+            let n = self.sock.recv(&mut self.buf).expect("netlink recv");
+            assert!(n > 0, "netlink recv: end of file");
+            let b = &self.buf[..n];
             let mut at = 0;
-            while at + 16 <= b.len() {
+            while at + NLMSG_HDRLEN <= b.len() {
                 let u32_at = |i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().unwrap());
                 let (len, kind) = (u32_at(at) as usize, u16::from_ne_bytes([b[at + 4], b[at + 5]]));
-                if len < 16 {
+                if len < NLMSG_HDRLEN {
                     break;
                 }
                 if u32_at(at + 8) == self.seq {
-                    if kind == libc::NLMSG_ERROR as u16 {
+                    if kind == NLMSG_ERROR {
                         // The ACK (0), or the error: ENOENT when the element (or the set) is not there.
-                        match -(u32_at(at + 16) as i32) {
+                        match -(u32_at(at + NLMSG_HDRLEN) as i32) {
                             0 => return found,
                             libc::ENOENT => return false,
                             e => panic!("daemon: looking up {addr} in {SET}: {}", std::io::Error::from_raw_os_error(e)),

@@ -18,7 +18,7 @@ use floodgate::config::Config;
 use floodgate::enforce::Enforcer;
 use floodgate::geo::fetch::{Format, Source};
 use floodgate::geo::GeoDb;
-use floodgate_lab::{geo_gen, proc_memory};
+use floodgate_lab::{geo_gen, netns, proc_memory};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -75,12 +75,7 @@ fn main() {
         base
     );
 
-    if unsafe { libc::geteuid() } != 0 {
-        println!("geo: kernel load skipped: needs root (private network namespace)");
-        return;
-    }
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        println!("geo: kernel load skipped: cannot enter a new network namespace: {}", std::io::Error::last_os_error());
+    if !netns::private_netns("geo: kernel load") {
         return;
     }
     let countries = db.countries();

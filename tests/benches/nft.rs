@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use floodgate::config::Config;
 use floodgate::nft::ruleset::BAN4;
 use floodgate::nft::{Kernel, Key, Ruleset, SetOp};
+use floodgate_lab::netns;
 
 const TABLE: &str = "floodgate";
 const RUNS: usize = 5;
@@ -44,13 +45,8 @@ struct Row {
 }
 
 fn main() {
-    if unsafe { libc::geteuid() } != 0 {
-        println!("nft: skipped: needs root (network namespace)");
-        return;
-    }
     // Still one thread: the new namespace is the whole process's, and every `nft` child inherits it.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        println!("nft: skipped: cannot enter a new network namespace: {}", std::io::Error::last_os_error());
+    if !netns::private_netns("nft") {
         return;
     }
     let n: usize = std::env::var("BENCH_BANS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
@@ -113,22 +109,9 @@ impl Bench {
         let n = self.addrs.len();
         let file = self
             .file("refresh-all.nft", &format!("flush set inet {TABLE} {BAN4}\n{}", add_statement(&self.addrs, "2h")));
-        let (mut fg, mut nft) = (Vec::new(), Vec::new());
         let all: Vec<Ipv4Addr> = self.addrs.clone();
-        for _ in 0..RUNS {
-            self.fill();
-            let start = Instant::now();
-            let ops: Vec<SetOp> =
-                self.addrs.iter().flat_map(|&a| SetOp::refresh(BAN4, key(a), Some(REFRESHED))).collect();
-            self.k.apply(TABLE, &ops).expect("floodgate refresh");
-            fg.push(start.elapsed().as_secs_f64());
-            self.check(&all);
-
-            self.fill();
-            nft.push(nft_file(&file));
-            self.check(&all);
-        }
-        Row { name: "refresh N (nft: flush+add)".into(), elements: n, floodgate: median(fg), nft: median(nft) }
+        let (floodgate, nft) = self.time_refresh(&all, &file);
+        Row { name: "refresh N (nft: flush+add)".into(), elements: n, floodgate, nft }
     }
 
     /// Refreshes `m` addresses spread over the full set, delete and add on both sides.
@@ -140,20 +123,27 @@ impl Bench {
         text.push_str(" }\n");
         text.push_str(&add_statement(&some, "2h"));
         let file = self.file(&format!("refresh-{m}.nft"), &text);
+        let (floodgate, nft) = self.time_refresh(&some, &file);
+        Row { name: format!("refresh {m} of N (delete+add)"), elements: m, floodgate, nft }
+    }
+
+    /// The median times of refreshing `addrs` in the full set, RUNS times each way: floodgate's batch, then
+    /// `file` through nft; the set is refilled before each and checked after.
+    fn time_refresh(&mut self, addrs: &[Ipv4Addr], file: &Path) -> (f64, f64) {
         let (mut fg, mut nft) = (Vec::new(), Vec::new());
         for _ in 0..RUNS {
             self.fill();
             let start = Instant::now();
-            let ops: Vec<SetOp> = some.iter().flat_map(|&a| SetOp::refresh(BAN4, key(a), Some(REFRESHED))).collect();
+            let ops: Vec<SetOp> = addrs.iter().flat_map(|&a| SetOp::refresh(BAN4, key(a), Some(REFRESHED))).collect();
             self.k.apply(TABLE, &ops).expect("floodgate refresh");
             fg.push(start.elapsed().as_secs_f64());
-            self.check(&some);
+            self.check(addrs);
 
             self.fill();
-            nft.push(nft_file(&file));
-            self.check(&some);
+            nft.push(nft_file(file));
+            self.check(addrs);
         }
-        Row { name: format!("refresh {m} of N (delete+add)"), elements: m, floodgate: median(fg), nft: median(nft) }
+        (median(fg), median(nft))
     }
 
     /// Reads back the full set (as the last refresh left it).

@@ -47,13 +47,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.db");
     let mut store = Store::open(&path).unwrap();
-    let start = Instant::now();
-    for chunk in events.chunks(batch_size) {
-        store.insert_events(chunk).unwrap();
-    }
-    let secs = start.elapsed().as_secs_f64();
-    store.checkpoint().unwrap();
-    let (rows, bytes) = store.usage().unwrap();
+    let (secs, (rows, bytes)) = timed_insert(&mut store, &events, batch_size);
     println!("store: {total} events in batches of {batch_size}: {secs:.3} s = {:.0} events/s", total as f64 / secs);
     println!(
         "store: {rows} rows, {:.1} MiB on disk = {:.1} bytes/event (with indexes)",
@@ -85,17 +79,23 @@ fn main() {
             )
         })
         .collect();
-    let start = Instant::now();
-    for chunk in flood.chunks(batch_size) {
-        store.insert_events(chunk).unwrap();
-    }
-    let secs = start.elapsed().as_secs_f64();
-    store.checkpoint().unwrap();
-    let (rows2, bytes2) = store.usage().unwrap();
+    let (secs, (rows2, bytes2)) = timed_insert(&mut store, &flood, batch_size);
     println!(
         "store: {total} conntrack events (5,000 sources, 20 s) in {secs:.3} s = {:.0} events/s, aggregated into {} rows (+{:.1} MiB)",
         total as f64 / secs,
         rows2 - rows,
         (bytes2 as f64 - bytes as f64) / 1048576.0
     );
+}
+
+/// Inserts `events` in batches of `batch_size`; the seconds that took, then the store's rows and bytes on disk
+/// after a checkpoint.
+fn timed_insert(store: &mut Store, events: &[(Origin, Event)], batch_size: usize) -> (f64, (u64, u64)) {
+    let start = Instant::now();
+    for chunk in events.chunks(batch_size) {
+        store.insert_events(chunk).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    store.checkpoint().unwrap();
+    (secs, store.usage().unwrap())
 }

@@ -3,9 +3,10 @@
 //! floodgate's own test targets know it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::child::KillOnDrop;
 use crate::netns::{Netns, Pair};
 use crate::wait::wait_for;
 
@@ -117,17 +118,8 @@ impl Lab {
 
 /// `floodgate run` in a namespace, killed on drop.
 pub struct Daemon {
-    child: Option<Child>,
+    child: KillOnDrop,
     log: std::path::PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 impl Daemon {
@@ -145,7 +137,7 @@ impl Daemon {
             .stderr(err)
             .spawn()
             .unwrap();
-        let mut d = Daemon { child: Some(child), log: log.to_path_buf() };
+        let mut d = Daemon { child: KillOnDrop::new(child), log: log.to_path_buf() };
         wait_for("the control socket", Duration::from_secs(10), || {
             assert!(d.alive(), "the daemon exited: {}", d.log());
             socket.exists()

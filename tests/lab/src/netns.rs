@@ -31,6 +31,24 @@ pub fn available(test: &str) -> bool {
     skip::skip(test, &format!("root, iproute2 and nftables for network namespaces ({why})"))
 }
 
+/// For a bench: moves this whole process into a new network namespace of its own, so that what it does to the
+/// kernel stays there; call it while the process is still one thread (a namespace entered later is that thread's
+/// alone), and every thread and child started after it inherits the namespace. Where it cannot (not root, or the
+/// kernel refuses) it prints why `bench` is skipped and returns false, for `if !private_netns("x") { return; }`.
+pub fn private_netns(bench: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("{bench}: skipped: needs root (network namespace)");
+        return false;
+    }
+    // SAFETY: unshare(2) takes a flag set and touches no memory of ours.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        println!("{bench}: skipped: cannot enter a new network namespace: {}", std::io::Error::last_os_error());
+        return false;
+    }
+    true
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub struct Netns {
