@@ -11,6 +11,8 @@
 //! - [`decision`]s are what the policy (or the operator) wants enforced; [`enforce`] makes them true in the
 //!   kernel's sets through [`nft`] (one netlink batch) and records them in the store, and [`notice`] tells the
 //!   admin about alerts.
+//! - [`fleet`]: other hosts' bans come in from a shared bucket as decisions through the same gate, and this
+//!   host's own bans go out to it.
 //!
 //! Every stage reads the protected [`service`]s. Each component's config section (type, defaults, validation)
 //! lives in its own `config.rs` (`source::config`, `parse::config`, `policy::config`, ...), written in the

@@ -14,6 +14,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use floodgate_lab::daemon::DaemonFiles;
+use floodgate_lab::nats::{self, Nats};
 use floodgate_lab::netns::{self, Netns, Pair};
 
 fn fleet_config() -> Config {
@@ -82,53 +83,6 @@ fn remote_bans_live_in_the_fleet_sets_pass_the_same_gate_and_survive_a_restart()
     assert_eq!(stored, 2, "the prefix and the IPv6 address remain");
 }
 
-/// `nats-server -js` in a namespace, killed on drop; its JetStream store outlives a restart.
-struct Nats {
-    child: Option<std::process::Child>,
-    ns: String,
-    store: std::path::PathBuf,
-}
-
-impl Nats {
-    fn start(ns: &Netns, store: &std::path::Path) -> Nats {
-        let mut n = Nats { child: None, ns: ns.name.clone(), store: store.to_path_buf() };
-        n.restart();
-        n
-    }
-
-    fn restart(&mut self) {
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.ns, "nats-server", "-js", "-a", NATS_ADDR, "-p", "4222", "-sd"])
-            .arg(&self.store)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server (apt-get install nats-server)");
-        self.child = Some(child);
-        let up = floodgate_lab::wait::within(Duration::from_secs(10), || listening(&self.ns));
-        assert!(up, "nats-server did not listen");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Whether the server accepts connections (seen from inside its namespace: `ss` lists its listener).
-fn listening(ns: &str) -> bool {
-    let out = netns::run(&["ip", "netns", "exec", ns, "ss", "-Htln", &format!("src {NATS_ADDR}:4222")]);
-    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// The fleet's server, on a link between mx1's and mx2's namespaces (not an attacker's address).
 const NATS_ADDR: &str = "203.0.113.253";
 const GUESSER: &str = "203.0.113.7";
@@ -177,9 +131,9 @@ fn a_ban_on_mx1_is_dropped_by_mx2_lifted_everywhere_and_survives_an_engine_outag
     if !netns::available(name) {
         return;
     }
-    let have_nats =
-        std::process::Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !have_nats && floodgate_lab::skip::skip(name, "nats-server (apt-get install nats-server; `make mail-deps`)") {
+    if !nats::installed()
+        && floodgate_lab::skip::skip(name, "nats-server (apt-get install nats-server; `make mail-deps`)")
+    {
         return;
     }
     let bin = env!("CARGO_BIN_EXE_floodgate");
@@ -187,27 +141,9 @@ fn a_ban_on_mx1_is_dropped_by_mx2_lifted_everywhere_and_survives_an_engine_outag
     let mx2 = Pair::new("fl2", &[GUESSER, ADMIN, "203.0.113.8"]);
     mx2.listen(25);
     // The fleet's own link between the two servers.
-    netns::run(&[
-        "ip",
-        "link",
-        "add",
-        "fgfl1",
-        "netns",
-        &mx1.server.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "fgfl2",
-        "netns",
-        &mx2.server.name,
-    ]);
-    mx1.server.ip(&["addr", "add", &format!("{NATS_ADDR}/30"), "dev", "fgfl1"]);
-    mx2.server.ip(&["addr", "add", "203.0.113.254/30", "dev", "fgfl2"]);
-    mx1.server.ip(&["link", "set", "fgfl1", "up"]);
-    mx2.server.ip(&["link", "set", "fgfl2", "up"]);
+    assert_eq!(nats::link(&mx1.server, &mx2.server, "t"), NATS_ADDR);
     let (f1, f2) = (DaemonFiles::new(bin), DaemonFiles::new(bin));
-    let mut nats = Nats::start(&mx1.server, &f1.path("nats"));
+    let mut nats = Nats::start(&mx1.server, NATS_ADDR, &f1.path("nats"));
     write_config(&f1, "mx1", "");
     write_config(&f2, "mx2", &format!("\"{ADMIN}\""));
     let _d1 = f1.start(&mx1.server);

@@ -89,7 +89,10 @@ fn main() {
     }
     let status_idle = median(&d.status_calls);
     let exit = d.stop();
-    // A fresh daemon, so that its peak memory (VmHWM) is this phase's alone.
+    // A fresh daemon, so that its peak memory (VmHWM) is this phase's alone: on a fresh store, so the table the
+    // first one leaves (its bans stay in force, owned by its store) is removed first, or the new one would refuse
+    // it as another floodgate's.
+    k.delete_table(TABLE).expect("delete the first daemon's table");
     let distinct = (distinct_lines > 0).then(|| {
         let mut d = Daemon::start("[services.smtp]\nports = [25]\n");
         let mut log = Log::open(&d.path("mail.log"));

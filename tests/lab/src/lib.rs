@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod gen;
 pub mod geo_gen;
 pub mod maillab;
+pub mod nats;
 pub mod netns;
 pub mod proc_memory;
 pub mod skip;

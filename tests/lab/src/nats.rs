@@ -1,0 +1,65 @@
+//! `nats-server -js` in a namespace for the fleet's suites and benches, killed on drop; its JetStream store (a
+//! directory of the test's) outlives a restart, as a real server's does.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::child::KillOnDrop;
+use crate::netns::{run, Netns};
+
+pub struct Nats {
+    child: Option<KillOnDrop>,
+    ns: String,
+    addr: String,
+    store: PathBuf,
+}
+
+/// Whether `nats-server` is installed (Debian's package `nats-server`).
+pub fn installed() -> bool {
+    Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+impl Nats {
+    /// Starts a server in `ns` listening on `addr`:4222, JetStream kept in `store`; returns once it listens.
+    pub fn start(ns: &Netns, addr: &str, store: &Path) -> Nats {
+        let mut n = Nats { child: None, ns: ns.name.clone(), addr: addr.to_string(), store: store.to_path_buf() };
+        n.restart();
+        n
+    }
+
+    pub fn restart(&mut self) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "nats-server", "-js", "-a", &self.addr, "-p", "4222", "-sd"])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (apt-get install nats-server)");
+        self.child = Some(KillOnDrop::new(child));
+        let up = crate::wait::within(Duration::from_secs(10), || self.listening());
+        assert!(up, "nats-server did not listen on {}:4222", self.addr);
+    }
+
+    pub fn stop(&mut self) {
+        self.child = None;
+    }
+
+    /// Whether the server accepts connections (its listener, as `ss` in its namespace lists it).
+    fn listening(&self) -> bool {
+        let out = run(&["ip", "netns", "exec", &self.ns, "ss", "-Htln", &format!("src {}:4222", self.addr)]);
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    }
+}
+
+/// A veth link between two namespaces for the fleet's own traffic: `a` gets 203.0.113.253/30 (where the server
+/// listens), `b` 203.0.113.254/30. Returns the server's address.
+pub fn link(a: &Netns, b: &Netns, tag: &str) -> &'static str {
+    let (va, vb) = (format!("fl{tag}a"), format!("fl{tag}b"));
+    run(&["ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name]);
+    a.ip(&["addr", "add", "203.0.113.253/30", "dev", &va]);
+    b.ip(&["addr", "add", "203.0.113.254/30", "dev", &vb]);
+    a.ip(&["link", "set", &va, "up"]);
+    b.ip(&["link", "set", &vb, "up"]);
+    "203.0.113.253"
+}
