@@ -236,3 +236,102 @@ fn a_ban_on_mx1_is_dropped_by_mx2_lifted_everywhere_and_survives_an_engine_outag
     );
     assert!(mx2.connects("203.0.113.8", 25));
 }
+
+/// The shipped `examples/nats-server.conf` on this lab: one node (its cluster block out), listening on the
+/// lab's address, its JetStream in `store`, every user's bcrypt placeholder a plain password `pw`. Its
+/// permissions are the file's own.
+fn shipped_conf(addr: &str, store: &std::path::Path) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/nats-server.conf");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text.find("cluster {").expect("the example's cluster block");
+    let end = start + text[start..].find("\n}\n").expect("its end") + 3;
+    let text = format!("{}{}", &text[..start], &text[end..]);
+    assert!(text.contains("listen: 0.0.0.0:4222") && text.contains("store_dir: /var/lib/nats"), "{text}");
+    text.replace("listen: 0.0.0.0:4222", &format!("listen: {addr}:4222"))
+        .replace("store_dir: /var/lib/nats", &format!("store_dir: \"{}\"", store.display()))
+        .replace("\"$2a$11$REPLACE_WITH_A_BCRYPT_HASH\"", "\"pw\"")
+}
+
+/// A raw NATS publish with `user`'s credentials, as a client that ignores floodgate would send it: a delete
+/// marker for `subject` (a KV delete). Returns the server's answer line.
+fn raw_delete(user: &str, subject: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut s = std::net::TcpStream::connect((NATS_ADDR, 4222)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut info = String::new();
+    r.read_line(&mut info).unwrap();
+    let headers = "NATS/1.0\r\nKV-Operation: DEL\r\n\r\n";
+    write!(
+        s,
+        "CONNECT {{\"user\":\"{user}\",\"pass\":\"pw\",\"verbose\":true,\"headers\":true}}\r\n\
+         HPUB {subject} {} {}\r\n{headers}\r\nPING\r\n",
+        headers.len(),
+        headers.len()
+    )
+    .unwrap();
+    let mut answers = String::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        answers.push_str(&line);
+    }
+    answers
+}
+
+#[test]
+fn the_shipped_server_permissions_keep_each_host_to_its_own_keys() {
+    let name = "the_shipped_server_permissions_keep_each_host_to_its_own_keys";
+    if !netns::available(name) {
+        return;
+    }
+    if !nats::installed()
+        && floodgate_lab::skip::skip(name, "nats-server (apt-get install nats-server; `make mail-deps`)")
+    {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_floodgate");
+    let (a, b) = (Netns::new("fp1"), Netns::new("fp2"));
+    assert_eq!(nats::link(&a, &b, "p"), NATS_ADDR);
+    let (f1, f2) = (DaemonFiles::new(bin), DaemonFiles::new(bin));
+    std::fs::write(f1.path("nats.conf"), shipped_conf(NATS_ADDR, &f1.path("nats"))).unwrap();
+    let _nats = Nats::with_config(&a, NATS_ADDR, &f1.path("nats.conf"));
+    for (f, host) in [(&f1, "mx1"), (&f2, "mx2")] {
+        write_config(f, host, "");
+        let mut cfg = std::fs::OpenOptions::new().append(true).open(f.path("floodgate.toml")).unwrap();
+        writeln!(cfg, "user = \"{host}\"\npassword = \"pw\"").unwrap();
+    }
+    // A host may not create the bucket; the operator does, once.
+    let refused = f1.fg_with(&a, "floodgate.toml", &["fleet", "status"]);
+    assert!(!refused.status.success(), "mx1's user created the bucket");
+    f2.fg(&b, &["fleet", "--user", "operator", "--password", "pw", "status"]);
+    let _d1 = f1.start(&a);
+    let _d2 = f2.start(&b);
+    let connected = |f: &DaemonFiles, ns: &Netns| status(f, ns)["fleet"]["connected"] == true;
+    assert!(
+        floodgate_lab::wait::within(Duration::from_secs(10), || connected(&f1, &a) && connected(&f2, &b)),
+        "the hosts' users cannot work the bucket:\nmx1: {}\nmx2: {}",
+        f1.daemon_log(),
+        f2.daemon_log()
+    );
+    // What a host needs, its users may: mx1 publishes, mx2 watches and applies.
+    f1.fg(&a, &["block", GUESSER, "--for", "1h"]);
+    assert!(
+        floodgate_lab::wait::within(Duration::from_secs(5), || !fleet_bans(&f2, &b).is_empty()),
+        "mx2 did not apply mx1's ban under the shipped permissions:\n{}",
+        f2.daemon_log()
+    );
+    // mx2's credential can neither delete mx1's ban nor write the operator's keys.
+    let key = floodgate::fleet::verdict::ban_key("mx1", &GUESSER.parse().unwrap());
+    let answer = b.enter(move || raw_delete("mx2", &format!("$KV.floodgate.{key}")));
+    assert!(answer.contains("Permissions Violation"), "the server let mx2 delete mx1's key: {answer}");
+    let own = floodgate::fleet::verdict::ban_key("mx1", &GUESSER.parse().unwrap());
+    let as_mx1 = a.enter(move || raw_delete("mx1", &format!("$KV.floodgate.{own}.x")));
+    assert!(!as_mx1.contains("Permissions Violation"), "mx1 may write under its own keys: {as_mx1}");
+    let unblock = f2.fg_with(&b, "floodgate.toml", &["fleet", "unblock", GUESSER]);
+    assert!(!unblock.status.success(), "mx2's user wrote a fleet-wide unblock");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!fleet_bans(&f2, &b).is_empty(), "mx1's ban is still applied on mx2");
+}

@@ -1,7 +1,7 @@
 //! `nats-server -js` in a namespace for the fleet's suites and benches, killed on drop; its JetStream store (a
 //! directory of the test's) outlives a restart, as a real server's does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -12,7 +12,8 @@ pub struct Nats {
     child: Option<KillOnDrop>,
     ns: String,
     addr: String,
-    store: PathBuf,
+    /// The server's arguments after `nats-server`.
+    args: Vec<String>,
 }
 
 /// Whether `nats-server` is installed (Debian's package `nats-server`).
@@ -23,15 +24,26 @@ pub fn installed() -> bool {
 impl Nats {
     /// Starts a server in `ns` listening on `addr`:4222, JetStream kept in `store`; returns once it listens.
     pub fn start(ns: &Netns, addr: &str, store: &Path) -> Nats {
-        let mut n = Nats { child: None, ns: ns.name.clone(), addr: addr.to_string(), store: store.to_path_buf() };
+        let store = store.display().to_string();
+        let args = ["-js", "-a", addr, "-p", "4222", "-sd", &store].map(String::from).to_vec();
+        Nats::with_args(ns, addr, args)
+    }
+
+    /// Starts a server in `ns` on the configuration file `conf`, which must listen on `addr`:4222.
+    pub fn with_config(ns: &Netns, addr: &str, conf: &Path) -> Nats {
+        Nats::with_args(ns, addr, vec!["-c".into(), conf.display().to_string()])
+    }
+
+    fn with_args(ns: &Netns, addr: &str, args: Vec<String>) -> Nats {
+        let mut n = Nats { child: None, ns: ns.name.clone(), addr: addr.to_string(), args };
         n.restart();
         n
     }
 
     pub fn restart(&mut self) {
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "nats-server", "-js", "-a", &self.addr, "-p", "4222", "-sd"])
-            .arg(&self.store)
+            .args(["netns", "exec", &self.ns, "nats-server"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
