@@ -121,6 +121,11 @@ fn fleet_bans(files: &DaemonFiles, ns: &Netns) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Whether `target` is among the fleet's bans `files`' daemon applies.
+fn everywhere_now(files: &DaemonFiles, ns: &Netns, target: &str) -> bool {
+    fleet_bans(files, ns).iter().any(|b| b["target"] == target)
+}
+
 fn status(files: &DaemonFiles, ns: &Netns) -> serde_json::Value {
     serde_json::from_str(&files.fg(ns, &["status", "--json"])).unwrap()
 }
@@ -147,7 +152,7 @@ fn a_ban_on_mx1_is_dropped_by_mx2_lifted_everywhere_and_survives_an_engine_outag
     write_config(&f1, "mx1", "");
     write_config(&f2, "mx2", &format!("\"{ADMIN}\""));
     let _d1 = f1.start(&mx1.server);
-    let _d2 = f2.start(&mx2.server);
+    let d2 = f2.start(&mx2.server);
     let connected = |f: &DaemonFiles, ns: &Netns| status(f, ns)["fleet"]["connected"] == true;
     assert!(
         floodgate_lab::wait::within(Duration::from_secs(10), || connected(&f1, &mx1.server)
@@ -170,6 +175,9 @@ fn a_ban_on_mx1_is_dropped_by_mx2_lifted_everywhere_and_survives_an_engine_outag
     println!("propagation, log line on mx1 -> fleet set on mx2: {latency:?} (5 ms polling included)");
     let bans = fleet_bans(&f2, &mx2.server);
     assert_eq!(bans[0]["target"], GUESSER);
+    let only: Vec<serde_json::Value> =
+        f2.fg(&mx2.server, &["list", "--fleet", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(only, bans, "`list --fleet` is the fleet's bans alone");
     assert_eq!(bans[0]["origin"], "fleet:mx1", "{bans:?}");
     assert!(!mx2.connects(GUESSER, 25), "mx2 drops the guesser on mx1's word");
     assert!(fleet_bans(&f1, &mx1.server).is_empty(), "mx1's own ban stays in its own sets");
@@ -210,12 +218,26 @@ fn a_ban_on_mx1_is_dropped_by_mx2_lifted_everywhere_and_survives_an_engine_outag
     );
     assert!(!mx2.connects("203.0.113.8", 25));
 
+    // mx2 down while mx1 bans: started again, mx2 applies the ban with the time it has left.
+    assert_eq!(d2.stop(), Some(0));
+    f1.fg(&mx1.server, &["block", "203.0.113.12", "--for", "10m"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let _d2 = f2.start(&mx2.server);
+    assert!(
+        floodgate_lab::wait::within(Duration::from_secs(10), || everywhere_now(&f2, &mx2.server, "203.0.113.12")),
+        "mx2 did not catch up after its restart:\n{}",
+        f2.daemon_log()
+    );
+    let left = fleet_bans(&f2, &mx2.server).into_iter().find(|b| b["target"] == "203.0.113.12").unwrap()["expires_s"]
+        .as_u64()
+        .unwrap();
+    assert!((560..=598).contains(&left), "the remaining time, not a fresh 10m: {left} s");
+
     // The operator, from mx2: a fleet-wide block reaches every host, mx2 itself included.
     f2.fg(&mx2.server, &["fleet", "block", "203.0.113.9", "--for", "1h"]);
-    let everywhere = |f: &DaemonFiles, ns: &Netns, t: &str| fleet_bans(f, ns).iter().any(|b| b["target"] == t);
     assert!(
-        floodgate_lab::wait::within(Duration::from_secs(5), || everywhere(&f1, &mx1.server, "203.0.113.9")
-            && everywhere(&f2, &mx2.server, "203.0.113.9")),
+        floodgate_lab::wait::within(Duration::from_secs(5), || everywhere_now(&f1, &mx1.server, "203.0.113.9")
+            && everywhere_now(&f2, &mx2.server, "203.0.113.9")),
         "the fleet-wide block did not reach both hosts"
     );
     let per_host: serde_json::Value =

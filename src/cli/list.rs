@@ -13,6 +13,9 @@ pub struct Args {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// Only the fleet's bans (other hosts' verdicts applied here), with the host each came from.
+    #[arg(long)]
+    pub fleet: bool,
 }
 
 fn human(secs: Option<u64>) -> String {
@@ -24,7 +27,10 @@ fn human(secs: Option<u64>) -> String {
 
 pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
     let response = ctx.execute(Request::List)?;
-    let listed: Vec<Listed> = serde_json::from_value(response.data)?;
+    let mut listed: Vec<Listed> = serde_json::from_value(response.data)?;
+    if args.fleet {
+        listed.retain(|l| l.action == "fleet_ban");
+    }
     let mut out = BufWriter::new(io::stdout().lock());
     if args.json {
         for l in &listed {
