@@ -771,7 +771,13 @@ fn step4_convergence(s: &Scenario, flood_ended: Instant) {
         smtp_peak >= u64::from(FLOOD_SOURCES) * 9 / 10 && smtp_peak <= u64::from(FLOOD_SOURCES) * 11 / 10,
         "port 25's peak distinct sources near the flood's {FLOOD_SOURCES}: {peaks:?}"
     );
-    assert!(peaks[1].1 >= DDOS_DISTINCT / 2, "port 587's peak distinct sources: {peaks:?}");
+    // 587 is judged by its rate as soon as its last second is over port_rate (the event-driven check, at most
+    // every 100 ms): its global limit goes on after the first 100-300 sources, however fast the machine, so its
+    // peak counts only those, well short of the flood.
+    assert!(
+        peaks[1].1 >= 1 && peaks[1].1 < u64::from(FLOOD_SOURCES) * 3 / 4,
+        "port 587's peak distinct sources: {peaks:?}"
+    );
 
     // Everyone is served again: a source that is not allowlisted (the attacker's own link address, never
     // banned) connects to both ports, and the admin authenticates.

@@ -549,6 +549,7 @@ impl Enforcer {
         self.allowlist_changed(decisions);
         let hosts_only = decisions.iter().all(|d| match d {
             Decision::Ban { cidr, .. } | Decision::Unban { cidr, .. } => cidr.is_host(),
+            Decision::Remote { cidr, .. } | Decision::RemoteLift { cidr, .. } => self.ruleset.fleet && cidr.is_host(),
             _ => false,
         });
         if self.mirror.is_some() && hosts_only {
@@ -643,30 +644,36 @@ impl Enforcer {
         self.sync(&state, now, &release)
     }
 
-    /// Bans and unbans of single addresses, diffed against memory: each address's element in the hash set is
-    /// added, refreshed (delete + add) or deleted. Only called with a mirror.
+    /// Bans and unbans of single addresses (this host's, or the fleet's in its own sets), diffed against memory:
+    /// each address's element in its hash set is added, refreshed (delete + add) or deleted. Only called with a
+    /// mirror.
     fn apply_hosts(&mut self, decisions: &[Decision], now: DateTime<Utc>) -> Result<Report, EnforceError> {
         let clock = Instant::now();
-        let mut last: HashMap<std::net::IpAddr, Option<Option<Duration>>> = HashMap::new();
+        // Per address and set (the local bans' or the fleet's): the last word of this batch.
+        let mut last: HashMap<(&'static str, std::net::IpAddr), Option<Option<Duration>>> = HashMap::new();
+        let set_of = |cidr: &Cidr, fleet: bool| match (cidr.addr().is_ipv4(), fleet) {
+            (true, false) => BAN4,
+            (false, false) => BAN6,
+            (true, true) => FLEET4,
+            (false, true) => FLEET6,
+        };
         for d in decisions {
-            match d {
-                Decision::Ban { cidr, until, .. } => {
-                    let until = until.map_or(FOREVER, |u| u.timestamp_micros());
-                    last.insert(cidr.addr(), Some(remaining(until, now)));
-                }
-                Decision::Unban { cidr, .. } => {
-                    last.insert(cidr.addr(), None);
-                }
-                _ => {}
-            }
+            let (cidr, until, fleet) = match d {
+                Decision::Ban { cidr, until, .. } => (cidr, Some(*until), false),
+                Decision::Unban { cidr, .. } => (cidr, None, false),
+                Decision::Remote { cidr, until, .. } => (cidr, Some(*until), true),
+                Decision::RemoteLift { cidr, .. } => (cidr, None, true),
+                _ => continue,
+            };
+            let left = until.map(|u| remaining(u.map_or(FOREVER, |u| u.timestamp_micros()), now));
+            last.insert((set_of(cidr, fleet), cidr.addr()), left);
         }
         let mut report = Report::default();
         let mut ops = Vec::new();
         let Some(mirror) = self.mirror.as_ref() else {
             return Err(NftError::Io(std::io::Error::other("no memory of the kernel's sets")).into());
         };
-        for (&addr, wanted) in &last {
-            let set = if addr.is_ipv4() { BAN4 } else { BAN6 };
+        for (&(set, addr), wanted) in &last {
             let key = Key::Addr(addr);
             let have = mirror.get(set).and_then(|m| m.get(&key)).filter(|end| end.is_none_or(|e| e > clock));
             let actual: Vec<Element> =
@@ -678,8 +685,7 @@ impl Enforcer {
         report.changes.strays.clear();
         self.kernel.apply(&self.ruleset.table, &ops)?;
         if let Some(mirror) = self.mirror.as_mut() {
-            for (addr, wanted) in last {
-                let set = if addr.is_ipv4() { BAN4 } else { BAN6 };
+            for ((set, addr), wanted) in last {
                 let m = mirror.entry(set).or_default();
                 match wanted {
                     Some(left) => m.insert(Key::Addr(addr), left.map(|l| clock + l)),

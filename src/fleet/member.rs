@@ -62,7 +62,7 @@ impl Member {
             per_origin_rate: cfg.max_per_minute,
             // A host's whole set of bans arrives at once when this one joins or comes back: the burst lets a
             // large fleet's state in, the rate bounds what a compromised host can push after it.
-            per_origin_burst: cfg.max_per_minute.max(100_000),
+            per_origin_burst: cfg.max_per_minute.max(250_000),
             max_entries: MAX_ENTRIES,
         };
         Member {

@@ -102,5 +102,70 @@ fn main() {
         ms(at(0.99)),
         ms(*sorted.last().unwrap())
     );
+
+    // A host joining a fleet that holds many live bans: BENCH_FLEET_JOIN (default 100,000) verdicts of another
+    // host put into the bucket, then mx2 started afresh (a new store, its table removed): the time from its
+    // start until its fleet4 set holds them all.
+    let join: u32 = std::env::var("BENCH_FLEET_JOIN").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    drop(_d2);
+    mx2.enter(|| Kernel::open().unwrap().delete_table("floodgate").unwrap());
+    let published = Instant::now();
+    let cfg = floodgate::fleet::FleetConfig {
+        servers: vec![format!("nats://{server}:4222")],
+        host: "mx9".into(),
+        ..Default::default()
+    };
+    mx1.enter(move || publish(cfg, join));
+    println!(
+        "fleet: join: {join} verdicts of host mx9 put into the bucket in {:.2} s",
+        published.elapsed().as_secs_f64()
+    );
+    let f3 = DaemonFiles::new(BIN);
+    write_config(&f3, "mx2", server);
+    let want = join as usize + probes;
+    let t = Instant::now();
+    let _d3 = f3.start(&mx2);
+    let (took, held) = mx2.enter(move || {
+        let mut k = Kernel::open().expect("netlink socket in mx2");
+        loop {
+            let held = k.elements("floodgate", "fleet4").map(|e| e.len()).unwrap_or(0);
+            if held >= want || t.elapsed() > Duration::from_secs(120) {
+                return (t.elapsed(), held);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    println!(
+        "fleet: join: a fresh mx2 holds {held} of {want} fleet bans in its kernel {:.2} s after its start (goal < 2 s)",
+        took.as_secs_f64()
+    );
     let _ = netns::run(&["true"]);
+}
+
+/// `n` verdicts of one host put into the bucket, 256 at a time.
+fn publish(cfg: floodgate::fleet::FleetConfig, n: u32) {
+    use futures_util::StreamExt;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let kv = floodgate::fleet::link::open(&cfg).await.expect("the bucket");
+        let now = chrono::Utc::now();
+        futures_util::stream::iter(0..n)
+            .map(|i| {
+                let v = floodgate::fleet::link::from_ban(
+                    "mx9",
+                    floodgate::addr::Cidr::host(std::net::IpAddr::V4(Ipv4Addr::from(
+                        u32::from(Ipv4Addr::new(198, 18, 16, 0)) + i,
+                    ))),
+                    Some(now + chrono::Duration::hours(1)),
+                    now,
+                    "bench",
+                    "jail",
+                );
+                let kv = kv.clone();
+                async move { kv.put(v.key(), v.encode().into()).await.expect("put") }
+            })
+            .buffer_unordered(256)
+            .collect::<Vec<_>>()
+            .await;
+    });
 }
