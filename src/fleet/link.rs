@@ -245,12 +245,13 @@ async fn put(kv: &kv::Store, v: &Verdict) -> Result<()> {
 async fn resync(cfg: &FleetConfig, db: &Path, kv: &kv::Store, stats: &LinkStats) -> Result<()> {
     let now = Utc::now();
     let mine = local_verdicts(cfg, db, now)?;
+    let keys_mine: std::collections::HashSet<String> = mine.iter().map(Verdict::key).collect();
     let prefix = format!("b.{}.", cfg.host);
     let mut keys = kv.keys().await.context("listing the bucket's keys")?;
     let mut stale = Vec::new();
     while let Some(k) = keys.next().await {
         let k = k.context("listing the bucket's keys")?;
-        if k.starts_with(&prefix) && !mine.iter().any(|v| v.key() == k) {
+        if k.starts_with(&prefix) && !keys_mine.contains(&k) {
             stale.push(k);
         }
     }
