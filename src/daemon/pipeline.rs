@@ -220,8 +220,16 @@ impl Pipeline {
         match self.enforcer.screen(&self.store, &mut decisions) {
             Ok(refused) => {
                 for r in refused {
-                    tracing::info!(cidr = %r.cidr, why = %r.why, reason = %r.reason, "ban not made");
-                    self.refused_allowlisted += 1;
+                    match (&mut self.fleet, r.remote) {
+                        (Some(f), true) => {
+                            tracing::info!(cidr = %r.cidr, why = %r.why, reason = %r.reason, "fleet ban not applied here");
+                            f.gate_refused(1);
+                        }
+                        _ => {
+                            tracing::info!(cidr = %r.cidr, why = %r.why, reason = %r.reason, "ban not made");
+                            self.refused_allowlisted += 1;
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -391,7 +399,7 @@ impl Pipeline {
         let read = |what: &str| {
             store.enforced(now).map_err(|e| tracing::error!(error = %e, "cannot read {what} from the store")).ok()
         };
-        let mut remote = f.take(
+        let remote = f.take(
             m,
             now,
             || read("the fleet's bans").map(|s| s.remote.iter().map(|r| r.cidr).collect()).unwrap_or_default(),
@@ -408,15 +416,7 @@ impl Pipeline {
         if !released.is_empty() {
             self.policy.released(Some(&released));
         }
-        match self.enforcer.screen(&self.store, &mut remote) {
-            Ok(refused) => {
-                for r in &refused {
-                    tracing::info!(cidr = %r.cidr, why = %r.why, reason = %r.reason, "fleet ban not applied here");
-                }
-                f.gate_refused(refused.len());
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read the allowlist; the fleet's decisions wait"),
-        }
+        // Through the same gate as every ban, in `apply_decisions`.
         self.decisions.extend(remote);
         self.apply_decisions(now);
     }

@@ -46,6 +46,8 @@ pub struct Refused {
     pub why: String,
     /// The ban's own reason.
     pub reason: String,
+    /// Another fleet host's ban (`Decision::Remote`), not this host's own.
+    pub remote: bool,
 }
 
 /// What one enforcement step changed in the kernel.
@@ -274,7 +276,8 @@ impl Enforcer {
         decisions.retain(|d| match d {
             Decision::Ban { cidr, reason, .. } | Decision::Remote { cidr, reason, .. } => match self.refusal(cidr) {
                 Some(why) => {
-                    refused.push(Refused { cidr: *cidr, why, reason: reason.clone() });
+                    let remote = matches!(d, Decision::Remote { .. });
+                    refused.push(Refused { cidr: *cidr, why, reason: reason.clone(), remote });
                     false
                 }
                 None => true,
