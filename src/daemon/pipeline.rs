@@ -100,6 +100,8 @@ const UNRECORDED_NAG: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most stored failures a start or reload replays (the newest): bounded so a store full of a flood cannot stall
 /// a start; far more than the jail's table holds.
 const REPLAY_MAX: usize = 500_000;
+/// Fleet bans applied at once up to this many are logged one by one; more (a join, a catch-up) in one line.
+const FLEET_LOG_EACH: usize = 16;
 
 pub fn parser_for(config: &Config) -> Result<LineParser> {
     LineParser::from_config(config.parsing(), &[], TimeContext::system(config.timezone)).context("loading the rules")
@@ -255,6 +257,7 @@ impl Pipeline {
         }
         match self.enforcer.decide(&mut self.store, &decisions, now) {
             Ok(_) => {
+                let remote = decisions.iter().filter(|d| matches!(d, Decision::Remote { .. })).count();
                 for d in &decisions {
                     match d {
                         Decision::Ban { cidr, until, reason, origin, .. } => {
@@ -262,12 +265,16 @@ impl Pipeline {
                             let until = until.map_or("forever".to_string(), |u| crate::event::format_time(&u));
                             tracing::warn!(%cidr, %until, %reason, %origin, "banned");
                         }
-                        Decision::Remote { cidr, until, host, reason } => {
+                        Decision::Remote { cidr, until, host, reason } if remote <= FLEET_LOG_EACH => {
                             let until = until.map_or("forever".to_string(), |u| crate::event::format_time(&u));
                             tracing::info!(%cidr, %until, %host, %reason, "banned by the fleet");
                         }
                         _ => {}
                     }
+                }
+                if remote > FLEET_LOG_EACH {
+                    // A host joining a fleet takes its whole state at once: one line, not a hundred thousand.
+                    tracing::info!(bans = remote, "banned by the fleet (`floodgate list --fleet` shows each)");
                 }
                 if let Some(f) = &mut self.fleet {
                     f.applied(decisions.iter().filter(|d| matches!(d, Decision::Remote { .. })).count());

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -61,8 +61,11 @@ impl LinkStats {
     }
 }
 
+/// A resynchronisation under way, polled beside the watch.
+type Syncing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
 /// Entries passed to the pipeline in one message at most.
-const BATCH: usize = 1024;
+const BATCH: usize = 4096;
 /// After a watch begins, the bucket counts as read once no entry came for this long (an empty bucket sends none).
 const QUIET: Duration = Duration::from_millis(500);
 /// Pause between attempts to reach the servers, doubled up to `MAX_BACKOFF`.
@@ -169,18 +172,30 @@ async fn session(
     stats: &LinkStats,
 ) -> Result<()> {
     let client = connect(cfg).await?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     let kv = tokio::time::timeout(OP_TIMEOUT, bucket(cfg, &js)).await.context("the bucket did not answer")??;
-    let mut watch = kv.watch_with_history(">").await.context("watching the bucket")?;
-    resync(cfg, db, &kv, stats).await?;
-    stats.connected.store(true, Ordering::Relaxed);
-    tracing::info!(servers = ?cfg.servers, bucket = %cfg.bucket, host = %cfg.host, "fleet connected");
-    let mut current = false;
+    let (mut watch, held) = reader(&client, &kv, ">", "watch").await?;
+    // This host's keys are made equal to its store while the watch already delivers: a host joining a large
+    // fleet applies the others' bans without waiting for its own to be compared. Its own messages wait until
+    // then, so that what the comparison puts never overtakes a later change.
+    let mut syncing: Option<Syncing> = Some(Box::pin(resync(cfg, db, &client, &kv, stats)));
+    // An empty bucket sends nothing to say so.
+    let mut current = held == 0;
+    if current {
+        send(from_fleet, FromFleet::Current).await?;
+    }
     let mut pending: Vec<(String, Result<Entry, Refusal>)> = Vec::new();
     loop {
         let quiet = tokio::time::sleep(QUIET);
         tokio::select! {
-            m = to_fleet.recv() => match m {
+            r = async { syncing.as_mut().expect("guarded by the branch's condition").await }, if syncing.is_some() => {
+                r?;
+                syncing = None;
+                if !stats.connected.swap(true, Ordering::Relaxed) {
+                    tracing::info!(servers = ?cfg.servers, bucket = %cfg.bucket, host = %cfg.host, "fleet connected");
+                }
+            }
+            m = to_fleet.recv(), if syncing.is_none() => match m {
                 None => return Ok(()),
                 Some(ToFleet::Publish(v)) => {
                     put(&kv, &v).await?;
@@ -193,13 +208,13 @@ async fn session(
                         .context("withdrawing a ban")?;
                     stats.withdrawn.fetch_add(1, Ordering::Relaxed);
                 }
-                Some(ToFleet::Resync) => resync(cfg, db, &kv, stats).await?,
+                Some(ToFleet::Resync) => syncing = Some(Box::pin(resync(cfg, db, &client, &kv, stats))),
             },
-            e = watch.next() => {
-                let entry = e.ok_or_else(|| anyhow!("the bucket's watch ended"))?.context("watching the bucket")?;
+            m = watch.next() => {
+                let m = Read::of(&kv, m.ok_or_else(|| anyhow!("the bucket's watch ended"))?.context("watching the bucket")?)?;
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                let caught_up = entry.delta == 0 || entry.seen_current;
-                pending.push((entry.key.clone(), decode(&entry, Utc::now())));
+                let caught_up = m.pending == 0;
+                pending.push((m.key.clone(), verdict::decode(&m.key, m.value.as_deref(), Utc::now())));
                 if pending.len() >= BATCH || caught_up {
                     send(from_fleet, FromFleet::Entries(std::mem::take(&mut pending))).await?;
                 }
@@ -225,14 +240,6 @@ async fn send(tx: &mpsc::Sender<FromFleet>, m: FromFleet) -> Result<()> {
     tx.send(m).await.map_err(|_| anyhow!("the pipeline stopped"))
 }
 
-fn decode(entry: &kv::Entry, now: DateTime<Utc>) -> Result<Entry, Refusal> {
-    let value = match entry.operation {
-        Operation::Put => Some(&entry.value[..]),
-        Operation::Delete | Operation::Purge => None,
-    };
-    verdict::decode(&entry.key, value, now)
-}
-
 async fn put(kv: &kv::Store, v: &Verdict) -> Result<()> {
     tokio::time::timeout(OP_TIMEOUT, kv.put(v.key(), v.encode().into()))
         .await
@@ -242,34 +249,106 @@ async fn put(kv: &kv::Store, v: &Verdict) -> Result<()> {
 }
 
 /// This host's keys made equal to the store's live local bans: missing or changed ones put, others deleted.
-async fn resync(cfg: &FleetConfig, db: &Path, kv: &kv::Store, stats: &LinkStats) -> Result<()> {
+async fn resync(
+    cfg: &FleetConfig,
+    db: &Path,
+    client: &async_nats::Client,
+    kv: &kv::Store,
+    stats: &LinkStats,
+) -> Result<()> {
     let now = Utc::now();
     let mine = local_verdicts(cfg, db, now)?;
+    let held = tokio::time::timeout(OP_TIMEOUT * 4, own_keys(cfg, client, kv))
+        .await
+        .context("listing this host's keys: no answer")??;
     let keys_mine: std::collections::HashSet<String> = mine.iter().map(Verdict::key).collect();
-    let prefix = format!("b.{}.", cfg.host);
-    let mut keys = kv.keys().await.context("listing the bucket's keys")?;
-    let mut stale = Vec::new();
-    while let Some(k) = keys.next().await {
-        let k = k.context("listing the bucket's keys")?;
-        if k.starts_with(&prefix) && !keys_mine.contains(&k) {
-            stale.push(k);
-        }
-    }
+    let stale: Vec<&String> = held.keys().filter(|k| !keys_mine.contains(*k)).collect();
     for k in &stale {
         tokio::time::timeout(OP_TIMEOUT, kv.delete(k)).await.context("no answer")?.context("withdrawing a ban")?;
     }
+    let mut put_now = 0u64;
     for v in &mine {
         // Unchanged values are left alone: a resynchronisation after a short outage sends only what changed.
-        let held = tokio::time::timeout(OP_TIMEOUT, kv.get(v.key())).await.context("no answer")?.ok().flatten();
-        if held.as_deref() != Some(&v.encode()[..]) {
+        if held.get(&v.key()).map(|b| &b[..]) != Some(&v.encode()[..]) {
             put(kv, v).await?;
-            stats.published.fetch_add(1, Ordering::Relaxed);
+            put_now += 1;
         }
     }
+    stats.published.fetch_add(put_now, Ordering::Relaxed);
     stats.withdrawn.fetch_add(stale.len() as u64, Ordering::Relaxed);
     stats.resyncs.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(bans = mine.len(), withdrawn = stale.len(), "fleet: this host's bans published");
+    tracing::info!(bans = mine.len(), sent = put_now, withdrawn = stale.len(), "fleet: this host's bans published");
     Ok(())
+}
+
+/// This host's live keys in the bucket with their values, read through one consumer filtered on `b.<host>.`:
+/// the other hosts' keys (a large fleet's hundred thousand) are never sent.
+async fn own_keys(
+    cfg: &FleetConfig,
+    client: &async_nats::Client,
+    kv: &kv::Store,
+) -> Result<std::collections::HashMap<String, Vec<u8>>> {
+    let (mut messages, pending) = reader(client, kv, &format!("b.{}.>", cfg.host), "own keys").await?;
+    let mut out = std::collections::HashMap::new();
+    if pending == 0 {
+        return Ok(out);
+    }
+    while let Some(m) = messages.next().await {
+        let m = Read::of(kv, m.context("listing this host's keys")?)?;
+        if let Some(value) = m.value {
+            out.insert(m.key, value.to_vec());
+        }
+        if m.pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// An ordered consumer of the bucket's keys under `filter` (`>` for all), from the oldest value held: with one
+/// value per key, that is every live key once, then every change. (async-nats's watch asks the server for the
+/// last value per key instead, which the same stream answers alike but a 2.9 server computes far more slowly
+/// over a hundred thousand keys.) Returns the messages and how many the bucket held when it began.
+async fn reader(
+    client: &async_nats::Client,
+    kv: &kv::Store,
+    filter: &str,
+    what: &str,
+) -> Result<(async_nats::jetstream::consumer::push::Ordered, u64)> {
+    use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
+    let consumer = kv
+        .stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            description: Some(format!("floodgate: {what}")),
+            filter_subject: format!("{}{filter}", kv.prefix),
+            replay_policy: ReplayPolicy::Instant,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("reading the bucket ({what})"))?;
+    let pending = consumer.cached_info().num_pending;
+    Ok((consumer.messages().await.with_context(|| format!("reading the bucket ({what})"))?, pending))
+}
+
+/// One message of a reader: the key, its value (None: deleted or purged) and how many follow it.
+struct Read {
+    key: String,
+    value: Option<bytes::Bytes>,
+    pending: u64,
+}
+
+impl Read {
+    fn of(kv: &kv::Store, m: async_nats::jetstream::Message) -> Result<Read> {
+        let pending = m.info().map_err(|e| anyhow!("a message of the bucket: {e}"))?.pending;
+        let key = m.subject.strip_prefix(kv.prefix.as_str()).unwrap_or_default().to_string();
+        // A deletion or purge is a marker with a header (KV-Operation, or the server's own marker reason).
+        let removed = m.headers.as_ref().is_some_and(|h| {
+            h.get("KV-Operation").is_some_and(|op| op.as_str() != "PUT") || h.get("Nats-Marker-Reason").is_some()
+        });
+        Ok(Read { key, value: (!removed).then(|| m.payload.clone()), pending })
+    }
 }
 
 /// The store's live bans as this host's verdicts. Bans adopted from the kernel are this host's too.

@@ -28,6 +28,8 @@ const NFGENMSG_LEN: usize = 4;
 /// Every NFT_MSG_* above names its table in attribute 1 (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE,
 /// NFTA_SET_TABLE, NFTA_SET_ELEM_LIST_TABLE).
 const ATTR_TABLE: u16 = 1;
+/// Receive buffer asked for (the kernel counts ~1 KiB per notification): some 30,000 at once.
+const RCVBUF_BYTES: libc::c_int = 32 << 20;
 
 pub struct Watch {
     socket: NetlinkSocket,
@@ -38,6 +40,11 @@ impl Watch {
     /// Joins the nftables notification group (needs CAP_NET_ADMIN, as writing the table does).
     pub fn open() -> io::Result<Watch> {
         let socket = NetlinkSocket::open(libc::NETLINK_NETFILTER, 1 << (NFNLGRP_NFTABLES - 1), Blocking::No)?;
+        // Every element floodgate itself adds is a notification too (one each): a fleet's hundred thousand bans
+        // applied at once would overflow the default buffer, and a lost notification costs a full repair.
+        if socket.set_recv_buffer(RCVBUF_BYTES, true).is_err() {
+            let _ = socket.set_recv_buffer(RCVBUF_BYTES, false);
+        }
         Ok(Watch { socket, buf: vec![0; 1 << 16] })
     }
 

@@ -193,13 +193,19 @@ fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Resu
         Decision::Ban { figures, .. } | Decision::Limit { figures, .. } => figures.as_deref(),
         _ => None,
     };
-    tx.prepare_cached(
-        "INSERT INTO decisions (ts_us, action, target, until_us, reason, origin, figures)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .and_then(|mut st| st.execute(params![now_us, action, target, until, reason, origin, figures]))
-    .map_err(q)?;
-    let id = tx.last_insert_rowid();
+    // Another host's verdict is state here, not a decision of this host: its row in remote_bans is all that is
+    // kept (decision_id 0), so that a host joining a fleet of 100,000 bans, or restarting in one, does not log
+    // them all again. The fleet's own history is its bucket's.
+    let remote = matches!(d, Decision::Remote { .. } | Decision::RemoteLift { .. });
+    if !remote {
+        tx.prepare_cached(
+            "INSERT INTO decisions (ts_us, action, target, until_us, reason, origin, figures)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut st| st.execute(params![now_us, action, target, until, reason, origin, figures]))
+        .map_err(q)?;
+    }
+    let id = if remote { 0 } else { tx.last_insert_rowid() };
     match d {
         Decision::Ban { .. } => {
             tx.prepare_cached(
@@ -248,7 +254,9 @@ fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Resu
             .map_err(q)?;
         }
         Decision::RemoteLift { .. } => {
-            tx.execute("DELETE FROM remote_bans WHERE cidr = ?1", [&target]).map_err(q)?;
+            tx.prepare_cached("DELETE FROM remote_bans WHERE cidr = ?1")
+                .and_then(|mut st| st.execute([&target]))
+                .map_err(q)?;
         }
     }
     Ok(())
