@@ -22,6 +22,15 @@ pub struct BlockArgs {
     /// Why, for `floodgate list` and the history.
     #[arg(long, default_value = "blocked by hand")]
     pub reason: String,
+    /// On every host of the fleet ([fleet]), through the bucket, with the operator's credentials; each host
+    /// still applies its own allowlist and caps.
+    #[arg(long)]
+    pub everywhere: bool,
+    #[command(flatten)]
+    pub credentials: super::fleet::Credentials,
+    /// What was done, as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -33,6 +42,14 @@ pub struct UnblockArgs {
     pub all: bool,
     #[arg(long, default_value = "unblocked by hand")]
     pub reason: String,
+    /// On every host of the fleet: every ban of the targets made until now, the hosts' own included.
+    #[arg(long, conflicts_with = "all")]
+    pub everywhere: bool,
+    #[command(flatten)]
+    pub credentials: super::fleet::Credentials,
+    /// What was done, as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The arguments plus the file's lines, checked: every bad one is reported (by file and line), none applied.
@@ -62,12 +79,28 @@ pub fn run_block(ctx: &super::Setup, args: BlockArgs) -> Result<()> {
     if let Some(d) = &args.duration {
         crate::control::parse_for(d)?;
     }
-    ctx.execute(Request::Block { targets, duration: args.duration, reason: args.reason })?;
+    if args.everywhere {
+        let d = match &args.duration {
+            None => ctx.config.jail.bantime,
+            Some(d) => crate::setting::parse_duration(d).map_err(|e| anyhow::anyhow!("--for: {e}"))?,
+        };
+        return super::fleet::block_everywhere(ctx, &args.credentials, &targets, d, &args.reason, args.json);
+    }
+    let r = ctx.execute(Request::Block { targets, duration: args.duration, reason: args.reason })?;
+    if args.json {
+        println!("{}", r.data);
+    }
     Ok(())
 }
 
 pub fn run_unblock(ctx: &super::Setup, args: UnblockArgs) -> Result<()> {
-    ctx.execute(Request::Unblock { targets: args.targets, all: args.all, reason: args.reason })?;
+    if args.everywhere {
+        return super::fleet::unblock_everywhere(ctx, &args.credentials, &args.targets, args.json);
+    }
+    let r = ctx.execute(Request::Unblock { targets: args.targets, all: args.all, reason: args.reason })?;
+    if args.json {
+        println!("{}", r.data);
+    }
     Ok(())
 }
 

@@ -212,3 +212,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fleet(args) => fleet::run(&ctx, args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks the whole command tree (unique names, valid `requires`) only when asked, or when the binary
+    /// meets the faulty command at run time: asked here, for every command at once.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

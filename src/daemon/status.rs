@@ -152,7 +152,8 @@ impl Status {
             let _ = writeln!(
                 s,
                 "fleet: host {} {link}; published {}, withdrawn {}; received {}, applied {}, held {}; refused {} \
-                 (entries) {} (limits) {} (this host's gate), {} from a newer floodgate",
+                 (entries) {} (limits) {} (this host's gate), {} from a newer floodgate; {} host(s) heard \
+                 (`floodgate fleet status`)",
                 f.host,
                 f.published,
                 f.withdrawn,
@@ -162,7 +163,8 @@ impl Status {
                 f.refused_entries,
                 f.refused_limits,
                 f.refused_gate,
-                f.newer
+                f.newer,
+                f.peers.len()
             );
         }
         if self.unrecorded > 0 {

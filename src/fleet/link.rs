@@ -52,6 +52,12 @@ pub struct LinkStats {
     pub received: AtomicU64,
     pub resyncs: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Kept by the member, sent in this host's heartbeat.
+    pub applied: AtomicU64,
+    pub refused: AtomicU64,
+    pub held: AtomicU64,
+    /// A heartbeat could not be written (the server's permissions lack `h.<host>`): said once.
+    heartbeat_failed: AtomicBool,
 }
 
 impl LinkStats {
@@ -63,6 +69,12 @@ impl LinkStats {
 
 /// A resynchronisation under way, polled beside the watch.
 type Syncing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// How often this host writes its heartbeat (`h.<host>`); `fleet status` calls a host silent after three.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// How often the connection's state is looked at.
+const CHECK: Duration = Duration::from_secs(1);
 
 /// Entries passed to the pipeline in one message at most.
 const BATCH: usize = 4096;
@@ -169,7 +181,7 @@ async fn session(
     db: &Path,
     to_fleet: &mut mpsc::Receiver<ToFleet>,
     from_fleet: &mpsc::Sender<FromFleet>,
-    stats: &LinkStats,
+    stats: &Arc<LinkStats>,
 ) -> Result<()> {
     let client = connect(cfg).await?;
     let js = async_nats::jetstream::new(client.clone());
@@ -185,9 +197,18 @@ async fn session(
         send(from_fleet, FromFleet::Current).await?;
     }
     let mut pending: Vec<(String, Result<Entry, Refusal>)> = Vec::new();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(CHECK);
     loop {
         let quiet = tokio::time::sleep(QUIET);
         tokio::select! {
+            _ = heartbeat.tick(), if syncing.is_none() => beat(cfg, &kv, stats),
+            // The client reconnects on its own, silently, and a watch just stops delivering: a lost connection
+            // is noticed here, said (status, log), and answered by a new session, which resynchronises.
+            _ = check.tick() => if client.connection_state() != async_nats::connection::State::Connected {
+                return Err(anyhow!("lost the connection to the fleet's servers"));
+            },
             r = async { syncing.as_mut().expect("guarded by the branch's condition").await }, if syncing.is_some() => {
                 r?;
                 syncing = None;
@@ -234,6 +255,36 @@ async fn session(
             }
         }
     }
+}
+
+/// Writes this host's heartbeat on a task of its own: a server that does not answer (or whose permissions lack
+/// `h.<host>`, from before heartbeats) must not hold up the bans.
+fn beat(cfg: &FleetConfig, kv: &kv::Store, stats: &Arc<LinkStats>) {
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let beat = verdict::Beat {
+        v: verdict::FORMAT,
+        host: cfg.host.clone(),
+        at: Utc::now(),
+        published: n(&stats.published),
+        withdrawn: n(&stats.withdrawn),
+        applied: n(&stats.applied),
+        refused: n(&stats.refused),
+        held: n(&stats.held),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let (kv, key) = (kv.clone(), verdict::heartbeat_key(&cfg.host));
+    let stats = stats.clone();
+    tokio::spawn(async move {
+        let error = match tokio::time::timeout(OP_TIMEOUT, kv.put(&key, beat.encode().into())).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_string(),
+        };
+        if !stats.heartbeat_failed.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%key, %error, "fleet: this host's heartbeat is not written (may its credentials write \
+                h.<host>? see examples/nats-server.conf); bans are shared all the same");
+        }
+    });
 }
 
 async fn send(tx: &mpsc::Sender<FromFleet>, m: FromFleet) -> Result<()> {

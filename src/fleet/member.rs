@@ -39,6 +39,24 @@ pub struct FleetStatus {
     pub refused_gate: u64,
     /// Entries from a newer floodgate, skipped.
     pub newer: u64,
+    /// Every host heard from (this one included), by its last heartbeat.
+    pub peers: Vec<Peer>,
+}
+
+/// A host of the fleet as its last heartbeat showed it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Peer {
+    pub host: String,
+    /// When it wrote its last heartbeat (its clock).
+    pub at: DateTime<Utc>,
+    /// From its writing to this host reading it, for a heartbeat read as it came (not one replayed at a start):
+    /// how far behind the fleet this host is.
+    pub lag_ms: Option<f64>,
+    pub published: u64,
+    pub applied: u64,
+    pub refused: u64,
+    pub held: u64,
+    pub version: String,
 }
 
 pub struct Member {
@@ -53,6 +71,9 @@ pub struct Member {
     refused_entries: u64,
     refused_gate: u64,
     last_refusal_logged: Option<Instant>,
+    /// The bucket has been read whole once: what comes now comes as it is written.
+    current: bool,
+    peers: std::collections::BTreeMap<String, Peer>,
 }
 
 impl Member {
@@ -76,6 +97,8 @@ impl Member {
             refused_entries: 0,
             refused_gate: 0,
             last_refusal_logged: None,
+            current: false,
+            peers: Default::default(),
         }
     }
 
@@ -108,6 +131,7 @@ impl Member {
                         }
                     };
                     match &entry {
+                        Entry::Heartbeat { host, beat } => self.heard(host, beat.as_ref(), now),
                         Entry::Newer { key } => tracing::warn!(%key, "fleet: an entry from a newer floodgate, skipped"),
                         Entry::UnblockEverywhere { target, made } => {
                             out.extend(local().into_iter().filter(|(c, since)| c == target && since <= made).map(
@@ -128,6 +152,7 @@ impl Member {
                 }
             }
             FromFleet::Current => {
+                self.current = true;
                 let held: std::collections::HashSet<Cidr> = self.board.effective().map(|(c, _, _)| c).collect();
                 out.extend(
                     stored()
@@ -138,6 +163,28 @@ impl Member {
             }
         }
         out
+    }
+
+    /// A heartbeat read: the host's last word, and its lag when read live. A deleted one: the host left.
+    fn heard(&mut self, host: &str, beat: Option<&super::verdict::Beat>, now: DateTime<Utc>) {
+        let Some(b) = beat else {
+            self.peers.remove(host);
+            return;
+        };
+        let lag_ms = self.current.then(|| ((now - b.at).num_microseconds().unwrap_or(0).max(0)) as f64 / 1000.0);
+        self.peers.insert(
+            host.to_string(),
+            Peer {
+                host: host.to_string(),
+                at: b.at,
+                lag_ms,
+                published: b.published,
+                applied: b.applied,
+                refused: b.refused,
+                held: b.held,
+                version: b.version.clone(),
+            },
+        );
     }
 
     /// Refusals are counted always and logged at most once a minute: a hostile host must not flood the log.
@@ -156,6 +203,7 @@ impl Member {
     /// Remote decisions applied.
     pub fn applied(&mut self, n: usize) {
         self.applied += n as u64;
+        self.link.applied.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The pipeline's own decisions, once enforced: bans published, unbans withdrawn.
@@ -188,6 +236,11 @@ impl Member {
         if self.dirty && self.to_link.try_send(ToFleet::Resync).is_ok() {
             self.dirty = false;
         }
+        // What this host's heartbeat says of it.
+        let c = self.board.counts();
+        let refused = self.refused_entries + c.refused.rate_limited + c.refused.full + self.refused_gate;
+        self.link.refused.store(refused, Ordering::Relaxed);
+        self.link.held.store(self.board.held() as u64, Ordering::Relaxed);
         if self.last_expire.elapsed() < EXPIRE_EVERY {
             return Vec::new();
         }
@@ -211,6 +264,7 @@ impl Member {
             refused_limits: c.refused.rate_limited + c.refused.full + c.refused.expired,
             refused_gate: self.refused_gate,
             newer: c.newer,
+            peers: self.peers.values().cloned().collect(),
         }
     }
 }

@@ -163,6 +163,8 @@ impl Board {
                 self.counts.newer += 1;
                 Outcome::default()
             }
+            // Liveness, not a verdict: the member keeps it for `fleet status`.
+            Entry::Heartbeat { .. } => Outcome::default(),
         }
     }
 

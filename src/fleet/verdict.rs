@@ -10,6 +10,9 @@
 //!   ([`Entry::UnblockWithdrawn`]): the bans still in the bucket apply again, exactly as a fresh reader of the
 //!   bucket would see them.
 //!
+//! - `h.<host>`: a host's heartbeat ([`Beat`]), rewritten every few seconds with its counts; read for `fleet
+//!   status` (last heard, lag), never applied.
+//!
 //! `<host>` is 1 to 64 of `[A-Za-z0-9_-]`; `<target>` is `v4_<8 hex>_<len>` or `v6_<32 hex>_<len>`, the network
 //! address of the prefix in lowercase hex, with a length of at least 1 (a /0 bans the whole internet).
 
@@ -60,8 +63,40 @@ pub enum Entry {
     UnblockEverywhere { target: Cidr, made: DateTime<Utc> },
     /// `u.<target>` deleted or purged: the bans it overrode (if still in the bucket) apply again.
     UnblockWithdrawn { target: Cidr },
+    /// `h.<host>` written (a beat) or deleted (`None`: the host left).
+    Heartbeat { host: String, beat: Option<Beat> },
     /// A value from a newer floodgate (`v` above [`FORMAT`]); the caller skips it with a warning.
     Newer { key: String },
+}
+
+/// A host's heartbeat: that it is alive, when it said so, and its counts (as its `status` shows them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Beat {
+    pub v: u64,
+    pub host: String,
+    pub at: DateTime<Utc>,
+    /// This host's bans written to the bucket, withdrawn from it.
+    pub published: u64,
+    pub withdrawn: u64,
+    /// Other hosts' bans applied here; entries refused (not believed, over a limit, or by the gate).
+    pub applied: u64,
+    pub refused: u64,
+    /// Other hosts' verdicts held now.
+    pub held: u64,
+    /// The floodgate version that wrote it.
+    pub version: String,
+}
+
+/// The key of `host`'s heartbeat.
+pub fn heartbeat_key(host: &str) -> String {
+    format!("h.{host}")
+}
+
+impl Beat {
+    pub fn encode(&self) -> Vec<u8> {
+        to_json(self)
+    }
 }
 
 /// Why an entry was not believed.
@@ -69,7 +104,7 @@ pub enum Entry {
 pub enum Refusal {
     #[error("value of {0} bytes is over the {MAX_VALUE_BYTES}-byte limit")]
     TooLarge(usize),
-    #[error("key is not b.<host>.<target>, o.<target> or u.<target>: {0}")]
+    #[error("key is not b.<host>.<target>, o.<target>, u.<target> or h.<host>: {0}")]
     BadKey(&'static str),
     #[error("value is not a version-1 fleet entry: {0}")]
     BadJson(String),
@@ -156,6 +191,7 @@ pub fn decode(key: &str, value: Option<&[u8]>, now: DateTime<Utc>) -> Result<Ent
             Key::Ban { host, target } => Entry::Lift { host: host.to_string(), target },
             Key::Block(target) => Entry::BlockWithdrawn { target },
             Key::Unblock(target) => Entry::UnblockWithdrawn { target },
+            Key::Heartbeat(host) => Entry::Heartbeat { host: host.to_string(), beat: None },
         });
     };
     // The version is read first and alone: a newer floodgate may have added fields that this one would refuse.
@@ -185,6 +221,19 @@ pub fn decode(key: &str, value: Option<&[u8]>, now: DateTime<Utc>) -> Result<Ent
             }
             Ok(Entry::UnblockEverywhere { target, made: wire.made })
         }
+        Key::Heartbeat(host) => {
+            let beat: Beat = serde_json::from_slice(value).map_err(|e| Refusal::BadJson(e.to_string()))?;
+            if beat.host != host {
+                return Err(Refusal::Mismatch("host"));
+            }
+            if beat.at > now + MAX_CLOCK_SKEW {
+                return Err(Refusal::TooFar("at"));
+            }
+            if beat.version.len() > 64 || beat.version.chars().any(char::is_control) {
+                return Err(Refusal::BadField("version"));
+            }
+            Ok(Entry::Heartbeat { host: host.to_string(), beat: Some(beat) })
+        }
     }
 }
 
@@ -192,6 +241,7 @@ enum Key<'k> {
     Ban { host: &'k str, target: Cidr },
     Block(Cidr),
     Unblock(Cidr),
+    Heartbeat(&'k str),
 }
 
 fn parse_key(key: &str) -> Result<Key<'_>, Refusal> {
@@ -207,6 +257,13 @@ fn parse_key(key: &str) -> Result<Key<'_>, Refusal> {
         }
         "o" => Key::Block(parse_target(parts.next())?),
         "u" => Key::Unblock(parse_target(parts.next())?),
+        "h" => {
+            let host = parts.next().ok_or(Refusal::BadKey("no host"))?;
+            if !valid_host(host) {
+                return Err(Refusal::BadKey("host is not 1-64 of A-Z a-z 0-9 _ -"));
+            }
+            Key::Heartbeat(host)
+        }
         _ => return Err(Refusal::BadKey("unknown kind")),
     };
     if parts.next().is_some() {
@@ -517,6 +574,24 @@ mod tests {
         assert_eq!(refusal("u.v4_c6336407_32", &u), Refusal::Mismatch("target"));
         let other = Verdict { target: "203.0.113.7".parse().unwrap(), ..verdict() };
         assert_eq!(refusal("o.v4_c6336407_32", &other.encode()), Refusal::Mismatch("target"));
+    }
+
+    #[test]
+    fn heartbeats_decode_and_are_checked_like_verdicts() {
+        let beat = Beat { v: 1, host: "mx2".into(), at: now(), published: 3, applied: 7, ..Default::default() };
+        let got = decode("h.mx2", Some(&beat.encode()), now()).unwrap();
+        assert_eq!(got, Entry::Heartbeat { host: "mx2".into(), beat: Some(beat.clone()) });
+        assert_eq!(decode("h.mx2", None, now()).unwrap(), Entry::Heartbeat { host: "mx2".into(), beat: None });
+        assert_eq!(refusal("h.mx3", &beat.encode()), Refusal::Mismatch("host"));
+        let ahead = Beat { at: now() + TimeDelta::hours(1), ..beat.clone() };
+        assert_eq!(refusal("h.mx2", &ahead.encode()), Refusal::TooFar("at"));
+        let forged = Beat { version: "1.0\nforged".into(), ..beat.clone() };
+        assert_eq!(refusal("h.mx2", &forged.encode()), Refusal::BadField("version"));
+        let mut extra = serde_json::to_value(&beat).unwrap();
+        extra["surprise"] = json!(1);
+        assert!(matches!(refusal("h.mx2", &serde_json::to_vec(&extra).unwrap()), Refusal::BadJson(_)));
+        assert!(matches!(decode("h.mx 2", None, now()), Err(Refusal::BadKey(_))));
+        assert!(matches!(decode("h.mx2.x", None, now()), Err(Refusal::BadKey(_))));
     }
 
     #[test]

@@ -57,9 +57,10 @@ impl Nats {
         self.child = None;
     }
 
-    /// Whether the server accepts connections (its listener, as `ss` in its namespace lists it).
+    /// Whether the server accepts connections (its listener, as `ss` in its namespace lists it; one per namespace).
     fn listening(&self) -> bool {
-        let out = run(&["ip", "netns", "exec", &self.ns, "ss", "-Htln", &format!("src {}:4222", self.addr)]);
+        // By port: a server on 0.0.0.0 is listed as `*` or `0.0.0.0`, depending on ss.
+        let out = run(&["ip", "netns", "exec", &self.ns, "ss", "-Htln", "sport = :4222"]);
         !String::from_utf8_lossy(&out.stdout).trim().is_empty()
     }
 }
@@ -74,4 +75,37 @@ pub fn link(a: &Netns, b: &Netns, tag: &str) -> &'static str {
     a.ip(&["link", "set", &va, "up"]);
     b.ip(&["link", "set", &vb, "up"]);
     "203.0.113.253"
+}
+
+/// A star of veth links from `engine` (where the server runs, listening on all its addresses) to each of `hosts`:
+/// host i reaches the server at 203.0.113.(241 + 4i) over a /30 of its own (more specific than any route a
+/// lab's Pair sets). Returns the address each host reaches the server at, in order. At most three hosts.
+pub fn hub(engine: &Netns, hosts: &[&Netns], tag: &str) -> Vec<String> {
+    assert!(hosts.len() <= 3, "the hub's /30s are 203.0.113.240-251");
+    let mut out = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let (ve, vh) = (format!("fh{tag}{i}e"), format!("fh{tag}{i}h"));
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &ve,
+            "netns",
+            &engine.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vh,
+            "netns",
+            &host.name,
+        ]);
+        let base = 240 + 4 * i;
+        engine.ip(&["addr", "add", &format!("203.0.113.{}/30", base + 1), "dev", &ve]);
+        host.ip(&["addr", "add", &format!("203.0.113.{}/30", base + 2), "dev", &vh]);
+        engine.ip(&["link", "set", &ve, "up"]);
+        host.ip(&["link", "set", &vh, "up"]);
+        out.push(format!("203.0.113.{}", base + 1));
+    }
+    out
 }
