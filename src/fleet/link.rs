@@ -73,6 +73,9 @@ type Syncing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>
 /// How often this host writes its heartbeat (`h.<host>`); `fleet status` calls a host silent after three.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// Puts a resynchronisation keeps in flight.
+const PUTS_IN_FLIGHT: usize = 256;
+
 /// How often the connection's state is looked at.
 const CHECK: Duration = Duration::from_secs(1);
 
@@ -317,18 +320,22 @@ async fn resync(
     for k in &stale {
         tokio::time::timeout(OP_TIMEOUT, kv.delete(k)).await.context("no answer")?.context("withdrawing a ban")?;
     }
-    let mut put_now = 0u64;
-    for v in &mine {
-        // Unchanged values are left alone: a resynchronisation after a short outage sends only what changed.
-        if held.get(&v.key()).map(|b| &b[..]) != Some(&v.encode()[..]) {
-            put(kv, v).await?;
-            put_now += 1;
-        }
-    }
+    // Unchanged values are left alone: a resynchronisation after a short outage sends only what changed.
+    let changed: Vec<Verdict> =
+        mine.into_iter().filter(|v| held.get(&v.key()).map(|b| &b[..]) != Some(&v.encode()[..])).collect();
+    let (sent, put_now) = (changed.len(), changed.len() as u64);
+    // Many at once in flight (a blocklist of 100,000 is published in seconds, not one round trip each). Each
+    // future owns what it sends, so the whole stays `Send` for the session's select.
+    let puts = changed.into_iter().map(|v| {
+        let kv = kv.clone();
+        async move { put(&kv, &v).await }
+    });
+    let results: Vec<Result<()>> = futures_util::stream::iter(puts).buffer_unordered(PUTS_IN_FLIGHT).collect().await;
+    results.into_iter().collect::<Result<()>>()?;
     stats.published.fetch_add(put_now, Ordering::Relaxed);
     stats.withdrawn.fetch_add(stale.len() as u64, Ordering::Relaxed);
     stats.resyncs.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(bans = mine.len(), sent = put_now, withdrawn = stale.len(), "fleet: this host's bans published");
+    tracing::info!(bans = keys_mine.len(), sent, withdrawn = stale.len(), "fleet: this host's bans published");
     Ok(())
 }
 
