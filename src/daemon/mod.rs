@@ -116,7 +116,7 @@ fn start_sources(
 /// Watches the kernel's nftables notifications on a thread of its own: a change of floodgate's table by anyone
 /// else wakes the pipeline for a repair at once. Without the watch (no permission, old kernel), the periodic
 /// verify still repairs, later.
-fn watch_table(pipeline: &Pipeline) -> mpsc::Receiver<()> {
+fn watch_table(pipeline: &mut Pipeline) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel::<()>(1);
     if pipeline.dry_run {
         return rx;
@@ -132,11 +132,12 @@ fn watch_table(pipeline: &Pipeline) -> mpsc::Receiver<()> {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch nftables changes; outside changes are repaired at the periodic verify");
-                    let _ = ready_tx.send(());
+                    let _ = ready_tx.send(None);
                     return;
                 }
             };
-            let _ = ready_tx.send(());
+            // Floodgate's own large batches mute the watch: the kernel then builds no notification per element.
+            let _ = ready_tx.send(watch.mute().map_err(|e| tracing::warn!(error = %e, "cannot mute the nftables watch")).ok());
             let step = std::time::Duration::from_millis(250);
             while !tx.is_closed() {
                 match watch.wait(&table, ours, step) {
@@ -155,7 +156,9 @@ fn watch_table(pipeline: &Pipeline) -> mpsc::Receiver<()> {
         })
         .map_err(|e| tracing::warn!(error = %e, "cannot start the nftables watch"))
         .ok();
-    let _ = ready_rx.recv_timeout(std::time::Duration::from_secs(2));
+    if let Ok(Some(mute)) = ready_rx.recv_timeout(std::time::Duration::from_secs(2)) {
+        pipeline.enforcer.set_mute(mute);
+    }
     rx
 }
 
@@ -247,7 +250,7 @@ async fn serve(
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut repairs = watch_table(&pipeline);
+    let mut repairs = watch_table(&mut pipeline);
     let mut tick = tokio::time::interval(pipeline.config.daemon.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(socket = %socket_path.display(), sources = pipeline.sources.len(), "floodgate running");

@@ -259,6 +259,11 @@ impl Enforcer {
     }
 
     /// The netlink port id floodgate writes the kernel from (its own changes are not news to the watch).
+    /// The daemon's nftables watch, muted while this enforcer writes a large batch (see `nft::watch::Mute`).
+    pub fn set_mute(&mut self, mute: crate::nft::watch::Mute) {
+        self.kernel.set_mute(mute);
+    }
+
     pub fn portid(&self) -> u32 {
         self.kernel.portid()
     }

@@ -141,7 +141,12 @@ impl NftError {
 pub struct Kernel {
     sock: socket::Socket,
     seq: u32,
+    /// The daemon's watch of nftables changes, muted around large batches of its own.
+    mute: Option<watch::Mute>,
 }
+
+/// Set operations in one batch above which the watch is muted while it is sent.
+const MUTE_ABOVE: usize = 256;
 
 impl Kernel {
     pub fn open() -> Result<Kernel, NftError> {
@@ -150,7 +155,7 @@ impl Kernel {
         let seq = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1)
             as u32)
             .wrapping_mul(1000);
-        Ok(Kernel { sock, seq })
+        Ok(Kernel { sock, seq, mute: None })
     }
 
     /// This socket's netlink port id: the sender the kernel names in the notifications of our own changes.
@@ -184,7 +189,22 @@ impl Kernel {
         }
         let mut b = Batch::new(self.seq);
         write_ops(&mut b, table, ops);
-        self.run(b, ops)
+        match self.mute.take() {
+            Some(m) if ops.len() > MUTE_ABOVE => {
+                let r = m.during(|| self.run(b, ops));
+                self.mute = Some(m);
+                r
+            }
+            m => {
+                self.mute = m;
+                self.run(b, ops)
+            }
+        }
+    }
+
+    /// The daemon's nftables watch, to mute around large batches (see [`watch::Mute`]).
+    pub fn set_mute(&mut self, mute: watch::Mute) {
+        self.mute = Some(mute);
     }
 
     /// Deletes the table (and everything in it), if present.

@@ -31,6 +31,28 @@ const ATTR_TABLE: u16 = 1;
 /// Receive buffer asked for (the kernel counts ~1 KiB per notification): some 30,000 at once.
 const RCVBUF_BYTES: libc::c_int = 32 << 20;
 
+/// A handle on a watch's socket that stops and restarts its notifications, for another thread: while floodgate
+/// writes a large batch itself, nobody it knows of listens, so the kernel does not build one notification per
+/// element (a 100,000-element batch spent most of its time allocating them, only for the watch to discard them
+/// as floodgate's own). A change by someone else in that window is not seen at once; the periodic verify finds it.
+pub struct Mute {
+    socket: NetlinkSocket,
+}
+
+impl Mute {
+    /// Runs `f` with the watch's notifications off (when leaving the group fails, with them on).
+    pub fn during<T>(&self, f: impl FnOnce() -> T) -> T {
+        let left = self.socket.membership(NFNLGRP_NFTABLES, false).is_ok();
+        let out = f();
+        if left {
+            if let Err(e) = self.socket.membership(NFNLGRP_NFTABLES, true) {
+                tracing::error!(error = %e, "cannot rejoin the nftables notifications; outside changes wait for the periodic verify");
+            }
+        }
+        out
+    }
+}
+
 pub struct Watch {
     socket: NetlinkSocket,
     buf: Vec<u8>,
@@ -46,6 +68,11 @@ impl Watch {
             let _ = socket.set_recv_buffer(RCVBUF_BYTES, false);
         }
         Ok(Watch { socket, buf: vec![0; 1 << 16] })
+    }
+
+    /// A handle that mutes this watch from another thread (see [`Mute`]).
+    pub fn mute(&self) -> io::Result<Mute> {
+        Ok(Mute { socket: self.socket.try_clone()? })
     }
 
     /// Waits up to `timeout` for notifications; true if one changed `table` and came from another netlink

@@ -82,14 +82,29 @@ impl NetlinkSocket {
         self.set_option(libc::SO_RCVTIMEO, &tv)
     }
 
+    /// A second handle on the same socket (dup(2)): its group memberships are the socket's.
+    pub fn try_clone(&self) -> io::Result<NetlinkSocket> {
+        Ok(NetlinkSocket { fd: self.fd.try_clone()? })
+    }
+
+    /// Joins (`true`) or leaves multicast `group` (1-based, as NFNLGRP_* are numbered).
+    pub fn membership(&self, group: u32, join: bool) -> io::Result<()> {
+        let option = if join { libc::NETLINK_ADD_MEMBERSHIP } else { libc::NETLINK_DROP_MEMBERSHIP };
+        self.set_option_at(libc::SOL_NETLINK, option, &(group as libc::c_int))
+    }
+
     /// A SOL_SOCKET option whose value is a `T` (an int, a timeval).
     fn set_option<T: Copy>(&self, option: libc::c_int, value: &T) -> io::Result<()> {
+        self.set_option_at(libc::SOL_SOCKET, option, value)
+    }
+
+    fn set_option_at<T: Copy>(&self, level: libc::c_int, option: libc::c_int, value: &T) -> io::Result<()> {
         // SAFETY: `value` points to a live T for the call and the length passed is exactly its size; the kernel
         // only reads it. The fd is owned by `self`.
         let r = unsafe {
             libc::setsockopt(
                 self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
+                level,
                 option,
                 (value as *const T).cast(),
                 size_of::<T>() as libc::socklen_t,
