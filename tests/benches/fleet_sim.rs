@@ -82,7 +82,7 @@ fn main() {
     let store = dir.path().join("nats");
     let _nats = Nats::start(&server_ns, server, &store);
     let pid = nats_pid(&store).expect("the nats-server process");
-    let idle = memory(pid);
+    let idle = floodgate_lab::proc_memory::memory_of(pid);
     let cfg =
         FleetConfig { servers: vec![format!("nats://{server}:4222")], host: "bench".into(), ..Default::default() };
     let store_dir = store.clone();
@@ -124,7 +124,7 @@ async fn simulate(cfg: FleetConfig, sizes: Sizes, pid: i32, idle: (u64, u64), st
     let fill_cpu = cpu.since(pid);
     let held = conns[0].stream.get_info().await.expect("the bucket's stream").state.messages;
     assert_eq!(held, sizes.bans as u64, "the bucket holds {held} values after the fill, not {}", sizes.bans);
-    let (rss, hwm) = memory(pid);
+    let (rss, hwm) = floodgate_lab::proc_memory::memory_of(pid);
     println!(
         "fleet_sim: fill: {} hosts put {} live bans over {} connections ({} in flight per host) in {:.1} s: {:.0} puts/s \
          (CPU: server {fill_cpu})",
@@ -217,7 +217,7 @@ async fn simulate(cfg: FleetConfig, sizes: Sizes, pid: i32, idle: (u64, u64), st
     let read = tokio::time::timeout(RESYNC_TIMEOUT, resync(&fresh, Utc::now())).await.expect("the resync ended");
     let took = t.elapsed();
     let resync_cpu = cpu.since(pid);
-    let (rss, hwm) = memory(pid);
+    let (rss, hwm) = floodgate_lab::proc_memory::memory_of(pid);
     println!(
         "fleet_sim: resync: a fresh client read and decoded {} keys (of {total}) in {:.2} s: {:.0} keys/s; {} bans, \
          {} refused, {} other (CPU: server {resync_cpu})",
@@ -314,20 +314,6 @@ fn nats_pid(store: &Path) -> Option<i32> {
         let is_nats = args.first().is_some_and(|a| a.ends_with(b"nats-server"));
         (is_nats && args.contains(&store.as_bytes())).then_some(pid)
     })
-}
-
-/// VmRSS and VmHWM of `pid`, in KiB (0 when unreadable).
-fn memory(pid: i32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (kib("VmRSS:"), kib("VmHWM:"))
 }
 
 /// CPU time (user plus system) of the server and of this process (the clients), at one moment.
