@@ -67,7 +67,6 @@ pub struct Member {
     /// A message the link's channel could not take: one resynchronisation covers it.
     dirty: bool,
     last_expire: Instant,
-    applied: u64,
     refused_entries: u64,
     refused_gate: u64,
     last_refusal_logged: Option<Instant>,
@@ -93,7 +92,6 @@ impl Member {
             link,
             dirty: false,
             last_expire: Instant::now(),
-            applied: 0,
             refused_entries: 0,
             refused_gate: 0,
             last_refusal_logged: None,
@@ -200,9 +198,8 @@ impl Member {
         self.refused_gate += n as u64;
     }
 
-    /// Remote decisions applied.
+    /// Remote decisions applied (counted where the heartbeat reads them too).
     pub fn applied(&mut self, n: usize) {
-        self.applied += n as u64;
         self.link.applied.fetch_add(n as u64, Ordering::Relaxed);
     }
 
@@ -259,7 +256,7 @@ impl Member {
             withdrawn: l.withdrawn.load(Ordering::Relaxed),
             received: l.received.load(Ordering::Relaxed),
             held: self.board.held(),
-            applied: self.applied,
+            applied: l.applied.load(Ordering::Relaxed),
             refused_entries: self.refused_entries,
             refused_limits: c.refused.rate_limited + c.refused.full + c.refused.expired,
             refused_gate: self.refused_gate,
