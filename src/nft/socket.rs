@@ -19,6 +19,12 @@ pub struct Socket {
     sndbuf: usize,
 }
 
+// SAFETY: `mnl::Socket` holds a raw pointer to libmnl's `struct mnl_socket`, a heap block of an fd and its
+// bound address with no thread-local state, which this Socket owns alone; moving it to another thread is as safe
+// as moving the fd. It stays !Sync, so two threads never use it at once. Send lets a big batch be programmed on
+// a second thread while the store writes its rows (`Store::record`).
+unsafe impl Send for Socket {}
+
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;

@@ -166,6 +166,83 @@ fn read_allowlist(tx: &rusqlite::Connection, path: &str) -> Result<Vec<Allowed>,
     Ok(out)
 }
 
+/// From this many decisions on, `Store::record` writes the rows while the kernel is programmed.
+const CONCURRENT_FROM: usize = 256;
+
+/// Bans per multi-row INSERT. One statement per row spent a third of a 100,000-line blocklist's store time on
+/// SQLite's per-statement work (bind, step, reset); 64 rows of 8 columns stay far below its parameter limit.
+const BANS_PER_STATEMENT: usize = 64;
+
+/// A ban's columns: decision id, target, until, reason, origin, figures.
+type BanRow<'a> = (i64, String, Option<i64>, &'a str, &'a str, Option<&'a str>);
+
+/// Writes `decisions` in order: runs of bans as multi-row statements, the rest one by one.
+fn write_all(tx: &Transaction, path: &str, decisions: &[Decision], now: DateTime<Utc>) -> Result<(), StoreError> {
+    let mut rest = decisions;
+    while let Some(first) = rest.first() {
+        let run = rest.iter().take(BANS_PER_STATEMENT).take_while(|d| matches!(d, Decision::Ban { .. })).count();
+        if run == BANS_PER_STATEMENT {
+            write_bans(tx, path, &rest[..run], now)?;
+            rest = &rest[run..];
+        } else {
+            write(tx, path, first, now)?;
+            rest = &rest[1..];
+        }
+    }
+    Ok(())
+}
+
+/// A run of bans, as `write` records each: a `decisions` row and the `bans` upsert pointing at it. The ids are
+/// given, not left to SQLite, so that each ban names its own decision: the transaction is IMMEDIATE, nobody
+/// else writes `decisions` meanwhile.
+fn write_bans(tx: &Transaction, path: &str, bans: &[Decision], now: DateTime<Utc>) -> Result<(), StoreError> {
+    let q = |e| sql(path, "recording decisions", e);
+    let now_us = ts_us(&now);
+    let first: i64 = tx
+        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM decisions")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(q)?;
+    let rows: Vec<BanRow> = bans
+        .iter()
+        .zip(first..)
+        .filter_map(|(d, id)| match d {
+            Decision::Ban { cidr, until, reason, origin, figures } => Some((
+                id,
+                cidr.to_string(),
+                until.map(|u| ts_us(&u)),
+                reason.as_str(),
+                origin.as_str(),
+                figures.as_deref(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let placeholders = |n: usize| vec![format!("({})", vec!["?"; n].join(", ")); rows.len()].join(", ");
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rows.len() * 8);
+    for (id, target, until, reason, origin, figures) in &rows {
+        values.extend([id as &dyn rusqlite::ToSql, &now_us, &"ban", target, until, reason, origin, figures]);
+    }
+    tx.prepare_cached(&format!(
+        "INSERT INTO decisions (id, ts_us, action, target, until_us, reason, origin, figures) VALUES {}",
+        placeholders(8)
+    ))
+    .and_then(|mut st| st.execute(values.as_slice()))
+    .map_err(q)?;
+    values.clear();
+    for (id, target, until, reason, origin, _) in &rows {
+        values.extend([target as &dyn rusqlite::ToSql, &now_us, until, reason, origin, id]);
+    }
+    tx.prepare_cached(&format!(
+        "INSERT INTO bans (cidr, since_us, until_us, reason, origin, decision_id) VALUES {}
+         ON CONFLICT (cidr) DO UPDATE SET since_us = excluded.since_us, until_us = excluded.until_us,
+         reason = excluded.reason, origin = excluded.origin, decision_id = excluded.decision_id",
+        placeholders(6)
+    ))
+    .and_then(|mut st| st.execute(values.as_slice()))
+    .map_err(q)?;
+    Ok(())
+}
+
 fn write(tx: &Transaction, path: &str, d: &Decision, now: DateTime<Utc>) -> Result<(), StoreError> {
     let q = |e| sql(path, "recording a decision", e);
     let now_us = ts_us(&now);
@@ -284,13 +361,37 @@ impl Store {
 
     /// Records `decisions` and runs `apply` inside one transaction, without reading the whole state back: the
     /// daemon's path for decisions it can apply from memory. Committed only if `apply` succeeds.
-    pub fn record<T, E: From<StoreError>>(
+    ///
+    /// A big batch (a blocklist, a fleet joining) writes its rows while `apply` programs the kernel on a second
+    /// thread: neither reads what the other writes, and the commit still waits for both. Should the rows fail
+    /// where the kernel succeeded (a full disk), the kernel holds bans the store does not: the error goes back
+    /// as a store error, the state `enforce_only` is there for, and `sync` keeps such strays.
+    pub fn record<T: Send, E: From<StoreError> + Send>(
         &mut self,
         decisions: &[Decision],
         now: DateTime<Utc>,
-        apply: impl FnOnce() -> Result<T, E>,
+        apply: impl FnOnce() -> Result<T, E> + Send,
     ) -> Result<T, E> {
-        self.in_transaction(decisions, now, |_, _| apply())
+        if decisions.len() < CONCURRENT_FROM {
+            return self.in_transaction(decisions, now, |_, _| apply());
+        }
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| sql(&path, "beginning a transaction", e))?;
+        let (written, applied) = std::thread::scope(|s| {
+            let kernel = s.spawn(apply);
+            let written = write_all(&tx, &path, decisions, now);
+            (written, kernel.join())
+        });
+        let out = match applied {
+            Ok(out) => out?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        written?;
+        tx.commit().map_err(|e| sql(&path, "committing decisions", e))?;
+        Ok(out)
     }
 
     fn in_transaction<T, E: From<StoreError>>(
@@ -306,9 +407,7 @@ impl Store {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| sql(&path, "beginning a transaction", e))?;
-        for d in decisions {
-            write(&tx, &path, d, now)?;
-        }
+        write_all(&tx, &path, decisions, now)?;
         let out = then(&tx, &path)?;
         tx.commit().map_err(|e| sql(&path, "committing decisions", e))?;
         Ok(out)
@@ -421,5 +520,52 @@ mod tests {
         assert_eq!(action, "unban");
         let n: i64 = s.conn.query_row("SELECT count(*) FROM decisions", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 4);
+    }
+
+    #[test]
+    fn a_big_batch_records_every_ban_with_its_own_decision_and_commits_only_when_applied() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.decide(&[ban("203.0.113.9", Some(60))], t(0), |_| Ok::<_, StoreError>(())).unwrap();
+        // 300 bans (runs of 64 and a tail), one address twice inside a run and an unban in the middle.
+        let mut batch: Vec<Decision> =
+            (0..300).map(|i| ban(&format!("198.18.{}.{}", i / 256, i % 256), Some(60 + i))).collect();
+        batch[10] = ban("198.18.0.3", Some(999));
+        batch[150] =
+            Decision::Unban { cidr: "203.0.113.9".parse().unwrap(), reason: "r".into(), origin: "manual".into() };
+        let failed: Result<(), StoreError> =
+            s.record(&batch, t(1), || Err(StoreError::Corrupt { path: "x".into(), what: "kernel said no".into() }));
+        assert!(failed.is_err());
+        let n: i64 = s.conn.query_row("SELECT count(*) FROM decisions", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1, "a batch the kernel refused leaves no row");
+        let applied_on = std::sync::Mutex::new(None);
+        s.record(&batch, t(1), || {
+            *applied_on.lock().unwrap() = Some(std::thread::current().id());
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        assert_ne!(
+            applied_on.into_inner().unwrap(),
+            Some(std::thread::current().id()),
+            "the kernel's part ran beside the writes"
+        );
+        let n: i64 = s.conn.query_row("SELECT count(*) FROM decisions", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 301);
+        let e = s.enforced(t(2)).unwrap();
+        assert_eq!(e.bans.len(), 298, "299 distinct addresses banned, one unbanned");
+        let until = |c: &str| e.bans.iter().find(|b| b.cidr.to_string() == c).map(|b| b.until);
+        assert_eq!(until("198.18.0.3"), Some(Some(t(999))), "the later word in a run wins");
+        assert_eq!(until("198.18.1.43"), Some(Some(t(60 + 299))));
+        assert_eq!(until("203.0.113.9"), None);
+        // Every ban points at a decision about itself, made by the batch.
+        let wrong: i64 = s
+            .conn
+            .query_row(
+                "SELECT count(*) FROM bans b LEFT JOIN decisions d ON d.id = b.decision_id
+                 WHERE d.target IS NOT b.cidr OR d.action IS NOT 'ban' OR d.until_us IS NOT b.until_us",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(wrong, 0);
     }
 }
