@@ -4,7 +4,7 @@
 //! Each section's type, defaults and validation live with the component that reads it: `[sources]` in
 //! `source::config`, `[parse]` in `parse::config`, `[store]` in `store::config`, `[jail]` and `[policy]` in
 //! `policy::config`, `[services.NAME]` in `service`, `[enforce]` in `enforce::config`, `[geo]` in
-//! `geo::config`, `[notify]` in `notice::config`, `[fleet]` in `fleet::config`. This file reads the file, runs each section's validation,
+//! `geo::config`, `[notify]` in `notice::config`, `[fleet]` in `fleet::config`, `[metrics]` in `metrics::config`. This file reads the file, runs each section's validation,
 //! checks what spans sections, and reports any error with file, line and the one key; and it assembles what
 //! each component is built from (`parsing`, `enforcement`, `ruleset`).
 
@@ -17,6 +17,7 @@ use crate::addr::Cidr;
 use crate::enforce::EnforceConfig;
 use crate::fleet::FleetConfig;
 use crate::geo::GeoConfig;
+use crate::metrics::MetricsConfig;
 use crate::nft::{PortLimits, Ruleset};
 use crate::notice::NotifyConfig;
 use crate::parse::header::Zone;
@@ -61,6 +62,8 @@ pub struct Config {
     pub geo: GeoConfig,
     /// Hosts sharing their bans (`[fleet]`); none without the section.
     pub fleet: Option<FleetConfig>,
+    /// The Prometheus endpoint (`[metrics]`); off unless `listen` is set.
+    pub metrics: MetricsConfig,
 }
 
 /// `[daemon]`: the daemon itself. Its section lives here because the daemon is what assembles every other.
@@ -124,6 +127,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             geo: GeoConfig::default(),
             fleet: None,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -179,6 +183,7 @@ impl Config {
         if let Some(f) = &self.fleet {
             f.validate()?;
         }
+        self.metrics.validate()?;
         if let Some(c) = self.allowlist.iter().find(|c| c.prefix_len() == 0) {
             return Err(Invalid::new("allowlist", format!("`{c}` would exempt every address")));
         }

@@ -33,6 +33,7 @@ pub mod enforce;
 pub mod event;
 pub mod fleet;
 pub mod geo;
+pub mod metrics;
 pub mod nft;
 pub mod notice;
 pub mod os;

@@ -87,7 +87,7 @@ impl Env {
         loop {
             while let Ok(feed) = self.rx.try_recv() {
                 match feed {
-                    Feed::Events { input, events } => {
+                    Feed::Events { input, events, .. } => {
                         assert_eq!(&*input, "conntrack");
                         self.seen.extend(events);
                     }

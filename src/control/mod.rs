@@ -56,6 +56,8 @@ pub enum Request {
     Status,
     /// Answered by the daemon only: reload config and rules.
     Reload,
+    /// Answered by the daemon only: the metrics in the Prometheus text format, as the response's message.
+    Metrics,
 }
 
 /// What `limit` does to a port: one of the limits, the SYN proxy, or off (all of them lifted). On the wire as
@@ -92,7 +94,7 @@ pub struct Response {
 impl Request {
     /// Whether carrying it out writes floodgate's table (and so needs to own it); reading does not.
     pub fn writes_kernel(&self) -> bool {
-        !matches!(self, Request::List | Request::AllowList | Request::Status | Request::Reload)
+        !matches!(self, Request::List | Request::AllowList | Request::Status | Request::Reload | Request::Metrics)
     }
 }
 
@@ -194,7 +196,7 @@ fn run(req: &Request, cx: Context) -> Result<Response> {
             limit::limit(store, enforcer, now, *mode, ports, duration, reason)
         }
         Request::Reconcile => table::reconcile(store, enforcer, now),
-        Request::Status | Request::Reload => bail!("{NOT_RUNNING}"),
+        Request::Status | Request::Reload | Request::Metrics => bail!("{NOT_RUNNING}"),
     }
 }
 

@@ -247,6 +247,16 @@ async fn serve(
         }
     };
     tokio::spawn(server::serve(listener, ctl_tx.clone()));
+    if let Some(addr) = pipeline.config.metrics.listen {
+        // The metrics are a view: a port that cannot be had is said loudly, and protection goes on without it.
+        match crate::metrics::serve::bind(addr).await {
+            Ok(l) => {
+                tracing::info!("metrics at http://{addr}/metrics");
+                tokio::spawn(crate::metrics::serve::serve(l, ctl_tx.clone()));
+            }
+            Err(e) => tracing::error!(error = format!("{e:#}"), "metrics not served"),
+        }
+    }
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;

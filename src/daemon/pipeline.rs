@@ -85,6 +85,10 @@ pub struct Pipeline {
     conntrack_health: ConntrackHealth,
     /// This host in the fleet, with `[fleet]`.
     pub fleet: Option<Member>,
+    /// What the metrics count beyond `status`.
+    tally: crate::metrics::Tally,
+    /// When each line (or event batch) that produced a decision still on its way to the kernel arrived.
+    arrivals: Vec<Instant>,
 }
 
 /// How often the SYN proxy's prerequisites are read again (an admin fixing a sysctl is noticed within this).
@@ -142,6 +146,8 @@ impl Pipeline {
             synproxy_ready: Err("not checked yet".into()),
             conntrack_health: ConntrackHealth::default(),
             fleet: None,
+            tally: crate::metrics::Tally::default(),
+            arrivals: Vec::new(),
         };
         pipeline.check_synproxy();
         Ok(pipeline)
@@ -151,7 +157,7 @@ impl Pipeline {
     pub fn feed(&mut self, feed: Feed) {
         let now = Utc::now();
         match feed {
-            Feed::Lines { input, lines, first_line, position, source } => {
+            Feed::Lines { input, lines, first_line, position, source, at } => {
                 if self.last_input.as_ref() != Some(&input) {
                     self.parser.start_input();
                     self.last_input = Some(input.clone());
@@ -160,7 +166,12 @@ impl Pipeline {
                 for (i, line) in lines.iter().enumerate() {
                     if let Outcome::Event(mut ev) = self.parser.parse_bytes(line) {
                         not_after(&mut ev, now);
+                        self.hit(&ev.rule);
+                        let before = self.decisions.len();
                         self.policy.observe(&ev, now, &mut self.decisions);
+                        if self.decisions.len() > before {
+                            self.arrivals.push(at);
+                        }
                         let origin = Origin { input: input.clone(), line: first_line.map(|f| f + i as u64) };
                         self.pending.push((origin, *ev));
                     }
@@ -173,13 +184,36 @@ impl Pipeline {
                     self.positions.insert(input, p);
                 }
             }
-            Feed::Events { input, events } => {
+            Feed::Events { input, events, at } => {
                 for mut ev in events {
                     not_after(&mut ev, now);
+                    self.hit(&ev.rule);
+                    let before = self.decisions.len();
                     self.policy.observe(&ev, now, &mut self.decisions);
+                    if self.decisions.len() > before {
+                        self.arrivals.push(at);
+                    }
                     self.pending.push((Origin { input: input.clone(), line: None }, ev));
                 }
             }
+        }
+    }
+
+    /// Counts an event under its rule (a lookup, no allocation, once the rule has been seen).
+    fn hit(&mut self, rule: &Arc<str>) {
+        match self.tally.rule_hits.get_mut(rule) {
+            Some(n) => *n += 1,
+            None => {
+                self.tally.rule_hits.insert(rule.clone(), 1);
+            }
+        }
+    }
+
+    /// Decisions are in the kernel: counted, and the latency of the lines behind them observed.
+    fn enforced(&mut self, decisions: &[Decision]) {
+        self.tally.decided(decisions);
+        for at in self.arrivals.drain(..) {
+            self.tally.latency.observe(at.elapsed());
         }
     }
 
@@ -242,9 +276,12 @@ impl Pipeline {
             }
         }
         if decisions.is_empty() {
+            // All refused: nothing of them goes to the kernel, there is no latency to measure.
+            self.arrivals.clear();
             return;
         }
         if self.dry_run {
+            self.arrivals.clear();
             match self.store.record(&decisions, now, || Ok::<_, crate::store::StoreError>(())) {
                 Ok(()) => {
                     for d in &decisions {
@@ -257,6 +294,7 @@ impl Pipeline {
         }
         match self.enforcer.decide(&mut self.store, &decisions, now) {
             Ok(_) => {
+                self.enforced(&decisions);
                 let remote = decisions.iter().filter(|d| matches!(d, Decision::Remote { .. })).count();
                 for d in &decisions {
                     match d {
@@ -287,6 +325,7 @@ impl Pipeline {
                 self.apply_errors += 1;
                 match self.enforcer.enforce_only(&self.store, &decisions, now) {
                     Ok(_) => {
+                        self.enforced(&decisions);
                         self.bans_made += decisions.iter().filter(|d| matches!(d, Decision::Ban { .. })).count() as u64;
                         tracing::error!(
                             error = %e, decisions = decisions.len(), waiting = self.unrecorded.len() + decisions.len(),
@@ -356,11 +395,16 @@ impl Pipeline {
             return;
         }
         let notifier = Notifier::new(self.config.notify.clone());
+        let counts = self.tally.notices.clone();
         std::thread::spawn(move || {
             for n in out {
-                if let Err(e) = notifier.send(&n) {
-                    tracing::error!(error = %e, kind = n.kind.as_str(), "cannot notify");
-                }
+                match notifier.send(&n) {
+                    Ok(()) => counts.sent.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::error!(error = %e, kind = n.kind.as_str(), "cannot notify");
+                        counts.failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
             }
         });
     }
@@ -528,6 +572,10 @@ impl Pipeline {
                 Ok(()) => Response::ok("configuration and rules reloaded"),
                 Err(e) => Response::error(&e),
             },
+            Request::Metrics => match self.metrics(queued, capacity) {
+                Ok(s) => Response::ok(crate::metrics::render(&s)),
+                Err(e) => Response::error(&e),
+            },
             _ if self.dry_run => Response::error(&anyhow::anyhow!(
                 "the daemon runs with --dry-run and does not touch the kernel; stop it to act directly"
             )),
@@ -541,6 +589,10 @@ impl Pipeline {
                     now: Utc::now(),
                 };
                 let response = control::handle(req, cx);
+                if let (true, Request::Block { targets, .. }) = (response.ok, req) {
+                    let v4 = targets.iter().filter(|t| !t.contains(':')).count() as u64;
+                    self.tally.blocked(v4, targets.len() as u64 - v4);
+                }
                 if let Some(f) = &mut self.fleet {
                     // Bans the operator made or lifted here are this host's verdicts too.
                     if response.ok && matches!(req, Request::Block { .. } | Request::Unblock { .. }) {
@@ -563,11 +615,23 @@ impl Pipeline {
 
     /// Loads the config and rules again; on any error the running ones stay and the error is returned.
     pub fn reload(&mut self) -> Result<()> {
+        let r = self.reload_config();
+        match r {
+            Ok(()) => self.tally.reloads_ok += 1,
+            Err(_) => self.tally.reloads_failed += 1,
+        }
+        r
+    }
+
+    fn reload_config(&mut self) -> Result<()> {
         let config =
             Config::load(self.config_path.as_deref()).context("reload refused, the running configuration stays")?;
         let parser = parser_for(&config).context("reload refused, the running configuration stays")?;
         if config.db != self.config.db || config.daemon.socket != self.config.daemon.socket {
             tracing::warn!("db and daemon.socket changes take effect at the next start");
+        }
+        if config.metrics != self.config.metrics {
+            tracing::warn!("[metrics] changes take effect at the next start");
         }
         self.enforcer.reconfigure(&config.enforcement()).context("reload: applying the new table shape")?;
         let same_policy = config.same_policy(&self.config);
@@ -640,6 +704,80 @@ impl Pipeline {
                 Ok(()) => "ready".into(),
                 Err(why) => format!("not possible: {why}"),
             },
+        })
+    }
+
+    /// What a scrape shows: the status's counters, the tally, the ports' figures, the bans in force by origin
+    /// and the kernel's drop counters (left out when they cannot be read, never shown as zeros).
+    pub fn metrics(&mut self, queued: usize, capacity: usize) -> Result<crate::metrics::Snapshot> {
+        use crate::metrics::{family, origin_kind, PortFigures, Snapshot, SourceFigures};
+        let now = Utc::now();
+        let mut bans_active: std::collections::BTreeMap<(&'static str, &'static str), u64> = Default::default();
+        for (origin, v4, n) in self.store.bans_by_origin(now)? {
+            *bans_active.entry((origin_kind(&origin), family(v4))).or_default() += n;
+        }
+        // The mode is what is in force (the store's limits, as `status` shows it); the traffic is the policy's view.
+        let (_, limits) = self.store.summary(now)?;
+        let traffic = self.policy.port_traffic(now);
+        let ports = PortStatus::of_services(&self.config.services, &limits)
+            .into_iter()
+            .map(|p| {
+                let (new_per_s, distinct) = traffic.get(&p.port).copied().unwrap_or((0.0, 0));
+                let mode = match p.mode.as_str() {
+                    "global limit" => "global",
+                    "SYN proxy" => "synproxy",
+                    "per-source limit" => "source",
+                    _ => "normal",
+                };
+                PortFigures { port: p.port, service: p.service, mode, new_per_s, distinct }
+            })
+            .collect();
+        let drops = if self.dry_run {
+            None
+        } else {
+            self.enforcer.drop_figures().map_err(|e| tracing::debug!(error = %e, "metrics: kernel counters")).ok()
+        };
+        let t = &self.tally;
+        Ok(Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_unix: self.started_at.timestamp(),
+            sources: self
+                .sources
+                .iter()
+                .map(|s| {
+                    let (lines, events) = s.counts();
+                    SourceFigures {
+                        name: s.name.clone(),
+                        lines,
+                        events,
+                        lag_bytes: s.stats.lag_bytes.load(Ordering::Relaxed),
+                        lost: s.stats.lost.load(Ordering::Relaxed),
+                        shed: s.stats.shed.load(Ordering::Relaxed),
+                    }
+                })
+                .collect(),
+            lines_parsed: self.parser.stats.lines,
+            unmatched: self.parser.stats.unmatched,
+            malformed: self.parser.stats.malformed,
+            rule_hits: t.rule_hits.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            queued,
+            queue_capacity: capacity,
+            events_stored: self.events_stored,
+            store_bytes: self.store.size_bytes().ok(),
+            bans_active: bans_active.into_iter().map(|((o, f), n)| (o, f, n)).collect(),
+            bans_made: t.bans.iter().map(|(k, n)| (*k, *n)).collect(),
+            decisions: t.decisions.iter().map(|(k, n)| (*k, *n)).collect(),
+            refused: self.refused_allowlisted,
+            apply_errors: self.apply_errors,
+            ports,
+            drops,
+            latency: t.latency.clone(),
+            notices_sent: t.notices.sent.load(Ordering::Relaxed),
+            notices_failed: t.notices.failed.load(Ordering::Relaxed),
+            notices_held: self.throttle.held(),
+            reloads_ok: t.reloads_ok,
+            reloads_failed: t.reloads_failed,
+            tracked_sources: self.policy.tracked(),
         })
     }
 

@@ -169,6 +169,27 @@ impl Batch {
         });
     }
 
+    /// A named counter object (`counter NAME { }`); an existing one is left as it is, its counts kept.
+    pub fn add_counter(&mut self, table: &str, name: &str) {
+        let (t, n) = (cstr(table), cstr(name));
+        // SAFETY: as table_msg: the header's room is far larger than a counter object, the CStrings outlive the
+        // call, and the nftnl object is serialised and freed here, once.
+        self.push(
+            libc::NFT_MSG_NEWOBJ,
+            libc::NLM_F_CREATE,
+            What::Object(format!("add counter {name}")),
+            |nlh| unsafe {
+                let o = sys::nftnl_obj_alloc();
+                sys::nftnl_obj_set_str(o, sys::NFTNL_OBJ_TABLE as u16, t.as_ptr());
+                sys::nftnl_obj_set_str(o, sys::NFTNL_OBJ_NAME as u16, n.as_ptr());
+                sys::nftnl_obj_set_u32(o, sys::NFTNL_OBJ_FAMILY as u16, NFPROTO_INET as u32);
+                sys::nftnl_obj_set_u32(o, sys::NFTNL_OBJ_TYPE as u16, super::expr::NFT_OBJECT_COUNTER);
+                sys::nftnl_obj_nlmsg_build_payload(nlh, o);
+                sys::nftnl_obj_free(o);
+            },
+        );
+    }
+
     pub fn add_chain(&mut self, table: &str, chain: &str, hook: Option<&Hook>) {
         let (t, c, filter) = (cstr(table), cstr(chain), cstr("filter"));
         self.push(
@@ -348,6 +369,52 @@ fn request(kind: i32, flags: i32, seq: u32, payload: impl FnOnce(*mut libc::nlms
     buf
 }
 
+/// A dump request for the named counters of a table.
+pub fn get_counters_request(table: &str, seq: u32) -> Vec<u8> {
+    let t = cstr(table);
+    // SAFETY: `nlh` is the header of request()'s 4 KiB buffer, far more than a table name takes; the nftnl object
+    // gets a pointer to a CString that outlives the call, is serialised and freed here, once.
+    request(libc::NFT_MSG_GETOBJ, libc::NLM_F_DUMP | libc::NLM_F_ACK, seq, |nlh| unsafe {
+        let o = sys::nftnl_obj_alloc();
+        sys::nftnl_obj_set_str(o, sys::NFTNL_OBJ_TABLE as u16, t.as_ptr());
+        sys::nftnl_obj_set_u32(o, sys::NFTNL_OBJ_TYPE as u16, super::expr::NFT_OBJECT_COUNTER);
+        sys::nftnl_obj_nlmsg_build_payload(nlh, o);
+        sys::nftnl_obj_free(o);
+    })
+}
+
+/// A named counter of a NEWOBJ message: its table, name, packets and bytes. None for another object type.
+pub fn parse_counter(msg: &[u8]) -> Option<(String, String, u64, u64)> {
+    // SAFETY: `msg` is one whole netlink message (Messages checked nlmsg_len against the datagram) that outlives the
+    // block; the nftnl object is allocated here, read only through nftnl's getters while alive, strings copied
+    // out before it is freed, once (every return path frees it).
+    unsafe {
+        let o = sys::nftnl_obj_alloc();
+        if sys::nftnl_obj_nlmsg_parse(msg.as_ptr().cast(), o) < 0
+            || sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_TYPE as u16) != super::expr::NFT_OBJECT_COUNTER
+        {
+            sys::nftnl_obj_free(o);
+            return None;
+        }
+        let text = |attr: u32| {
+            let p = sys::nftnl_obj_get_str(o, attr as u16);
+            if p.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let out = (
+            text(sys::NFTNL_OBJ_TABLE),
+            text(sys::NFTNL_OBJ_NAME),
+            sys::nftnl_obj_get_u64(o, sys::NFTNL_OBJ_CTR_PKTS as u16),
+            sys::nftnl_obj_get_u64(o, sys::NFTNL_OBJ_CTR_BYTES as u16),
+        );
+        sys::nftnl_obj_free(o);
+        Some(out)
+    }
+}
+
 /// A dump request for every chain (filtered by table on our side).
 pub fn get_chains_request(seq: u32) -> Vec<u8> {
     request(libc::NFT_MSG_GETCHAIN, libc::NLM_F_DUMP | libc::NLM_F_ACK, seq, |_| {})
@@ -433,13 +500,13 @@ pub fn get_rules_request(table: &str, chain: &str, seq: u32) -> Vec<u8> {
 /// None for a rule without both.
 pub fn parse_rule_port_counter(msg: &[u8]) -> Option<(u16, u64)> {
     match parse_rule_counter(msg)? {
-        (Some(port), packets) => Some((port, packets)),
+        (Some(port), packets, _) => Some((port, packets)),
         _ => None,
     }
 }
 
-/// A rule's counter, with its `tcp dport == PORT` if it has one.
-pub fn parse_rule_counter(msg: &[u8]) -> Option<(Option<u16>, u64)> {
+/// A rule's counter (packets, bytes), with its `tcp dport == PORT` if it has one.
+pub fn parse_rule_counter(msg: &[u8]) -> Option<(Option<u16>, u64, u64)> {
     // SAFETY: `msg` is one whole netlink message (Messages checked nlmsg_len against the datagram) that outlives the
     // block; the nftnl object is allocated here, read only through nftnl's getters while alive, strings and data
     // copied out before it is freed, once (every return path frees it). The CMP data pointer is valid for the `len`
@@ -451,7 +518,7 @@ pub fn parse_rule_counter(msg: &[u8]) -> Option<(Option<u16>, u64)> {
             return None;
         }
         let it = sys::nftnl_expr_iter_create(r);
-        let (mut port, mut packets) = (None, None);
+        let (mut port, mut packets, mut bytes) = (None, None, 0);
         let mut e = sys::nftnl_expr_iter_next(it);
         while !e.is_null() {
             let name = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
@@ -466,14 +533,17 @@ pub fn parse_rule_counter(msg: &[u8]) -> Option<(Option<u16>, u64)> {
                         port = Some(u16::from_be_bytes([b[0], b[1]]));
                     }
                 }
-                "counter" => packets = Some(sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16)),
+                "counter" => {
+                    packets = Some(sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16));
+                    bytes = sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16);
+                }
                 _ => {}
             }
             e = sys::nftnl_expr_iter_next(it);
         }
         sys::nftnl_expr_iter_destroy(it);
         sys::nftnl_rule_free(r);
-        Some((port, packets?))
+        Some((port, packets?, bytes))
     }
 }
 

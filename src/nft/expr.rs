@@ -114,6 +114,9 @@ pub enum Expr {
         wscale: u8,
     },
     Counter,
+    /// `counter name "NAME"`: counts into the table's named counter object, which `Kernel::counters` reads by
+    /// name (the metrics' per-rule drops) without dumping rules.
+    NamedCounter(String),
     Accept,
     Drop,
     Jump(String),
@@ -125,6 +128,9 @@ pub const CT_NEW: u32 = 1 << 3;
 pub const CT_UNTRACKED: u32 = 1 << 6;
 /// NF_SYNPROXY_OPT_MSS | _WSCALE | _SACK_PERM | _TIMESTAMP: what `mss .. wscale .. timestamp sack-perm` sets.
 const SYNPROXY_FLAGS: u32 = 0x01 | 0x02 | 0x04 | 0x08;
+
+/// NFT_OBJECT_COUNTER (linux/netfilter/nf_tables.h).
+pub const NFT_OBJECT_COUNTER: u32 = 1;
 
 const REG1: u32 = libc::NFT_REG_1 as u32;
 
@@ -211,6 +217,13 @@ pub unsafe fn build(e: &Expr, push: &mut dyn FnMut(*mut sys::nftnl_expr)) {
                 push(x);
             }
             Expr::Counter => push(alloc("counter")),
+            Expr::NamedCounter(name) => {
+                let x = alloc("objref");
+                let name = cstr(name);
+                sys::nftnl_expr_set_u32(x, sys::NFTNL_EXPR_OBJREF_IMM_TYPE as u16, NFT_OBJECT_COUNTER);
+                sys::nftnl_expr_set_str(x, sys::NFTNL_EXPR_OBJREF_IMM_NAME as u16, name.as_ptr());
+                push(x);
+            }
             Expr::Accept => push(verdict(libc::NF_ACCEPT, None)),
             Expr::Drop => push(verdict(libc::NF_DROP, None)),
             Expr::Jump(chain) => push(verdict(libc::NFT_JUMP, Some(chain))),

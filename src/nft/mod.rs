@@ -292,13 +292,46 @@ impl Kernel {
         Ok(out)
     }
 
+    /// The table's named counters: name, packets, bytes (none when the table does not exist).
+    pub fn counters(&mut self, table: &str) -> Result<Vec<(String, u64, u64)>, NftError> {
+        let mut out = Vec::new();
+        self.query(
+            |seq| batch::get_counters_request(table, seq),
+            |msg| {
+                if let Some((t, name, packets, bytes)) = batch::parse_counter(msg) {
+                    // The kernel filters by table; checked again, as a dump of every table would be wrong here.
+                    if t == table {
+                        out.push((name, packets, bytes));
+                    }
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Packets and bytes each port's rules of a limit chain have dropped so far.
+    pub fn limit_counts(&mut self, table: &str, chain: &str) -> Result<HashMap<u16, (u64, u64)>, NftError> {
+        let mut out: HashMap<u16, (u64, u64)> = HashMap::new();
+        self.query(
+            |seq| batch::get_rules_request(table, chain, seq),
+            |msg| {
+                if let Some((Some(port), packets, bytes)) = batch::parse_rule_counter(msg) {
+                    let e = out.entry(port).or_default();
+                    e.0 += packets;
+                    e.1 += bytes;
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
     /// The packets all counters of a chain counted (0 for a missing chain).
     pub fn chain_packets(&mut self, table: &str, chain: &str) -> Result<u64, NftError> {
         let mut total = 0u64;
         self.query(
             |seq| batch::get_rules_request(table, chain, seq),
             |msg| {
-                if let Some((_, packets)) = batch::parse_rule_counter(msg) {
+                if let Some((_, packets, _)) = batch::parse_rule_counter(msg) {
                     total = total.saturating_add(packets);
                 }
             },

@@ -67,6 +67,23 @@ pub struct PortLimits {
     pub global: Limit,
 }
 
+/// A drop rule's named counter, and what it counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropCounter {
+    pub name: String,
+    /// ban, ban_prefix, fleet, fleet_prefix, country.
+    pub rule: &'static str,
+    /// ipv4 or ipv6.
+    pub family: &'static str,
+    /// The service a country rule restricts.
+    pub service: Option<String>,
+}
+
+/// The named counter of the rule dropping what `set` holds.
+fn drop_counter(set: &str) -> String {
+    format!("drop_{set}")
+}
+
 /// A service whose ports take new connections only from some countries (`deny: false`), or from all but some
 /// (`deny: true`). Its address ranges live in two interval sets; its ports go into its switch set only once
 /// those sets are loaded, so a service without range data is never cut off by an empty set.
@@ -243,6 +260,10 @@ impl Ruleset {
         for chain in [BASE_CHAIN, SOURCE_CHAIN, GLOBAL_CHAIN, SYNPROXY_CHAIN, INPUT_CHAIN, TRACK_CHAIN] {
             b.flush_chain(t, chain);
         }
+        // Before the rules that name them.
+        for c in self.drop_counters() {
+            b.add_counter(t, &c.name);
+        }
         for (chain, text, exprs) in self.rules_conntrack() {
             b.add_rule(t, chain, &exprs, &text);
         }
@@ -257,6 +278,37 @@ impl Ruleset {
             exprs.extend([Expr::LimitOver(p.global), Expr::Counter, Expr::Drop]);
             b.add_rule(t, GLOBAL_CHAIN, &exprs, &format!("tcp dport {} limit rate over ... drop", p.port));
         }
+    }
+
+    /// The named counters of the drop rules ahead of the limits: the ban sets' (local and fleet) and the country
+    /// rules', each with what it counts, for the metrics. The limits' drops are counted per port by their own
+    /// rules (`Kernel::limit_drops`).
+    pub fn drop_counters(&self) -> Vec<DropCounter> {
+        let c = |set: &str, rule, family, service: Option<&str>| DropCounter {
+            name: drop_counter(set),
+            rule,
+            family,
+            service: service.map(str::to_string),
+        };
+        let mut out = vec![
+            c(BAN4, "ban", "ipv4", None),
+            c(BAN6, "ban", "ipv6", None),
+            c(BAN4_NET, "ban_prefix", "ipv4", None),
+            c(BAN6_NET, "ban_prefix", "ipv6", None),
+        ];
+        if self.fleet {
+            out.extend([
+                c(FLEET4, "fleet", "ipv4", None),
+                c(FLEET6, "fleet", "ipv6", None),
+                c(FLEET4_NET, "fleet_prefix", "ipv4", None),
+                c(FLEET6_NET, "fleet_prefix", "ipv6", None),
+            ]);
+        }
+        for g in &self.geo {
+            out.push(c(g.set4(), "country", "ipv4", Some(&g.service)));
+            out.push(c(g.set6(), "country", "ipv6", Some(&g.service)));
+        }
+        out
     }
 
     /// The number of rules each chain holds when the table is intact.
@@ -344,7 +396,7 @@ impl Ruleset {
             let mut e = tcp_syn();
             e.extend([dport(), Expr::Lookup(g.switch().into()), Expr::Nfproto(proto), saddr]);
             e.push(if g.deny { Expr::Lookup(set.into()) } else { Expr::LookupNot(set.into()) });
-            e.extend([Expr::Counter, Expr::Drop]);
+            e.extend([Expr::NamedCounter(drop_counter(set)), Expr::Drop]);
             let op = if g.deny { "" } else { "!= " };
             (format!("tcp dport @{} {ip} saddr {op}@{set} drop", g.switch()), e)
         };
@@ -354,17 +406,17 @@ impl Ruleset {
             ("meta iiftype loopback accept".to_string(), vec![Expr::IifType(ARPHRD_LOOPBACK), Expr::Accept]),
             v4(ALLOW4, vec![Expr::Accept]),
             v6(ALLOW6, vec![Expr::Accept]),
-            v4(BAN4, vec![Expr::Counter, Expr::Drop]),
-            v6(BAN6, vec![Expr::Counter, Expr::Drop]),
-            v4(BAN4_NET, vec![Expr::Counter, Expr::Drop]),
-            v6(BAN6_NET, vec![Expr::Counter, Expr::Drop]),
+            v4(BAN4, vec![Expr::NamedCounter(drop_counter(BAN4)), Expr::Drop]),
+            v6(BAN6, vec![Expr::NamedCounter(drop_counter(BAN6)), Expr::Drop]),
+            v4(BAN4_NET, vec![Expr::NamedCounter(drop_counter(BAN4_NET)), Expr::Drop]),
+            v6(BAN6_NET, vec![Expr::NamedCounter(drop_counter(BAN6_NET)), Expr::Drop]),
         ];
         if self.fleet {
             rules.extend([
-                v4(FLEET4, vec![Expr::Counter, Expr::Drop]),
-                v6(FLEET6, vec![Expr::Counter, Expr::Drop]),
-                v4(FLEET4_NET, vec![Expr::Counter, Expr::Drop]),
-                v6(FLEET6_NET, vec![Expr::Counter, Expr::Drop]),
+                v4(FLEET4, vec![Expr::NamedCounter(drop_counter(FLEET4)), Expr::Drop]),
+                v6(FLEET6, vec![Expr::NamedCounter(drop_counter(FLEET6)), Expr::Drop]),
+                v4(FLEET4_NET, vec![Expr::NamedCounter(drop_counter(FLEET4_NET)), Expr::Drop]),
+                v6(FLEET6_NET, vec![Expr::NamedCounter(drop_counter(FLEET6_NET)), Expr::Drop]),
             ]);
         }
         for g in &self.geo {

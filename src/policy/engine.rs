@@ -210,6 +210,21 @@ impl Engine {
         }
     }
 
+    /// Each watched port's new connections per second over the window (what its limit dropped included) and
+    /// its distinct sources, for the metrics.
+    pub fn port_traffic(&self, now: DateTime<Utc>) -> HashMap<u16, (f64, u64)> {
+        let window = self.t.window.as_secs_f64().max(1.0);
+        let horizon = now - span(self.t.window);
+        self.ports
+            .iter()
+            .map(|(&port, p)| {
+                let f = p.traffic.figures(now);
+                let dropped: u64 = p.dropped.iter().filter(|(at, _)| *at >= horizon).map(|(_, n)| *n).sum();
+                (port, (f.rate_per_s + dropped as f64 / window, f.distinct))
+            })
+            .collect()
+    }
+
     /// Failing sources the jail forgot to make room, since the start.
     pub fn evicted(&self) -> u64 {
         self.jail.evicted

@@ -43,9 +43,11 @@ pub enum Feed {
         first_line: Option<u64>,
         position: Option<Position>,
         source: Arc<SourceStats>,
+        /// When the source had read them: where the decision latency the metrics show starts.
+        at: std::time::Instant,
     },
     /// Events a source produced itself (kernel counters, conntrack).
-    Events { input: Arc<str>, events: Vec<Event> },
+    Events { input: Arc<str>, events: Vec<Event>, at: std::time::Instant },
 }
 
 /// Counters a source keeps for `floodgate status`; the pipeline reads them, the source writes them.
@@ -95,7 +97,8 @@ impl Sink {
         position: Option<Position>,
     ) -> bool {
         let n = lines.len() as u64;
-        let feed = Feed::Lines { input: input.clone(), lines, first_line, position, source: self.stats.clone() };
+        let at = std::time::Instant::now();
+        let feed = Feed::Lines { input: input.clone(), lines, first_line, position, source: self.stats.clone(), at };
         let ok = self.tx.blocking_send(feed).is_ok();
         if ok {
             self.stats.lines.fetch_add(n, Ordering::Relaxed);
@@ -106,7 +109,7 @@ impl Sink {
     /// Offers events; when the pipeline is full they are dropped and counted as shed. Never blocks.
     pub fn offer_events(&self, input: &Arc<str>, events: Vec<Event>) {
         let n = events.len() as u64;
-        match self.tx.try_send(Feed::Events { input: input.clone(), events }) {
+        match self.tx.try_send(Feed::Events { input: input.clone(), events, at: std::time::Instant::now() }) {
             Ok(()) => {
                 self.stats.events.fetch_add(n, Ordering::Relaxed);
             }
@@ -119,7 +122,8 @@ impl Sink {
     /// Sends events, waiting while the pipeline is full (for events that must not be shed).
     pub fn send_events(&self, input: &Arc<str>, events: Vec<Event>) -> bool {
         let n = events.len() as u64;
-        let ok = self.tx.blocking_send(Feed::Events { input: input.clone(), events }).is_ok();
+        let ok =
+            self.tx.blocking_send(Feed::Events { input: input.clone(), events, at: std::time::Instant::now() }).is_ok();
         if ok {
             self.stats.events.fetch_add(n, Ordering::Relaxed);
         }

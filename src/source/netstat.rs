@@ -331,7 +331,7 @@ mod tests {
         let mut events = Vec::new();
         while let Ok(feed) = rx.try_recv() {
             match feed {
-                Feed::Events { input, events: e } => {
+                Feed::Events { input, events: e, .. } => {
                     assert_eq!(&*input, "netstat");
                     events.extend(e);
                 }

@@ -418,6 +418,27 @@ impl Store {
         read_allowlist(&self.conn, &self.path)
     }
 
+    /// Bans in force at `now` counted by origin and family (true: IPv4); another host's bans under "fleet".
+    pub fn bans_by_origin(&self, now: DateTime<Utc>) -> Result<Vec<(String, bool, u64)>, StoreError> {
+        let q = |e| sql(&self.path, "counting bans", e);
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT origin, instr(cidr, ':') = 0, count(*) FROM bans WHERE until_us IS NULL OR until_us > ?1
+                 GROUP BY 1, 2
+                 UNION ALL
+                 SELECT 'fleet', instr(cidr, ':') = 0, count(*) FROM remote_bans WHERE until_us IS NULL OR until_us > ?1
+                 GROUP BY 2",
+            )
+            .map_err(q)?;
+        let rows = st
+            .query_map([ts_us(&now)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)? as u64))
+            })
+            .map_err(q)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(q)
+    }
+
     /// How many bans are in force at `now`, and the limits (cheap: bans are counted, not read).
     pub fn summary(&self, now: DateTime<Utc>) -> Result<(usize, Vec<LimitOn>), StoreError> {
         let q = |e| sql(&self.path, "counting bans", e);

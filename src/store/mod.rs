@@ -444,6 +444,16 @@ impl Store {
         run().map_err(|e| sql(&self.path, "reading recent decisions", e))
     }
 
+    /// The database's size in bytes (cheap: no table is read).
+    pub fn size_bytes(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|b| b as u64)
+            .map_err(|e| sql(&self.path, "size", e))
+    }
+
     /// Rows stored (events plus aggregated conntrack minutes) and the database's size in bytes.
     pub fn usage(&self) -> Result<(u64, u64), StoreError> {
         let q = |s: &str| self.conn.query_row(s, [], |r| r.get::<_, i64>(0)).map_err(|e| sql(&self.path, "usage", e));
