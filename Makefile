@@ -5,6 +5,8 @@ CARGO    ?= cargo
 PREFIX   ?= /usr/local
 DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux conntrack procps
 DEMO_DIR := $(or $(TMPDIR),/tmp)/floodgate-demo
+# Where cargo builds: CARGO_TARGET_DIR when set (install and deb take the binary from there).
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
 MAIL_PKGS := postfix dovecot-core dovecot-imapd dovecot-pop3d hydra openssh-server nats-server
 # fail2ban only for `make bench` (fail2ban-regex side by side with floodgate parse); its server is never started.
@@ -58,7 +60,7 @@ lint:
 # skipped test prints a banner and appends a line to SKIP_LOG (tests/lab/src/skip.rs), which is cleared here
 # before the run and counted after it, so that a green run with kernel suites skipped says so at the end. Under
 # CI=true a skip fails the test instead.
-SKIP_LOG := $(abspath $(or $(CARGO_TARGET_DIR),target))/skipped-kernel-tests.txt
+SKIP_LOG := $(TARGET_DIR)/skipped-kernel-tests.txt
 
 test: lint
 	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
@@ -156,7 +158,7 @@ demo-mail: deps mail-deps
 # The units name the package's paths (/usr/bin, /usr/share/doc); a PREFIX install rewrites them to its own.
 UNIT_PATHS := s|/usr/bin/floodgate|$(PREFIX)/bin/floodgate|g; s|/usr/share/doc/floodgate|$(PREFIX)/share/doc/floodgate|g
 install: build
-	install -D -m 0755 target/release/floodgate $(DESTDIR)$(PREFIX)/bin/floodgate
+	install -D -m 0755 $(TARGET_DIR)/release/floodgate $(DESTDIR)$(PREFIX)/bin/floodgate
 	install -D -m 0644 examples/floodgate.toml $(DESTDIR)/etc/floodgate/floodgate.toml.example
 	install -d $(DESTDIR)/lib/systemd/system
 	sed "$(UNIT_PATHS)" examples/floodgate.service > $(DESTDIR)/lib/systemd/system/floodgate.service
@@ -171,7 +173,6 @@ install: build
 # ships exactly what this binary says; man pages gzipped (-n: no timestamp) as Debian wants them. --strip: the
 # release profile keeps line tables for developers' backtraces, the package ships the stripped binary (lintian).
 # cargo-deb comes from crates.io the first time.
-TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 DEB_ASSETS := $(TARGET_DIR)/release/deb-assets
 deb: build
 	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked

@@ -13,11 +13,13 @@ fn main() {
             // HEAD moves on a checkout or a commit: HEAD itself (detached, or a branch switch) and the branch's ref
             // (a new commit on it; packed-refs after `git gc` or a fetch). A worktree keeps HEAD in its own git
             // dir and the refs in the common one.
-            println!("cargo:rerun-if-changed={}", checkout.git_dir.join("HEAD").display());
-            if let Some(branch) = &checkout.head_ref {
-                println!("cargo:rerun-if-changed={}", checkout.common_dir.join(branch).display());
+            // Only files that exist: cargo reruns the script on every build for a missing one (a branch whose
+            // ref is packed has no loose file; a fresh clone may have no packed-refs).
+            let mut watched = vec![checkout.git_dir.join("HEAD"), checkout.common_dir.join("packed-refs")];
+            watched.extend(checkout.head_ref.as_ref().map(|branch| checkout.common_dir.join(branch)));
+            for path in watched.iter().filter(|p| p.exists()) {
+                println!("cargo:rerun-if-changed={}", path.display());
             }
-            println!("cargo:rerun-if-changed={}", checkout.common_dir.join("packed-refs").display());
             git(&manifest_dir, &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
         }
         None => "unknown".into(),
