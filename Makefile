@@ -5,12 +5,14 @@ CARGO    ?= cargo
 PREFIX   ?= /usr/local
 DEB_PKGS := build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 util-linux conntrack procps
 DEMO_DIR := $(or $(TMPDIR),/tmp)/floodgate-demo
+# Where cargo builds: CARGO_TARGET_DIR when set (install and deb take the binary from there).
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
 MAIL_PKGS := postfix dovecot-core dovecot-imapd dovecot-pop3d hydra openssh-server nats-server
 # fail2ban only for `make bench` (fail2ban-regex side by side with floodgate parse); its server is never started.
 BENCH_PKGS := fail2ban
 
-.PHONY: all build deps mail-deps bench-deps test lint bench demo demo-enforce demo-mail install clean
+.PHONY: all build deps mail-deps bench-deps test lint bench demo demo-enforce demo-mail install deb deb-check clean
 
 all: build
 
@@ -58,7 +60,7 @@ lint:
 # skipped test prints a banner and appends a line to SKIP_LOG (tests/lab/src/skip.rs), which is cleared here
 # before the run and counted after it, so that a green run with kernel suites skipped says so at the end. Under
 # CI=true a skip fails the test instead.
-SKIP_LOG := $(abspath $(or $(CARGO_TARGET_DIR),target))/skipped-kernel-tests.txt
+SKIP_LOG := $(TARGET_DIR)/skipped-kernel-tests.txt
 
 test: lint
 	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
@@ -153,15 +155,39 @@ demo-mail: deps mail-deps
 	@echo "== the mail scenario: real Postfix and Dovecot, floodgate run, five attacks and what floodgate did (tests/mail_netns.rs)"
 	$(CARGO) test --release --test mail_netns -- --exact the_mail_server_scenario --nocapture
 
+# The units name the package's paths (/usr/bin, /usr/share/doc); a PREFIX install rewrites them to its own.
+UNIT_PATHS := s|/usr/bin/floodgate|$(PREFIX)/bin/floodgate|g; s|/usr/share/doc/floodgate|$(PREFIX)/share/doc/floodgate|g
 install: build
-	install -D -m 0755 target/release/floodgate $(DESTDIR)$(PREFIX)/bin/floodgate
+	install -D -m 0755 $(TARGET_DIR)/release/floodgate $(DESTDIR)$(PREFIX)/bin/floodgate
 	install -D -m 0644 examples/floodgate.toml $(DESTDIR)/etc/floodgate/floodgate.toml.example
 	install -d $(DESTDIR)/lib/systemd/system
-	sed "s|/usr/local|$(PREFIX)|g" examples/floodgate.service > $(DESTDIR)/lib/systemd/system/floodgate.service
-	sed "s|/usr/local|$(PREFIX)|g" examples/floodgate-geo-update.service > $(DESTDIR)/lib/systemd/system/floodgate-geo-update.service
+	sed "$(UNIT_PATHS)" examples/floodgate.service > $(DESTDIR)/lib/systemd/system/floodgate.service
+	sed "$(UNIT_PATHS)" examples/floodgate-geo-update.service > $(DESTDIR)/lib/systemd/system/floodgate-geo-update.service
 	install -m 0644 examples/floodgate-geo-update.timer $(DESTDIR)/lib/systemd/system/floodgate-geo-update.timer
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/floodgate/README.md
 	@echo "installed; enable with: systemctl daemon-reload && systemctl enable --now floodgate"
+
+# The Debian package (cargo-deb; what goes in it: [package.metadata.deb] in Cargo.toml, maintainer scripts in
+# debian/). The man pages, completions and the packaged config come from the release binary itself (`floodgate
+# generate`, hidden), written under the target directory where the assets list expects them, so the package
+# ships exactly what this binary says; man pages gzipped (-n: no timestamp) as Debian wants them. --strip: the
+# release profile keeps line tables for developers' backtraces, the package ships the stripped binary (lintian).
+# cargo-deb comes from crates.io the first time.
+DEB_ASSETS := $(TARGET_DIR)/release/deb-assets
+deb: build
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+	rm -rf $(DEB_ASSETS)
+	$(TARGET_DIR)/release/floodgate generate man $(DEB_ASSETS)/man
+	gzip -9n $(DEB_ASSETS)/man/*
+	$(TARGET_DIR)/release/floodgate generate completions $(DEB_ASSETS)/completions
+	$(TARGET_DIR)/release/floodgate generate config $(DEB_ASSETS)/floodgate.toml
+	$(CARGO) deb --no-build --strip
+	@ls -l $(TARGET_DIR)/debian/floodgate_*.deb
+
+# Installs the package on this machine, uses it as an operator would, purges it and checks nothing is left (root;
+# refuses where floodgate is already installed). CI runs it after `make test`.
+deb-check: deb
+	.ci/deb-check $(TARGET_DIR)/debian
 
 clean:
 	$(CARGO) clean

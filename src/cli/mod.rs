@@ -4,7 +4,9 @@ pub mod advise;
 pub mod allow;
 pub mod block;
 pub mod events;
+pub mod example_config;
 pub mod fleet;
+pub mod generate;
 pub mod geo;
 pub mod limit;
 pub mod list;
@@ -20,8 +22,12 @@ use crate::control::{self, Request, Response};
 use crate::enforce::Enforcer;
 use crate::store::Store;
 
+/// `floodgate --version`: the version and the commit it was built from (build.rs; "unknown" outside a git
+/// checkout), so that a report names the exact tree.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FLOODGATE_GIT_COMMIT"), ")");
+
 #[derive(Debug, Parser)]
-#[command(name = "floodgate", version, about = "Defends mail servers against brute force, DoS and spoofed SYN floods")]
+#[command(name = "floodgate", version = VERSION, about = "Defends mail servers against brute force, DoS and spoofed SYN floods")]
 pub struct Cli {
     /// Configuration file (with no file, the built-in mail-server preset).
     #[arg(long, global = true, value_name = "FILE")]
@@ -69,6 +75,9 @@ pub enum Command {
     Geo(geo::Args),
     /// Several hosts sharing their bans ([fleet]): status, and the operator's fleet-wide block and unblock.
     Fleet(fleet::Args),
+    /// Man pages, completions and the packaged config, for packaging (hidden: see cli::generate).
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -182,6 +191,10 @@ impl Setup {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // Packaging reads no config: it must work on a build machine with none, or with a broken one.
+    if let Command::Generate(args) = cli.command {
+        return generate::run(args);
+    }
     let ctx = cli.context()?;
     match cli.command {
         Command::Parse(args) => parse::run(&ctx, args),
@@ -210,6 +223,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reload(_) => ctx.execute(Request::Reload).map(|_| ()),
         Command::Geo(args) => geo::run(&ctx, args),
         Command::Fleet(args) => fleet::run(&ctx, args),
+        Command::Generate(_) => unreachable!("handled before the config is read"),
     }
 }
 
