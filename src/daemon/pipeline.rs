@@ -740,6 +740,7 @@ impl Pipeline {
         let t = &self.tally;
         Ok(Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
+            commit: env!("FLOODGATE_GIT_COMMIT").to_string(),
             started_unix: self.started_at.timestamp(),
             sources: self
                 .sources

@@ -172,6 +172,7 @@ pub struct DropFigures {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub version: String,
+    pub commit: String,
     pub started_unix: i64,
     pub sources: Vec<SourceFigures>,
     pub lines_parsed: u64,
@@ -249,8 +250,8 @@ fn num(v: f64) -> String {
 /// The exposition of `s`, in the Prometheus text format 0.0.4.
 pub fn render(s: &Snapshot) -> String {
     let mut o = Out(String::with_capacity(8192));
-    o.family("build_info", "gauge", "The running floodgate: its version (with the commit it was built from).");
-    o.sample("build_info", &[("version", &s.version)], 1);
+    o.family("build_info", "gauge", "The running floodgate: its version and the commit it was built from.");
+    o.sample("build_info", &[("version", &s.version), ("commit", &s.commit)], 1);
     o.one("start_time_seconds", "gauge", "When the daemon started, in seconds since the epoch.", s.started_unix);
 
     o.family("source_lines_total", "counter", "Lines each source read.");
@@ -388,7 +389,8 @@ mod tests {
         latency.observe(Duration::from_micros(800));
         latency.observe(Duration::from_millis(30));
         Snapshot {
-            version: "0.1.0 (abc1234)".into(),
+            version: "0.1.0".into(),
+            commit: "abc1234".into(),
             sources: vec![SourceFigures {
                 name: "/var/log/mail.log".into(),
                 lines: 10,
