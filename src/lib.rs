@@ -19,11 +19,13 @@
 //! [`setting`] vocabulary (durations, the one-key error); [`config`] only assembles the file from them.
 //!
 //! Around the pipeline: the operator's requests ([`control`]) from the commands ([`cli`]), country ranges
-//! ([`geo`]) and the advisor ([`advise`]). The few system calls std lacks live in [`os`], each `unsafe` with
-//! the reason it is sound.
+//! ([`geo`]), the advisor ([`advise`]) and the attack report ([`attack_report`]: the store's record of a
+//! period drawn as one HTML page). The few system calls std lacks live in [`os`], each `unsafe` with the
+//! reason it is sound.
 
 pub mod addr;
 pub mod advise;
+pub mod attack_report;
 pub mod cli;
 pub mod config;
 pub mod control;

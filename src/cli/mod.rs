@@ -11,6 +11,7 @@ pub mod geo;
 pub mod limit;
 pub mod list;
 pub mod parse;
+pub mod report;
 
 use std::path::PathBuf;
 
@@ -51,6 +52,9 @@ pub enum Command {
     /// Read this machine's TCP and conntrack settings, listeners and flood history, and explain what to change
     /// (changes nothing).
     Advise(advise::Args),
+    /// Draw what the store recorded over a period as one self-contained HTML page (charts per port, bans by
+    /// origin, top sources, the kernel's SYN-flood lines, the advisor's findings).
+    Report(report::Args),
     /// Ban addresses or prefixes (one kernel batch for all of them).
     Block(block::BlockArgs),
     /// Lift bans.
@@ -200,6 +204,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Parse(args) => parse::run(&ctx, args),
         Command::Events(args) => events::run(&ctx, args),
         Command::Advise(args) => advise::run(&ctx, args),
+        Command::Report(args) => report::run(&ctx, args),
         Command::Block(args) => block::run_block(&ctx, args),
         Command::Unblock(args) => block::run_unblock(&ctx, args),
         Command::List(args) => list::run(&ctx, args),

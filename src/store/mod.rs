@@ -454,6 +454,13 @@ impl Store {
             .map_err(|e| sql(&self.path, "size", e))
     }
 
+    /// The connection itself, for a reader that aggregates in SQL over millions of rows (the attack report:
+    /// GROUP BY time buckets, top-N with LIMIT) instead of loading events. Such a reader runs SELECTs only; it
+    /// opens the store with [`Store::open_read_only`], so SQLite refuses a write anyway.
+    pub fn reader(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Rows stored (events plus aggregated conntrack minutes) and the database's size in bytes.
     pub fn usage(&self) -> Result<(u64, u64), StoreError> {
         let q = |s: &str| self.conn.query_row(s, [], |r| r.get::<_, i64>(0)).map_err(|e| sql(&self.path, "usage", e));
