@@ -303,13 +303,11 @@ impl Scenario {
         assert!(postfix.is_empty() && dovecot.is_empty(), "the lab logged errors: {postfix:#?} {dovecot:#?}");
     }
 
-    /// The packets the kernel dropped for single-address IPv4 bans (the counter on `ip saddr @ban4 drop`).
+    /// The packets the kernel dropped for single-address IPv4 bans: the named counter of `ip saddr @ban4 drop`.
     fn ban4_drops(&self) -> u64 {
-        let chain = self.net.server.nft(&["list", "chain", "inet", "floodgate", "prerouting"]);
-        let line =
-            chain.lines().find(|l| l.contains("@ban4 counter")).unwrap_or_else(|| panic!("no ban4 rule:\n{chain}"));
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let at = words.iter().position(|w| *w == "packets").unwrap_or_else(|| panic!("no counter: {line}"));
+        let counter = self.net.server.nft(&["list", "counter", "inet", "floodgate", "drop_ban4"]);
+        let words: Vec<&str> = counter.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "packets").unwrap_or_else(|| panic!("no packets: {counter}"));
         words[at + 1].parse().unwrap()
     }
 

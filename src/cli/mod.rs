@@ -12,6 +12,7 @@ pub mod limit;
 pub mod list;
 pub mod parse;
 pub mod report;
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -73,6 +74,9 @@ pub enum Command {
     Run(RunArgs),
     /// What the running daemon is doing: sources, rates, lag, shed events, port modes, bans.
     Status(StatusArgs),
+    /// The running daemon at a glance, refreshed every second: ports, modes, rates, distinct sources, bans/s,
+    /// the latest decisions (q or Ctrl-C quits).
+    Top(top::Args),
     /// Ask the running daemon to reload its configuration and rules (as SIGHUP does).
     Reload(ReloadArgs),
     /// Country ranges for country-restricted ports: update (download and load), load, lookup.
@@ -157,7 +161,9 @@ impl Setup {
                 r
             }
             // Said before anything is opened: no store created, no root needed, to learn the daemon is down.
-            None if matches!(req, Request::Status | Request::Reload) => anyhow::bail!("{}", control::NOT_RUNNING),
+            None if matches!(req, Request::Status | Request::Reload | Request::Metrics) => {
+                anyhow::bail!("{}", control::NOT_RUNNING)
+            }
             None => {
                 let mut store = self.open_store()?;
                 let mut enforcer = Enforcer::open(&self.config.enforcement())?;
@@ -226,6 +232,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Reload(_) => ctx.execute(Request::Reload).map(|_| ()),
+        Command::Top(args) => top::run(&ctx, args),
         Command::Geo(args) => geo::run(&ctx, args),
         Command::Fleet(args) => fleet::run(&ctx, args),
         Command::Generate(_) => unreachable!("handled before the config is read"),

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 
 use super::health::ConntrackHealth;
-use super::status::{PortStatus, SourceStatus, Status};
+use super::status::{PortStatus, RecentDecision, SourceStatus, Status};
 use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::decision::Decision;
@@ -89,7 +89,12 @@ pub struct Pipeline {
     tally: crate::metrics::Tally,
     /// When each line (or event batch) that produced a decision still on its way to the kernel arrived.
     arrivals: Vec<Instant>,
+    /// The latest decisions carried out (`RECENT` at most), for `floodgate top`.
+    recent: std::collections::VecDeque<RecentDecision>,
 }
+
+/// Decisions `status` lists.
+const RECENT: usize = 10;
 
 /// How often the SYN proxy's prerequisites are read again (an admin fixing a sysctl is noticed within this).
 const SYNPROXY_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
@@ -148,6 +153,7 @@ impl Pipeline {
             fleet: None,
             tally: crate::metrics::Tally::default(),
             arrivals: Vec::new(),
+            recent: std::collections::VecDeque::new(),
         };
         pipeline.check_synproxy();
         Ok(pipeline)
@@ -214,6 +220,39 @@ impl Pipeline {
         self.tally.decided(decisions);
         for at in self.arrivals.drain(..) {
             self.tally.latency.observe(at.elapsed());
+        }
+        self.remember(decisions, Utc::now());
+    }
+
+    /// Keeps the latest decisions for `status`: one by one, or a big batch (a fleet joining) as one line.
+    fn remember(&mut self, decisions: &[Decision], now: DateTime<Utc>) {
+        let one = |d: &Decision| {
+            let (what, target, origin) = match d {
+                Decision::Ban { cidr, origin, .. } => ("ban".to_string(), cidr.to_string(), origin.clone()),
+                Decision::Unban { cidr, origin, .. } => ("unban".into(), cidr.to_string(), origin.clone()),
+                Decision::Limit { port, mode, origin, .. } => {
+                    (format!("limit_{}", mode.as_str()), port.to_string(), origin.clone())
+                }
+                Decision::Lift { port, mode, origin, .. } => {
+                    (format!("lift_{}", mode.as_str()), port.to_string(), origin.clone())
+                }
+                Decision::Allow { cidr, origin, .. } => ("allow".into(), cidr.to_string(), origin.clone()),
+                Decision::Disallow { cidr, origin } => ("disallow".into(), cidr.to_string(), origin.clone()),
+                Decision::Remote { cidr, host, .. } => ("fleet_ban".into(), cidr.to_string(), host.clone()),
+                Decision::RemoteLift { cidr, .. } => ("fleet_lift".into(), cidr.to_string(), "fleet".into()),
+            };
+            RecentDecision { at: now, what, target, origin }
+        };
+        if decisions.len() > RECENT {
+            let mut r = one(&decisions[0]);
+            r.what = format!("{} x{}", r.what, decisions.len());
+            r.target = format!("{} ...", r.target);
+            self.recent.push_back(r);
+        } else {
+            self.recent.extend(decisions.iter().map(one));
+        }
+        while self.recent.len() > RECENT {
+            self.recent.pop_front();
         }
     }
 
@@ -592,6 +631,12 @@ impl Pipeline {
                 if let (true, Request::Block { targets, .. }) = (response.ok, req) {
                     let v4 = targets.iter().filter(|t| !t.contains(':')).count() as u64;
                     self.tally.blocked(v4, targets.len() as u64 - v4);
+                    let what = if targets.len() == 1 { "ban".to_string() } else { format!("ban x{}", targets.len()) };
+                    let target = targets.first().cloned().unwrap_or_default();
+                    self.recent.push_back(RecentDecision { at: Utc::now(), what, target, origin: "manual".into() });
+                    if self.recent.len() > RECENT {
+                        self.recent.pop_front();
+                    }
                 }
                 if let Some(f) = &mut self.fleet {
                     // Bans the operator made or lifted here are this host's verdicts too.
@@ -678,7 +723,11 @@ impl Pipeline {
     pub fn status(&self, queued: usize, capacity: usize) -> Result<Status> {
         let now = Utc::now();
         let (bans_active, limits) = self.store.summary(now)?;
-        let ports = PortStatus::of_services(&self.config.services, &limits);
+        let mut ports = PortStatus::of_services(&self.config.services, &limits);
+        let traffic = self.policy.port_traffic(now);
+        for p in &mut ports {
+            (p.new_per_s, p.distinct) = traffic.get(&p.port).copied().unwrap_or((0.0, 0));
+        }
         Ok(Status {
             pid: std::process::id(),
             started: self.started_at,
@@ -704,6 +753,7 @@ impl Pipeline {
                 Ok(()) => "ready".into(),
                 Err(why) => format!("not possible: {why}"),
             },
+            recent: self.recent.iter().cloned().collect(),
         })
     }
 

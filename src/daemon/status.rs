@@ -32,6 +32,21 @@ pub struct PortStatus {
     pub mode: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<DateTime<Utc>>,
+    /// New connections per second over the policy's window, and distinct sources (an estimate).
+    #[serde(default)]
+    pub new_per_s: f64,
+    #[serde(default)]
+    pub distinct: u64,
+}
+
+/// One of the latest decisions carried out, for `floodgate top`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecentDecision {
+    pub at: DateTime<Utc>,
+    /// ban, unban, limit_global, ... (a batch: "ban x4096").
+    pub what: String,
+    pub target: String,
+    pub origin: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +85,9 @@ pub struct Status {
     /// Whether the SYN proxy can be used here, or why not.
     #[serde(default)]
     pub synproxy: String,
+    /// The latest decisions carried out, newest last.
+    #[serde(default)]
+    pub recent: Vec<RecentDecision>,
 }
 
 impl SourceStatus {
@@ -108,7 +126,14 @@ impl PortStatus {
                     (None, None, Some(s)) => ("per-source limit", Some(s.until)),
                     _ => ("normal", None),
                 };
-                ports.push(PortStatus { port, service: service.clone(), mode: mode.into(), until });
+                ports.push(PortStatus {
+                    port,
+                    service: service.clone(),
+                    mode: mode.into(),
+                    until,
+                    new_per_s: 0.0,
+                    distinct: 0,
+                });
             }
         }
         ports.sort_by_key(|p| p.port);

@@ -12,4 +12,5 @@ pub mod iface;
 pub mod lock;
 pub mod netlink;
 pub mod poll;
+pub mod terminal;
 pub mod user;

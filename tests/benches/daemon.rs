@@ -12,6 +12,9 @@
 //!   new addresses (so the daemon keeps banning while it reads); then the achieved rate end to end (until
 //!   `floodgate status` counts every line parsed), the daemon's CPU time over that span (share of one core) and
 //!   its memory (VmRSS, VmHWM);
+//! - scraped: the same sustained load once more while a scraper GETs `/metrics` (`[metrics] listen`) every
+//!   100 ms, 150 times Prometheus' default pace: the achieved rate and CPU beside the unscraped run's, and each
+//!   scrape's round trip (p50 / max) and size;
 //! - peak: BENCH_LINES lines (default 1,000,000) of the same mix written as fast as possible, and the time
 //!   until `floodgate status` counts them all parsed.
 //!
@@ -68,7 +71,7 @@ fn main() {
     let peak_lines = env("BENCH_LINES", 1_000_000);
     let distinct_lines = env("BENCH_DISTINCT", 1_000_000);
     let sustained_lines = rate * seconds;
-    let attackers = probes as u64 + (sustained_lines + peak_lines) / FAILURE_EVERY;
+    let attackers = probes as u64 + (2 * sustained_lines + peak_lines) / FAILURE_EVERY;
     assert!(
         attackers <= u64::from(ATTACKERS),
         "{attackers} attacker addresses needed, 198.18.0.0/15 holds {ATTACKERS}: lower BENCH_LINES or BENCH_SECONDS"
@@ -80,6 +83,9 @@ fn main() {
 
     let latency = ban_latency(&mut d, &mut log, &mut k, probes);
     let sustained = sustained(&mut d, &mut log, rate, seconds);
+    let scraper = Scraper::start(SCRAPE_EVERY);
+    let scraped = self::sustained(&mut d, &mut log, rate, seconds);
+    let scrapes = scraper.stop();
     let peak = peak(&mut d, &mut log, peak_lines);
     // The status's own cost, the daemon idle with every ban of the run in force.
     d.status_calls.clear();
@@ -131,6 +137,15 @@ fn main() {
     row("sustained: last line written -> all parsed", format!("{} ms", ms(s.drain)));
     row("sustained: daemon CPU (utime+stime, % of one core)", format!("{:.1} %", s.cpu_pct));
     row("sustained: daemon VmRSS / VmHWM at the end", format!("{:.1} / {:.1} MiB", s.rss.0, s.rss.1));
+    row(
+        &format!("scraped every {} ms: achieved / CPU (unscraped)", SCRAPE_EVERY.as_millis()),
+        format!("{:.0} lines/s, {:.1} % ({:.0}, {:.1} %)", scraped.achieved, scraped.cpu_pct, s.achieved, s.cpu_pct),
+    );
+    row(
+        &format!("scraped: {} scrapes ({} failed), round trip p50 / max", scrapes.times.len(), scrapes.failed),
+        format!("{} / {} ms", ms(median(&scrapes.times)), ms(scrapes.times.iter().max().copied().unwrap_or_default())),
+    );
+    row("scraped: exposition size", format!("{} bytes", scrapes.bytes));
     let p = &peak;
     row(
         &format!("peak, {} lines ({:.0} MiB) written in", p.lines, p.bytes as f64 / (1 << 20) as f64),
@@ -176,6 +191,58 @@ fn main() {
     }
 }
 
+/// Where the daemon serves its metrics (inside the bench's private namespace).
+const METRICS: &str = "127.0.0.1:9947";
+const SCRAPE_EVERY: Duration = Duration::from_millis(100);
+
+/// A thread scraping `/metrics` at a fixed pace, as Prometheus would (only faster).
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Scrapes>,
+}
+
+#[derive(Default)]
+struct Scrapes {
+    times: Vec<Duration>,
+    failed: usize,
+    bytes: usize,
+}
+
+impl Scraper {
+    fn start(every: Duration) -> Scraper {
+        use std::io::Read as _;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut out = Scrapes::default();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let got = std::net::TcpStream::connect(METRICS).and_then(|mut s| {
+                    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+                    let mut text = String::new();
+                    s.read_to_string(&mut text)?;
+                    Ok(text)
+                });
+                match got {
+                    Ok(text) if text.starts_with("HTTP/1.1 200") => {
+                        out.times.push(t.elapsed());
+                        out.bytes = text.len();
+                    }
+                    _ => out.failed += 1,
+                }
+                std::thread::sleep(every.saturating_sub(t.elapsed()));
+            }
+            out
+        });
+        Scraper { stop, thread }
+    }
+
+    fn stop(self) -> Scrapes {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("scraper thread")
+    }
+}
+
 /// The daemon under test, killed if the bench ends early.
 struct Daemon {
     child: KillOnDrop,
@@ -192,7 +259,7 @@ impl Daemon {
         let p = |n: &str| dir.path().join(n).display().to_string();
         let config = format!(
             "[sources]\nfiles = [\"{}\"]\nfrom_start = true\nkmsg = false\nnetstat = false\n\
-             [daemon]\nsocket = \"{}\"\n\
+             [daemon]\nsocket = \"{}\"\n[metrics]\nlisten = \"{METRICS}\"\n\
              [services.imap]\nports = [143]\nmaxretry = 1\nbantime = \"1h\"\n{extra}",
             p("mail.log"),
             p("fg.sock")
