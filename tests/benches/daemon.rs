@@ -65,6 +65,9 @@ fn main() {
     if !netns::private_netns("daemon") {
         return;
     }
+    // The metrics listener is on loopback, which a new namespace has down.
+    let lo = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip link set lo up");
+    assert!(lo.success(), "ip link set lo up");
     let probes = env("BENCH_PROBES", 1_000) as usize;
     let seconds = env("BENCH_SECONDS", 10);
     let rate = env("BENCH_RATE", 10_000);
