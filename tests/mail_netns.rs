@@ -14,7 +14,8 @@
 //! TcpExt counters show in `floodgate events`.
 //! Step 4: the flood is over: once the window has drained and converge_after has passed, both limits are lifted
 //! (gone from `floodgate list` and from the kernel's switch sets), everyone is served again, and the admin gets
-//! a `Converged` notice per port with the attack's summary (its length, peak distinct sources, peak rate).
+//! a `Converged` notice per port with the attack's summary (its length, peak distinct sources, peak rate) and
+//! its report, a file the hook is given.
 //! Step 5: `floodgate advise --json` in the server namespace, on the daemon's store: it exits 0, its history
 //! holds the flood on both ports, and its findings name them (and the small backlogs the lab runs with).
 //!
@@ -763,6 +764,24 @@ fn step4_convergence(s: &Scenario, flood_ended: Instant) {
         assert!(body.contains(&format!("port {port}: attack over after")), "the summary in the body: {alert}");
         let peak = number_after(body, "peak").unwrap_or_else(|| panic!("no peak distinct sources: {alert}"));
         peaks.push((port, peak, body.lines().next().unwrap_or_default().to_string()));
+    }
+    // Each convergence carries the attack's report: the hook got it as a file (FLOODGATE_REPORT and the JSON's
+    // `report`) beside the daemon's store, a page with the charts of the port(s) it closes.
+    for a in s.alerts().into_iter().filter(|a| a["kind"] == "Converged") {
+        let path = a["report"].as_str().unwrap_or_else(|| panic!("a Converged notice without its report: {a}"));
+        let html = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("the report {path}: {e}"));
+        let ports: Vec<String> = a["parts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["key"].as_str()?.strip_prefix("port ").map(str::to_string))
+            .collect();
+        assert!(!ports.is_empty(), "the notice names its ports: {a}");
+        assert!(html.contains("<svg"), "the report {path} has its charts");
+        for port in &ports {
+            assert!(html.contains(port.as_str()), "the report {path} shows port {port}");
+            assert!(path.contains(&format!("-{port}-")), "the report's name {path} names port {port}");
+        }
     }
     // Port 25's per-source limit let the whole flood through to conntrack: all its sources were counted
     // (a HyperLogLog estimate, ~1.5% error). 587's global limit kept most of its flood from being seen.
