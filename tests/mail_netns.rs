@@ -304,13 +304,22 @@ impl Scenario {
         assert!(postfix.is_empty() && dovecot.is_empty(), "the lab logged errors: {postfix:#?} {dovecot:#?}");
     }
 
-    /// The packets the kernel dropped for single-address IPv4 bans (the counter on `ip saddr @ban4 drop`).
+    /// The packets the kernel dropped for single-address IPv4 bans (the counter on `ip saddr @ban4 drop`). The
+    /// rule refers to a named counter (the metrics read it by name): its figures are listed with the counter.
     fn ban4_drops(&self) -> u64 {
         let chain = self.net.server.nft(&["list", "chain", "inet", "floodgate", "prerouting"]);
         let line =
             chain.lines().find(|l| l.contains("@ban4 counter")).unwrap_or_else(|| panic!("no ban4 rule:\n{chain}"));
         let words: Vec<&str> = line.split_whitespace().collect();
-        let at = words.iter().position(|w| *w == "packets").unwrap_or_else(|| panic!("no counter: {line}"));
+        let listed = match words.iter().position(|w| *w == "name") {
+            Some(at) => {
+                let name = words[at + 1].trim_matches('"');
+                self.net.server.nft(&["list", "counter", "inet", "floodgate", name])
+            }
+            None => line.to_string(),
+        };
+        let words: Vec<&str> = listed.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "packets").unwrap_or_else(|| panic!("no counter: {line}\n{listed}"));
         words[at + 1].parse().unwrap()
     }
 
