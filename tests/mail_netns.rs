@@ -14,7 +14,8 @@
 //! TcpExt counters show in `floodgate events`.
 //! Step 4: the flood is over: once the window has drained and converge_after has passed, both limits are lifted
 //! (gone from `floodgate list` and from the kernel's switch sets), everyone is served again, and the admin gets
-//! a `Converged` notice per port with the attack's summary (its length, peak distinct sources, peak rate).
+//! a `Converged` notice per port with the attack's summary (its length, peak distinct sources, peak rate) and
+//! its report, a file the hook is given.
 //! Step 5: `floodgate advise --json` in the server namespace, on the daemon's store: it exits 0, its history
 //! holds the flood on both ports, and its findings name them (and the small backlogs the lab runs with).
 //!
@@ -303,11 +304,22 @@ impl Scenario {
         assert!(postfix.is_empty() && dovecot.is_empty(), "the lab logged errors: {postfix:#?} {dovecot:#?}");
     }
 
-    /// The packets the kernel dropped for single-address IPv4 bans: the named counter of `ip saddr @ban4 drop`.
+    /// The packets the kernel dropped for single-address IPv4 bans (the counter on `ip saddr @ban4 drop`). The
+    /// rule refers to a named counter (the metrics read it by name): its figures are listed with the counter.
     fn ban4_drops(&self) -> u64 {
-        let counter = self.net.server.nft(&["list", "counter", "inet", "floodgate", "drop_ban4"]);
-        let words: Vec<&str> = counter.split_whitespace().collect();
-        let at = words.iter().position(|w| *w == "packets").unwrap_or_else(|| panic!("no packets: {counter}"));
+        let chain = self.net.server.nft(&["list", "chain", "inet", "floodgate", "prerouting"]);
+        let line =
+            chain.lines().find(|l| l.contains("@ban4 counter")).unwrap_or_else(|| panic!("no ban4 rule:\n{chain}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let listed = match words.iter().position(|w| *w == "name") {
+            Some(at) => {
+                let name = words[at + 1].trim_matches('"');
+                self.net.server.nft(&["list", "counter", "inet", "floodgate", name])
+            }
+            None => line.to_string(),
+        };
+        let words: Vec<&str> = listed.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "packets").unwrap_or_else(|| panic!("no counter: {line}\n{listed}"));
         words[at + 1].parse().unwrap()
     }
 
@@ -761,6 +773,24 @@ fn step4_convergence(s: &Scenario, flood_ended: Instant) {
         assert!(body.contains(&format!("port {port}: attack over after")), "the summary in the body: {alert}");
         let peak = number_after(body, "peak").unwrap_or_else(|| panic!("no peak distinct sources: {alert}"));
         peaks.push((port, peak, body.lines().next().unwrap_or_default().to_string()));
+    }
+    // Each convergence carries the attack's report: the hook got it as a file (FLOODGATE_REPORT and the JSON's
+    // `report`) beside the daemon's store, a page with the charts of the port(s) it closes.
+    for a in s.alerts().into_iter().filter(|a| a["kind"] == "Converged") {
+        let path = a["report"].as_str().unwrap_or_else(|| panic!("a Converged notice without its report: {a}"));
+        let html = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("the report {path}: {e}"));
+        let ports: Vec<String> = a["parts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["key"].as_str()?.strip_prefix("port ").map(str::to_string))
+            .collect();
+        assert!(!ports.is_empty(), "the notice names its ports: {a}");
+        assert!(html.contains("<svg"), "the report {path} has its charts");
+        for port in &ports {
+            assert!(html.contains(port.as_str()), "the report {path} shows port {port}");
+            assert!(path.contains(&format!("-{port}-")), "the report's name {path} names port {port}");
+        }
     }
     // Port 25's per-source limit let the whole flood through to conntrack: all its sources were counted
     // (a HyperLogLog estimate, ~1.5% error). 587's global limit kept most of its flood from being seen.

@@ -21,7 +21,7 @@ use crate::enforce::{EnforceError, Enforcer};
 use crate::event::Event;
 use crate::fleet::link::FromFleet;
 use crate::fleet::member::Member;
-use crate::notice::{Notice, Notifier, Throttle};
+use crate::notice::{Notice, Notifier, ReportSource, Throttle};
 use crate::parse::header::TimeContext;
 use crate::parse::{LineParser, Outcome};
 use crate::policy::engine::Engine;
@@ -56,6 +56,8 @@ pub struct Pipeline {
     parser: LineParser,
     policy: Engine,
     throttle: Throttle,
+    /// The reports convergence notices carry, from the store with this config.
+    reports: ReportSource,
     /// Decide, record and notify, never touch the kernel (`floodgate run --dry-run`).
     pub dry_run: bool,
     pub store: Store,
@@ -121,6 +123,7 @@ impl Pipeline {
         let parser = parser_for(&config)?;
         let policy = config.policy_engine();
         let throttle = Throttle::new(&config.notify);
+        let reports = ReportSource::new(config.clone(), store.path());
         let store_file = file_id(store.path());
         let mut pipeline = Pipeline {
             config,
@@ -128,6 +131,7 @@ impl Pipeline {
             parser,
             policy,
             throttle,
+            reports,
             dry_run: false,
             store,
             enforcer,
@@ -433,7 +437,8 @@ impl Pipeline {
         if out.is_empty() || !self.config.notify.is_enabled() {
             return;
         }
-        let notifier = Notifier::new(self.config.notify.clone());
+        // The report is rendered on the sending thread too: the pipeline never waits for it.
+        let notifier = Notifier::new(self.config.notify.clone()).with_reports(self.reports.clone());
         let counts = self.tally.notices.clone();
         std::thread::spawn(move || {
             for n in out {
@@ -686,6 +691,7 @@ impl Pipeline {
             self.throttle = Throttle::new(&config.notify);
         }
         self.parser = parser;
+        self.reports = self.reports.reconfigured(config.clone());
         self.config = config;
         if same_policy {
             // A reload that leaves the jail alone (logrotate's nightly one) keeps every count exactly.

@@ -8,11 +8,15 @@
 //!   another thing goes out at once, after waiting up to `gather` for its siblings so that a burst makes one
 //!   message. What is held back is merged into one message per kind that keeps every notice's subject, body and
 //!   figures as a part of its own (past `MAX_KEYS_PER_KIND` keys, notices are only counted and named).
-//! - `format_mail` (mail.rs): the message as `sendmail -t` takes it, headers that no text can bend.
+//! - `format_mail` (mail.rs): the message as `sendmail -t` takes it (built by `mail-builder`), headers that no
+//!   text can bend, and a convergence's report attached.
+//! - [`ReportSource`] (report.rs): the report of the attack a convergence closes, rendered from the store within a
+//!   deadline, and the copies kept for the hook.
 //! - [`Notifier`] (send.rs), the I/O: a mail piped to the local `sendmail -t -i` and/or an exec hook fed the notice as
 //!   JSON on stdin, each killed if it has not finished within a timeout (a wedged MTA must not wedge the daemon).
 //!
-//! `Notifier::send` blocks for up to twice its timeout: the daemon calls it from a blocking thread.
+//! `Notifier::send` blocks for up to twice its timeout, plus the report's deadline for a convergence: the daemon
+//! calls it from a thread of its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -27,19 +31,22 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 mod config;
 mod mail;
+mod report;
 mod send;
 mod throttle;
 
 pub use config::NotifyConfig;
 pub use mail::format_mail;
-pub use send::Notifier;
+pub use report::{Report, ReportSource, MAX_REPORT_BYTES, REPORTS_KEPT, REPORT_DEADLINE};
+pub use send::{Notifier, REPORT_ENV};
 pub use throttle::Throttle;
 
 /// How long sendmail or the hook may run before it is killed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest Subject kept: the rest of the story belongs in the body.
 pub(crate) const MAX_SUBJECT_CHARS: usize = 200;
-/// RFC 5322's hard limit on a line, without its line ending.
+/// RFC 5322's hard limit on a line, without its line ending (the tests check the mail keeps it).
+#[cfg(test)]
 pub(crate) const MAX_LINE_BYTES: usize = 998;
 /// How much of a failing program's stderr is quoted in the error.
 pub(crate) const MAX_STDERR_BYTES: usize = 4096;
@@ -188,10 +195,26 @@ pub(crate) mod test_support {
 
     use serde_json::json;
 
-    /// A header's value in a formatted mail.
+    /// A header's value in a formatted mail (its first line, if folded).
     pub(crate) fn header<'a>(mail: &'a str, name: &str) -> Option<&'a str> {
         let head = mail.split("\n\n").next().unwrap();
         head.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+    }
+
+    /// A header's value unfolded (RFC 5322 2.2.3: the line breaks before continuation lines taken out).
+    pub(crate) fn unfolded_header(mail: &str, name: &str) -> Option<String> {
+        let head = mail.split("\n\n").next().unwrap();
+        let mut lines = head.lines().skip_while(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")).is_none());
+        let mut value = lines.next()?[name.len() + 2..].to_string();
+        for l in lines.take_while(|l| l.starts_with([' ', '\t'])) {
+            value.push_str(l);
+        }
+        Some(value)
+    }
+
+    /// The mail without its Message-ID line, which is new at every formatting.
+    pub(crate) fn without_message_id(mail: &str) -> String {
+        mail.lines().filter(|l| !l.starts_with("Message-ID: ")).map(|l| format!("{l}\n")).collect()
     }
 
     pub(crate) fn t0() -> DateTime<Utc> {

@@ -2,16 +2,21 @@
 
 use super::*;
 
-/// Sends messages: mail through `sendmail -t -i`, and/or the exec hook.
+/// Sends messages: mail through `sendmail -t -i`, and/or the exec hook; a convergence with its attack's report
+/// when reports are on (`with_reports`).
 #[derive(Debug, Clone)]
 pub struct Notifier {
     cfg: NotifyConfig,
     timeout: Duration,
+    reports: Option<ReportSource>,
 }
+
+/// The variable naming the report's file in the exec hook's environment.
+pub const REPORT_ENV: &str = "FLOODGATE_REPORT";
 
 impl Notifier {
     pub fn new(cfg: NotifyConfig) -> Self {
-        Notifier { cfg, timeout: DEFAULT_TIMEOUT }
+        Notifier { cfg, timeout: DEFAULT_TIMEOUT, reports: None }
     }
 
     /// How long each program may run before it is killed (tests shorten it).
@@ -20,22 +25,57 @@ impl Notifier {
         self
     }
 
+    /// A convergence carries the report of its attack, rendered from `reports`' store.
+    pub fn with_reports(mut self, reports: ReportSource) -> Self {
+        self.reports = Some(reports);
+        self
+    }
+
     /// Mails the notice and runs the hook. One failing does not stop the other; the error names what failed.
+    /// A report that cannot be rendered or kept is said in the mail and the hook's JSON, never an error here.
     pub fn send(&self, n: &Notice) -> anyhow::Result<()> {
+        let report = self.reports.as_ref().and_then(|r| r.for_notice(n));
+        if let Some(Err(why)) = &report {
+            tracing::warn!(kind = n.kind.as_str(), key = n.key.as_deref(), "the notice goes without its report: {why}");
+        }
         let mut failures = Vec::new();
         if !self.cfg.mail_to.is_empty() {
-            let mail = format_mail(&self.cfg, n);
+            let mail = format_mail(&self.cfg, n, report.as_ref());
             // -t: recipients from the headers (validated, and flattened by format_mail); -i: a line holding a
             // single dot is text, not the end of the message.
-            if let Err(e) = run("notify.sendmail", &self.cfg.sendmail, &["-t", "-i"], mail.into_bytes(), self.timeout) {
+            let sent = run("notify.sendmail", &self.cfg.sendmail, &["-t", "-i"], &[], mail.into_bytes(), self.timeout);
+            if let Err(e) = sent {
                 failures.push(e);
             }
         }
         if let Some(exec) = &self.cfg.exec {
             // Hook consumers can always read `parts`, even for a notice that never went through the throttle.
-            let mut json = serde_json::to_vec(&*n.with_parts())?;
+            let mut json = serde_json::to_value(&*n.with_parts())?;
+            let mut env = Vec::new();
+            if let (Some(report), Some(reports), serde_json::Value::Object(fields)) =
+                (&report, &self.reports, &mut json)
+            {
+                // The hook gets a file, not the page: it may only want the path (to link or attach it).
+                let kept = report.as_ref().map_err(String::clone).and_then(|r| {
+                    reports.save(r).map_err(|e| {
+                        tracing::warn!(error = format!("{e:#}"), "the hook goes without the report");
+                        format!("{e:#}")
+                    })
+                });
+                match kept {
+                    Ok(path) => {
+                        fields.insert("report".into(), path.display().to_string().into());
+                        env.push((REPORT_ENV, path.into_os_string()));
+                    }
+                    Err(why) => {
+                        fields.insert("report".into(), serde_json::Value::Null);
+                        fields.insert("report_error".into(), why.into());
+                    }
+                }
+            }
+            let mut json = serde_json::to_vec(&json)?;
             json.push(b'\n');
-            if let Err(e) = run("notify.exec", exec, &[], json, self.timeout) {
+            if let Err(e) = run("notify.exec", exec, &[], &env, json, self.timeout) {
                 failures.push(e);
             }
         }
@@ -47,12 +87,24 @@ impl Notifier {
     }
 }
 
-/// Runs `program args` with `input` on stdin; an error unless it exits successfully within `timeout`.
-fn run(key: &str, program: &Path, args: &[&str], input: Vec<u8>, timeout: Duration) -> anyhow::Result<()> {
+/// Runs `program args` with `env` added to its environment and `input` on stdin; an error unless it exits
+/// successfully within `timeout`.
+fn run(
+    key: &str,
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, std::ffi::OsString)],
+    input: Vec<u8>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let shown = std::iter::once(program.display().to_string()).chain(args.iter().map(|a| a.to_string()));
     let shown = shown.collect::<Vec<_>>().join(" ");
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     // A group of its own: the timeout kills the whole group, so what a hook started (a curl stuck on a dead
     // webhook) does not outlive it and keep its pipes open.
     cmd.process_group(0);
@@ -149,7 +201,10 @@ mod tests {
         let n = notice(DosDetected, t0(), 7);
         send(&Notifier::new(c.clone()), &n).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("args")).unwrap(), "-t\n-i\n");
-        assert_eq!(std::fs::read_to_string(dir.path().join("mail")).unwrap(), format_mail(&c, &n));
+        // Each formatting makes a new Message-ID; everything else is the same bytes.
+        let sent = std::fs::read_to_string(dir.path().join("mail")).unwrap();
+        assert_eq!(without_message_id(&sent), without_message_id(&format_mail(&c, &n, None)));
+        assert_eq!(sent.lines().filter(|l| l.starts_with("Message-ID: <")).count(), 1, "{sent}");
     }
 
     #[test]

@@ -569,6 +569,11 @@ impl Engine {
             "Calm for {} (below half of every threshold): port {port} is back to normal.",
             humantime::format_duration(t.converge_after)
         );
+        // When the attack began: the convergence notice carries the report of the attack, from here to now.
+        let mut figures = figures;
+        if let serde_json::Value::Object(m) = &mut figures {
+            m.insert("attack_since".into(), started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into());
+        }
         p.mode = Mode::Normal;
         p.since = None;
         p.calm_since = None;
