@@ -7,7 +7,7 @@ pub mod client;
 mod health;
 mod lock;
 mod pipeline;
-mod server;
+pub(crate) mod server;
 pub mod status;
 
 use std::path::PathBuf;

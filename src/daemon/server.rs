@@ -38,20 +38,51 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, to_pipeline: mpsc::Sender<ControlMsg>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    accept_capped(listener, MAX_CONNECTIONS, "control socket", move |stream| connection(stream, to_pipeline.clone()))
+        .await
+}
+
+/// A listening socket the daemon serves: the control socket, the metrics listener.
+pub trait Listener {
+    type Stream: Send + 'static;
+    fn accept_one(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Listener for UnixListener {
+    type Stream = UnixStream;
+    async fn accept_one(&self) -> std::io::Result<UnixStream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<tokio::net::TcpStream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// Serves `listener` forever, each connection on a task of its own, at most `max` at once: a slot is taken
+/// before accepting, so past the cap new connections wait in the kernel's queue instead of in memory.
+pub async fn accept_capped<L, F, Fut>(listener: L, max: usize, what: &'static str, handle: F)
+where
+    L: Listener,
+    F: Fn(L::Stream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max));
     loop {
-        // A slot first: past the cap, new connections wait in the kernel's queue instead of in memory.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let to_pipeline = to_pipeline.clone();
+        match listener.accept_one().await {
+            Ok(stream) => {
+                let served = handle(stream);
                 tokio::spawn(async move {
-                    connection(stream, to_pipeline).await;
+                    served.await;
                     drop(slot);
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "control socket accept");
+                tracing::warn!(error = %e, "{what} accept");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }

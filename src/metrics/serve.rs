@@ -25,23 +25,10 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 pub async fn serve(listener: TcpListener, to_pipeline: mpsc::Sender<ControlMsg>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let to_pipeline = to_pipeline.clone();
-                tokio::spawn(async move {
-                    connection(stream, to_pipeline).await;
-                    drop(slot);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    crate::daemon::server::accept_capped(listener, MAX_CONNECTIONS, "metrics listener", move |stream| {
+        connection(stream, to_pipeline.clone())
+    })
+    .await
 }
 
 async fn connection(mut stream: TcpStream, to_pipeline: mpsc::Sender<ControlMsg>) {
