@@ -179,10 +179,11 @@ impl<'g> Tally<'g> {
             p.new[b] += count;
             p.distinct[b].insert_hash(hash);
         }
-        *self.sources.add(&addr, count) += failures;
+        *self.sources.add_hashed(hash, &addr, count) += failures;
         let len = if addr.is_ipv4() { self.scope.prefix_v4 } else { self.scope.prefix_v6 };
         if let Some(prefix) = Cidr::new(addr, len) {
-            self.prefixes.add(&prefix, count).insert_hash(hash);
+            // Prefixes of one family share a length: the network address alone identifies one.
+            self.prefixes.add_hashed(Distinct::hash(prefix.addr()), &prefix, count).insert_hash(hash);
         }
         if let Some(geo) = self.geo {
             let slot = hash as usize % GEO_CACHE;

@@ -7,8 +7,9 @@
 //! the decisions it explains count distinct sources the same way.
 
 use std::borrow::Borrow;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::net::IpAddr;
 
 use crate::addr::normalise;
@@ -126,11 +127,16 @@ fn probe_insert(table: &mut [u64], hash: u64) -> bool {
 /// counters, fixed whatever arrives (plus the size of the keys themselves: the caller bounds those).
 ///
 /// The smallest counter is found through a min-heap of the counters, so a takeover or an increment costs
-/// O(log capacity), not a scan: a long tail of sources evicts on nearly every row.
+/// O(log capacity), not a scan: a long tail of sources evicts on nearly every row. Counters are found by a
+/// 64-bit keyed hash of their key (secret per process), computed once per row by the caller for every sketch
+/// it feeds ([`Top::add_hashed`]) or here ([`Top::add`]); two keys of one hash would share a counter, which
+/// with keyed 64-bit hashes happens about n^2 / 2^65 of the time and cannot be aimed at.
 #[derive(Debug, Clone)]
 pub struct Top<K, A> {
     capacity: usize,
-    index: HashMap<K, u32>,
+    random: RandomState,
+    index: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    hashes: Vec<u64>,
     keys: Vec<K>,
     counts: Vec<u64>,
     errors: Vec<u64>,
@@ -141,12 +147,35 @@ pub struct Top<K, A> {
     evicted: bool,
 }
 
+/// The hasher of a map whose keys are already keyed, well-mixed hashes: passes them through.
+#[derive(Debug, Clone, Copy, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+
+    /// Only u64 keys are hashed here; anything else is folded in all the same rather than dropped.
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+}
+
 impl<K: Hash + Eq + Clone, A: Default> Top<K, A> {
     pub fn new(capacity: usize) -> Top<K, A> {
         assert!(capacity > 0 && capacity < u32::MAX as usize, "a Top needs between 1 and 2^32 counters");
         Top {
             capacity,
-            index: HashMap::with_capacity(capacity),
+            random: RandomState::new(),
+            index: HashMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default()),
+            hashes: Vec::with_capacity(capacity),
             keys: Vec::with_capacity(capacity),
             counts: Vec::with_capacity(capacity),
             errors: Vec::with_capacity(capacity),
@@ -157,19 +186,32 @@ impl<K: Hash + Eq + Clone, A: Default> Top<K, A> {
         }
     }
 
-    /// Adds `weight` to `key` and returns its companion value to update.
+    /// Adds `weight` to `key` and returns its companion value to update. Not to be mixed with
+    /// [`Top::add_hashed`] on one `Top`: the hashes differ.
     pub fn add<Q>(&mut self, key: &Q, weight: u64) -> &mut A
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let c = if let Some(&c) = self.index.get(key) {
+        let hash = self.random.hash_one(key);
+        self.add_hashed(hash, key, weight)
+    }
+
+    /// [`Top::add`] with the key's hash computed by the caller: a keyed hash secret to the process, such as
+    /// [`Distinct::hash`].
+    pub fn add_hashed<Q>(&mut self, hash: u64, key: &Q, weight: u64) -> &mut A
+    where
+        K: Borrow<Q>,
+        Q: Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let c = if let Some(&c) = self.index.get(&hash) {
             let c = c as usize;
             self.counts[c] = self.counts[c].saturating_add(weight);
             c
         } else if self.keys.len() < self.capacity {
             let c = self.keys.len();
-            self.index.insert(key.to_owned(), c as u32);
+            self.index.insert(hash, c as u32);
+            self.hashes.push(hash);
             self.keys.push(key.to_owned());
             self.counts.push(weight);
             self.errors.push(0);
@@ -184,8 +226,9 @@ impl<K: Hash + Eq + Clone, A: Default> Top<K, A> {
             self.evicted = true;
             let c = self.heap[0] as usize;
             let floor = self.counts[c];
-            self.index.remove::<K>(&self.keys[c]);
-            self.index.insert(key.to_owned(), c as u32);
+            self.index.remove(&self.hashes[c]);
+            self.index.insert(hash, c as u32);
+            self.hashes[c] = hash;
             self.keys[c] = key.to_owned();
             self.counts[c] = floor.saturating_add(weight);
             self.errors[c] = floor;
