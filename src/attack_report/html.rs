@@ -7,6 +7,8 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 
+use super::scan::{PREFIX_CAPACITY, TOP_CAPACITY};
+use super::sketch::EXACT_LIMIT;
 use super::svg::{self, Axis, Band, Line, Moment};
 use super::{AttackReport, BanOrigin, MarkKind};
 use crate::decision::LimitMode;
@@ -151,6 +153,14 @@ fn ports(s: &mut String, r: &AttackReport, axis: &Axis) {
         );
         return;
     }
+    if r.estimated.distinct {
+        let _ = write!(
+            s,
+            r#"<p class="meta">Distinct sources (per bucket, per prefix, per country) are exact up to {} and
+            estimates above (HyperLogLog, about 1.6% standard error).</p>"#,
+            grouped(EXACT_LIMIT as u64)
+        );
+    }
     for p in &r.ports {
         let name = match &p.service {
             Some(svc) => format!("Port {} ({svc})", p.port),
@@ -255,6 +265,7 @@ fn sources(s: &mut String, r: &AttackReport) {
             );
         }
         s.push_str("</table>");
+        estimate_note(s, r.estimated.sources, TOP_CAPACITY, "sources", "events + connections and failures");
     }
     s.push_str("<h2>Top prefixes</h2>");
     if r.top_prefixes.is_empty() {
@@ -273,6 +284,7 @@ fn sources(s: &mut String, r: &AttackReport) {
             );
         }
         s.push_str("</table>");
+        estimate_note(s, r.estimated.prefixes, PREFIX_CAPACITY, "prefixes", "events + connections and sources");
     }
     s.push_str("<h2>Countries</h2>");
     match &r.countries {
@@ -310,7 +322,23 @@ fn sources(s: &mut String, r: &AttackReport) {
             );
         }
         s.push_str("</table>");
+        estimate_note(s, r.estimated.users, TOP_CAPACITY, "user names", "attempts");
     }
+}
+
+/// Says under a top list whether it is exact or, past the sketch's capacity, an estimate and in which way.
+fn estimate_note(s: &mut String, estimated: bool, capacity: usize, what: &str, figures: &str) {
+    let said = if estimated {
+        format!(
+            "An estimate: more than {} distinct {what} in this period, ranked in {} counters. The {figures} are \
+             lower bounds (what each surely did while counted); an entry near the bottom may be missing.",
+            grouped(capacity as u64),
+            grouped(capacity as u64)
+        )
+    } else {
+        format!("Exact: at most {} distinct {what} in this period.", grouped(capacity as u64))
+    };
+    let _ = write!(s, r#"<p class="meta">{}</p>"#, escape(&said));
 }
 
 fn kernel(s: &mut String, r: &AttackReport, axis: &Axis) {

@@ -1,12 +1,16 @@
 //! The attack report (`floodgate report`): the store's record of a period as plain figures, ready to draw.
 //! (Not the advisor's text report, which is `advise::report`.)
 //!
-//! Data flows one way: [`AttackReport::read`] runs aggregate queries on a read-only store (GROUP BY time
-//! bucket, top-N with LIMIT: a day of ten million events is never loaded row by row), `svg` draws charts from
-//! the figures and `html` lays out the one self-contained page. Everything an attacker chose (user names,
+//! Data flows one way: [`AttackReport::read`] reads the window's events and conntrack minutes once, in one
+//! sequential pass (`scan`, folding them into the bounded sketches of `sketch`: a day of ten million events in
+//! seconds, in a few MiB), and the few decisions with small queries; `svg` draws charts from the figures and
+//! `html` lays out the one self-contained page. Counts are exact; distinct sources past a few hundred and the
+//! top lists past a few thousand entries are estimates, and [`Estimated`] says so for the page to tell. Everything an attacker chose (user names,
 //! decision reasons quoting them) stays a plain string here; escaping it is the page's job, done in one place.
 
 pub mod html;
+mod scan;
+mod sketch;
 pub mod svg;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,12 +19,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection};
 
 use crate::addr::{ip_from_bytes, Cidr};
 use crate::advise::{Finding, Severity};
 use crate::decision::LimitMode;
-use crate::event::Kind;
 use crate::geo::{Country, GeoDb};
 use crate::service::Services;
 use crate::store::Store;
@@ -205,6 +209,21 @@ pub struct DecisionRow {
     pub reason: String,
 }
 
+/// Which figures are estimates rather than exact counts (each false: exact). The page says so next to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Estimated {
+    /// Some distinct-source count (a port's bucket, a prefix's or a country's sources) passed
+    /// `sketch::EXACT_LIMIT` and is a HyperLogLog estimate (about 1.6% standard error).
+    pub distinct: bool,
+    /// More distinct sources than `scan::TOP_CAPACITY`: the top sources' counts are lower bounds (what each
+    /// surely sent), and a source near the bottom of the list may be missing.
+    pub sources: bool,
+    /// The same for the prefixes (`scan::PREFIX_CAPACITY` counters).
+    pub prefixes: bool,
+    /// The same for the user names.
+    pub users: bool,
+}
+
 /// Everything the page shows, as figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttackReport {
@@ -228,6 +247,7 @@ pub struct AttackReport {
     pub counters: Vec<CounterSeries>,
     pub decisions: Vec<DecisionRow>,
     pub findings: Vec<Finding>,
+    pub estimated: Estimated,
 }
 
 fn us(t: &DateTime<Utc>) -> i64 {
@@ -257,10 +277,19 @@ impl AttackReport {
         let path = store.path();
         let ctx = |what: &str| format!("{path}: reading {what} for the report");
         let q = Query::new(store.reader(), &window, bucket, buckets).with_context(|| ctx("the window"))?;
-        let (events, failures) = q.totals().with_context(|| ctx("the totals"))?;
+        let scope = scan::Scope {
+            lo_us: q.lo,
+            bucket_us: q.bucket_us,
+            buckets,
+            port: window.port,
+            prefix_v4: cx.prefix_v4,
+            prefix_v6: cx.prefix_v6,
+        };
+        let mut tally = scan::Tally::new(scope, cx.geo);
+        q.scan(&mut tally).with_context(|| ctx("the events"))?;
         let decisions = q.limit_decisions().with_context(|| ctx("the limits"))?;
         let ban_rows = q.bans_by_origin().with_context(|| ctx("the bans"))?;
-        let ports = q.port_charts(cx.services, &decisions, &ban_rows).with_context(|| ctx("the connections"))?;
+        let ports = q.port_charts(&tally, cx.services, &decisions, &ban_rows);
         let mut bans: BTreeMap<BanOrigin, Vec<u64>> = BTreeMap::new();
         for (b, origin, n) in &ban_rows {
             bans.entry(BanOrigin::of(origin)).or_insert_with(|| vec![0; buckets])[*b] += n;
@@ -268,36 +297,56 @@ impl AttackReport {
         for (b, n) in q.fleet_bans().with_context(|| ctx("the fleet's bans"))? {
             bans.entry(BanOrigin::Fleet).or_insert_with(|| vec![0; buckets])[b] += n;
         }
-        let mut top_sources = q.top_sources().with_context(|| ctx("the top sources"))?;
-        for s in &mut top_sources {
-            s.banned = q.was_banned(s.addr).with_context(|| ctx("the bans of a source"))?;
-            s.country = cx.geo.and_then(|g| g.lookup(s.addr));
+        let mut top_sources = Vec::new();
+        for (addr, events, failures) in tally.sources.top(TOP, |a, b| a.cmp(b)) {
+            top_sources.push(SourceRow {
+                addr: *addr,
+                events,
+                failures: *failures,
+                banned: q.was_banned(*addr).with_context(|| ctx("the bans of a source"))?,
+                country: cx.geo.and_then(|g| g.lookup(*addr)),
+            });
         }
-        let top_prefixes =
-            q.top_prefixes(cx.prefix_v4 / 8, cx.prefix_v6 / 8).with_context(|| ctx("the top prefixes"))?;
-        let countries = match cx.geo.filter(|g| !g.is_empty()) {
-            Some(g) => Some(q.countries(g).with_context(|| ctx("the countries"))?),
-            None => None,
-        };
-        let (syn_lines, syn_lines_total) = q.syn_lines().with_context(|| ctx("the SYN-flood lines"))?;
+        let top_prefixes = tally
+            .prefixes
+            .top(TOP, |a, b| a.cmp(b))
+            .into_iter()
+            .map(|(prefix, events, sources)| PrefixRow { prefix: *prefix, events, sources: sources.count() })
+            .collect();
+        let countries = tally.countries.as_ref().map(|by| {
+            let mut rows: Vec<CountryRow> = by
+                .iter()
+                .map(|(country, (events, sources))| CountryRow {
+                    country: *country,
+                    events: *events,
+                    sources: sources.count(),
+                })
+                .collect();
+            rows.sort_by(|a, b| b.events.cmp(&a.events).then(a.country.cmp(&b.country)));
+            rows.truncate(TOP);
+            rows
+        });
+        let users = tally.users.top(TOP, |a, b| a.cmp(b)).into_iter().map(|(u, n, _)| (u.clone(), n)).collect();
+        let syn_lines = tally.syn_lines();
         let involved: BTreeSet<u16> =
             ports.iter().map(|p| p.port).chain(syn_lines.iter().filter_map(|l| l.port)).collect();
         Ok(AttackReport {
             window,
             bucket,
             buckets,
-            events,
-            failures,
+            events: tally.events,
+            failures: tally.failures,
             bans: bans.into_iter().filter(|(_, v)| v.iter().any(|n| *n > 0)).collect(),
             top_sources,
             top_prefixes,
             countries,
-            users: q.users().with_context(|| ctx("the user names"))?,
+            users,
             syn_lines,
-            syn_lines_total,
-            counters: q.counters().with_context(|| ctx("the kernel counters"))?,
+            syn_lines_total: tally.syn_total,
+            counters: q.counters(&tally.counters).with_context(|| ctx("the kernel counters' names"))?,
             decisions: q.latest_decisions().with_context(|| ctx("the decisions"))?,
             findings: findings_for(cx.findings, &involved),
+            estimated: tally.estimated(),
             ports,
         })
     }
@@ -354,7 +403,8 @@ pub fn findings_for(findings: Vec<Finding>, ports: &BTreeSet<u16>) -> Vec<Findin
     findings.into_iter().filter(|f| f.severity >= Severity::Warning || names_port(f)).collect()
 }
 
-/// The aggregate queries, all bounded by the window (and the port, when one is asked for).
+/// The reads, all bounded by the window (and the port, when one is asked for): the one pass over the events
+/// ([`Query::scan`]) and small queries on the decisions.
 struct Query<'a> {
     conn: &'a Connection,
     /// The events in the window: a range of ids (sequential in the table) as well as of times (see
@@ -369,6 +419,20 @@ struct Query<'a> {
     port: Option<i64>,
 }
 
+fn addr_of(v: ValueRef) -> Option<IpAddr> {
+    match v {
+        ValueRef::Blob(b) => ip_from_bytes(b),
+        _ => None,
+    }
+}
+
+fn port_of(v: ValueRef) -> Option<u16> {
+    match v {
+        ValueRef::Integer(p) => u16::try_from(p).ok(),
+        _ => None,
+    }
+}
+
 /// A limit period as read from the decisions (times in microseconds).
 struct Held {
     port: u16,
@@ -380,9 +444,8 @@ struct Held {
     converged: Option<String>,
 }
 
-/// Kinds counted as a new connection: what the policy counts for its rates (Connect from logs, ConnNew from
-/// conntrack, the latter stored per minute in conn_minutes).
-const CONNECT: i64 = 11;
+/// conntrack's new connections, stored per minute in conn_minutes: with the log's `connect` lines (see
+/// `scan`), what the policy counts for its rates.
 const CONN_NEW: i64 = 16;
 
 impl<'a> Query<'a> {
@@ -435,37 +498,54 @@ impl<'a> Query<'a> {
         (b.max(0) as usize).min(self.buckets.saturating_sub(1))
     }
 
-    fn totals(&self) -> rusqlite::Result<(u64, u64)> {
-        self.conn.query_row(
-            &self.scoped(
-                "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(failure * count), 0) FROM events
-                 WHERE {EVENTS_IN} AND (?3 IS NULL OR port = ?3)",
-            ),
-            params![self.lo, self.hi, self.port],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-        )
+    /// The one pass: the window's events in id order (a sequential read of the table, only the columns the
+    /// report needs; rows of other ports are dropped by SQLite, except the kernel counters of no port), then its
+    /// conntrack minutes. Values are borrowed from the statement: nothing is allocated per row.
+    fn scan(&self, tally: &mut scan::Tally) -> rusqlite::Result<()> {
+        let mut st = self.prepare(
+            "SELECT ts_us, kind, failure, addr, port, user, count, rule, local_addr, detail FROM events
+             WHERE {EVENTS_IN} AND (?3 IS NULL OR port IS NULL OR port = ?3)",
+        )?;
+        let mut rows = st.query(params![self.lo, self.hi, self.port])?;
+        while let Some(r) = rows.next()? {
+            let row = scan::EventRow {
+                ts_us: r.get(0)?,
+                kind: r.get(1)?,
+                failure: r.get::<_, i64>(2)? != 0,
+                addr: addr_of(r.get_ref(3)?),
+                port: port_of(r.get_ref(4)?),
+                user: match r.get_ref(5)? {
+                    ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+                    _ => None,
+                },
+                count: r.get::<_, i64>(6)?.max(0) as u64,
+                rule: r.get(7)?,
+                local_addr: addr_of(r.get_ref(8)?),
+                detail: r.get(9)?,
+            };
+            tally.event(&row);
+        }
+        let mut st = self.prepare(
+            "SELECT addr, port, minute, count FROM conn_minutes WHERE {MINUTES_IN} AND kind = ?3 AND (?4 IS NULL OR port = ?4)",
+        )?;
+        let mut rows = st.query(params![self.lo, self.hi, CONN_NEW, self.port])?;
+        while let Some(r) = rows.next()? {
+            if let (Some(addr), Some(port)) = (addr_of(r.get_ref(0)?), port_of(r.get_ref(1)?)) {
+                tally.conn_new(addr, port, r.get(2)?, r.get::<_, i64>(3)?.max(0) as u64);
+            }
+        }
+        Ok(())
     }
 
-    /// New connections and distinct sources per port and bucket, from the log's connect lines and conntrack's
-    /// per-minute counts together.
+    /// New connections and distinct sources per port and bucket (from the pass), with the limits, their marks
+    /// and the bans.
     fn port_charts(
         &self,
+        tally: &scan::Tally,
         services: &Services,
         limits: &[Held],
         ban_rows: &[(usize, String, u64)],
-    ) -> rusqlite::Result<Vec<PortChart>> {
-        let mut st = self.prepare(
-            "SELECT port, (t - ?1) / ?3, SUM(n), COUNT(DISTINCT addr) FROM (
-                 SELECT port, ts_us AS t, addr, count AS n FROM events
-                 WHERE {EVENTS_IN} AND kind = ?5 AND port IS NOT NULL AND (?4 IS NULL OR port = ?4)
-                 UNION ALL
-                 SELECT port, minute AS t, addr, count AS n FROM conn_minutes
-                 WHERE {MINUTES_IN} AND kind = ?6 AND (?4 IS NULL OR port = ?4)
-             ) GROUP BY port, (t - ?1) / ?3",
-        )?;
-        let rows = st.query_map(params![self.lo, self.hi, self.bucket_us, self.port, CONNECT, CONN_NEW], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
-        })?;
+    ) -> Vec<PortChart> {
         let mut charts: BTreeMap<u16, PortChart> = BTreeMap::new();
         let service_of = |port: u16| services.iter().find(|(_, s)| s.ports.contains(&port)).map(|(n, _)| n.clone());
         let empty = |port: u16, n: usize| PortChart {
@@ -477,13 +557,14 @@ impl<'a> Query<'a> {
             limits: Vec::new(),
             marks: Vec::new(),
         };
-        for row in rows {
-            let (port, b, n, distinct) = row?;
-            let Ok(port) = u16::try_from(port) else { continue };
-            let b = self.bucket(b);
+        for (&port, t) in &tally.ports {
             let c = charts.entry(port).or_insert_with(|| empty(port, self.buckets));
-            c.new_per_s[b] += n as f64 / self.bucket_seconds(b);
-            c.distinct[b] += distinct as u64;
+            for (b, n) in t.new.iter().enumerate() {
+                c.new_per_s[b] = *n as f64 / self.bucket_seconds(b);
+            }
+            for (b, d) in t.distinct.iter().enumerate() {
+                c.distinct[b] = d.count();
+            }
         }
         for Held { port, mode, from, to, converged } in limits {
             if self.port.is_some_and(|p| p != i64::from(*port)) {
@@ -524,7 +605,7 @@ impl<'a> Query<'a> {
                 }
             }
         }
-        Ok(charts.into_values().collect())
+        charts.into_values().collect()
     }
 
     /// The length of bucket `b` in seconds: the last one may be cut short by the window's end.
@@ -613,32 +694,6 @@ impl<'a> Query<'a> {
         rows.map(|r| r.map(|(b, n)| (self.bucket(b), n as u64))).collect()
     }
 
-    /// Every source's activity: events with an address, and conntrack's new connections.
-    const SOURCES: &'static str = "SELECT addr, count AS n, failure * count AS f FROM events
-             WHERE {EVENTS_IN} AND addr IS NOT NULL AND (?3 IS NULL OR port = ?3)
-         UNION ALL
-         SELECT addr, count AS n, 0 AS f FROM conn_minutes
-             WHERE {MINUTES_IN} AND kind = 16 AND (?3 IS NULL OR port = ?3)";
-
-    fn top_sources(&self) -> rusqlite::Result<Vec<SourceRow>> {
-        let sql = format!(
-            "SELECT addr, SUM(n), SUM(f) FROM ({}) GROUP BY addr ORDER BY SUM(n) DESC, addr LIMIT {TOP}",
-            Self::SOURCES
-        );
-        let mut st = self.prepare(&sql)?;
-        let rows = st.query_map(params![self.lo, self.hi, self.port], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (addr, n, f) = row?;
-            if let Some(addr) = ip_from_bytes(&addr) {
-                out.push(SourceRow { addr, events: n as u64, failures: f as u64, banned: false, country: None });
-            }
-        }
-        Ok(out)
-    }
-
     /// Whether a ban covering exactly this address was decided in the window.
     fn was_banned(&self, addr: IpAddr) -> rusqlite::Result<bool> {
         self.conn.query_row(
@@ -648,104 +703,13 @@ impl<'a> Query<'a> {
         )
     }
 
-    /// Networks ranked by activity; `v4_bytes` / `v6_bytes`: the prefix length in whole bytes.
-    fn top_prefixes(&self, v4_bytes: u8, v6_bytes: u8) -> rusqlite::Result<Vec<PrefixRow>> {
-        let sql = format!(
-            "SELECT net, SUM(total), COUNT(*) FROM (
-                 SELECT CASE WHEN length(addr) = 4 THEN substr(addr, 1, {v4_bytes}) ELSE substr(addr, 1, {v6_bytes}) END AS net,
-                        length(addr) AS len, SUM(n) AS total
-                 FROM ({}) GROUP BY addr
-             ) GROUP BY net, len ORDER BY SUM(total) DESC, net LIMIT {TOP}",
-            Self::SOURCES
-        );
-        let mut st = self.prepare(&sql)?;
-        let rows = st.query_map(params![self.lo, self.hi, self.port], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (net, n, sources) = row?;
-            let (full, len) = if net.len() <= 4 { (4, v4_bytes) } else { (16, v6_bytes) };
-            let mut bytes = net.clone();
-            bytes.resize(full, 0);
-            if let Some(prefix) = ip_from_bytes(&bytes).and_then(|a| Cidr::new(a, len * 8)) {
-                out.push(PrefixRow { prefix, events: n as u64, sources: sources as u64 });
-            }
-        }
-        Ok(out)
-    }
-
-    /// Activity per country of the sources: every distinct source is looked up once, streamed (the totals
-    /// per country are all that is kept).
-    fn countries(&self, geo: &GeoDb) -> rusqlite::Result<Vec<CountryRow>> {
-        let sql = format!("SELECT addr, SUM(n) FROM ({}) GROUP BY addr", Self::SOURCES);
-        let mut st = self.prepare(&sql)?;
-        let mut rows = st.query(params![self.lo, self.hi, self.port])?;
-        let mut by: HashMap<Option<Country>, (u64, u64)> = HashMap::new();
-        while let Some(r) = rows.next()? {
-            let addr: Vec<u8> = r.get(0)?;
-            let n: i64 = r.get(1)?;
-            let country = ip_from_bytes(&addr).and_then(|a| geo.lookup(a));
-            let e = by.entry(country).or_default();
-            e.0 += n as u64;
-            e.1 += 1;
-        }
-        let mut out: Vec<CountryRow> =
-            by.into_iter().map(|(country, (events, sources))| CountryRow { country, events, sources }).collect();
-        out.sort_by(|a, b| b.events.cmp(&a.events).then(a.country.cmp(&b.country)));
-        out.truncate(TOP);
-        Ok(out)
-    }
-
-    fn users(&self) -> rusqlite::Result<Vec<(String, u64)>> {
-        let mut st = self.prepare(&format!(
-            "SELECT user, SUM(count) FROM events
-             WHERE {{EVENTS_IN}} AND failure = 1 AND user IS NOT NULL AND (?3 IS NULL OR port = ?3)
-             GROUP BY user ORDER BY SUM(count) DESC, user LIMIT {TOP}"
-        ))?;
-        let rows = st.query_map(params![self.lo, self.hi, self.port], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-        })?;
-        rows.collect()
-    }
-
-    fn syn_lines(&self) -> rusqlite::Result<(Vec<SynFloodLine>, u64)> {
-        let filter = "WHERE {EVENTS_IN} AND kind = 14 AND (?3 IS NULL OR port = ?3)";
-        let total: i64 = self.conn.query_row(
-            &self.scoped(&format!("SELECT COUNT(*) FROM events {filter}")),
-            params![self.lo, self.hi, self.port],
-            |r| r.get(0),
-        )?;
-        let mut st = self.prepare(&format!(
-            "SELECT ts_us, port, local_addr, detail FROM events {filter} ORDER BY ts_us LIMIT {SYN_LINES_LISTED}"
-        ))?;
-        let rows = st.query_map(params![self.lo, self.hi, self.port], |r| {
-            Ok(SynFloodLine {
-                time: from_us(r.get(0)?),
-                port: r.get::<_, Option<i64>>(1)?.and_then(|p| u16::try_from(p).ok()),
-                local_addr: r.get::<_, Option<Vec<u8>>>(2)?.and_then(|b| ip_from_bytes(&b)),
-                // detail 2 is "Dropping request"; anything else the kernel said was cookies.
-                cookies: r.get::<_, Option<i64>>(3)? != Some(2),
-            })
-        })?;
-        Ok((rows.collect::<rusqlite::Result<_>>()?, total as u64))
-    }
-
-    fn counters(&self) -> rusqlite::Result<Vec<CounterSeries>> {
-        let mut st = self.prepare(
-            "SELECT l.name, e.b, e.n FROM (
-                 SELECT rule, (ts_us - ?1) / ?3 AS b, SUM(count) AS n FROM events
-                 WHERE {EVENTS_IN} AND kind = ?5 AND (?4 IS NULL OR port IS NULL OR port = ?4) GROUP BY 1, 2
-             ) e JOIN labels l ON l.id = e.rule",
-        )?;
-        let rows = st
-            .query_map(params![self.lo, self.hi, self.bucket_us, self.port, Kind::KernelCounter.code()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            })?;
+    /// The kernel counters' series under their names (the pass keeps the `labels` ids: a handful).
+    fn counters(&self, by_rule: &BTreeMap<i64, Vec<u64>>) -> rusqlite::Result<Vec<CounterSeries>> {
+        let mut st = self.conn.prepare("SELECT name FROM labels WHERE id = ?1")?;
         let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        for row in rows {
-            let (name, b, n) = row?;
-            by.entry(name).or_insert_with(|| vec![0; self.buckets])[self.bucket(b)] += n as u64;
+        for (rule, per_bucket) in by_rule {
+            let name: String = st.query_row([rule], |r| r.get(0))?;
+            by.insert(name, per_bucket.clone());
         }
         Ok(by.into_iter().map(|(name, per_bucket)| CounterSeries { name, per_bucket }).collect())
     }
@@ -776,7 +740,7 @@ mod tests {
 
     use super::*;
     use crate::decision::Decision;
-    use crate::event::Event;
+    use crate::event::{Event, Kind};
     use crate::store::{Origin, StoreError};
 
     fn t0() -> DateTime<Utc> {
@@ -875,9 +839,14 @@ mod tests {
         assert_eq!(p25.distinct[0], 3);
         assert!(p25.new_per_s[1..].iter().all(|v| *v == 0.0), "{:?}", p25.new_per_s);
         let p587 = &r.ports[1];
-        assert_eq!(p587.new_per_s[2], 601.0 / 60.0);
-        assert_eq!(p587.distinct[2], 600);
-        assert_eq!(p587.distinct.iter().sum::<u64>(), 600);
+        assert_eq!(p587.new_per_s[2], 601.0 / 60.0, "connection counts are exact");
+        // 600 sources is past the exact range (sketch::EXACT_LIMIT): estimated, 1.6% standard error, so 5% is
+        // three deviations.
+        const { assert!(600 > sketch::EXACT_LIMIT) };
+        assert!(p587.distinct[2].abs_diff(600) <= 30, "{}", p587.distinct[2]);
+        assert_eq!(p587.distinct.iter().filter(|d| **d > 0).count(), 1);
+        assert!(r.estimated.distinct, "and the page is told");
+        assert!(!r.estimated.sources && !r.estimated.prefixes && !r.estimated.users);
         assert_eq!(r.events, 120 + 1, "the connects and the failure in the window (conntrack is aggregated apart)");
         assert_eq!(r.failures, 1);
     }
@@ -999,6 +968,132 @@ mod tests {
         );
         // u0: hosts 0, 3, ..., 27 -> 1 + 4 + ... + 28 = 145; u1: 155; u2: 165.
         assert_eq!(r.users, [("u2".to_string(), 165), ("u1".to_string(), 155), ("u0".to_string(), 145)]);
+        assert_eq!(r.estimated, Estimated::default(), "a few hundred sources: every figure exact");
+        let page = html::render(&r, at(600));
+        assert!(page.contains("Exact: at most 4,096 distinct sources"), "the page says the list is exact");
+        assert!(!page.contains("An estimate"));
+    }
+
+    /// The one pass against an exact computation (plain maps over the same events) on a few thousand events of
+    /// random sources, ports, kinds and times: counts equal, distinct counts equal (all below the exact limit),
+    /// the tops equal, for the whole window and for one port.
+    #[test]
+    fn the_one_pass_equals_an_exact_computation_on_a_few_thousand_events() {
+        let mut store = Store::open_in_memory().unwrap();
+        let mut state = 0x5eed_u64;
+        let mut next = |below: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % below
+        };
+        let kinds = [Kind::Connect, Kind::AuthFailure, Kind::Disconnect, Kind::ConnNew, Kind::Rejected];
+        let ports = [25u16, 587, 993];
+        let mut events = Vec::new();
+        for _ in 0..4000 {
+            let kind = kinds[next(kinds.len() as u64) as usize];
+            // 300 sources, a few busier: 203.0.113.0/24, 198.51.100.0/24 and 2001:db8:5::/64.
+            let n = if next(4) == 0 { next(10) } else { next(300) };
+            let addr = match n % 3 {
+                0 => format!("203.0.113.{}", n / 3 + 1),
+                1 => format!("198.51.100.{}", n / 3 + 1),
+                _ => format!("2001:db8:5::{:x}", n + 1),
+            };
+            let mut e = ev(next(700) as i64 - 50, kind, &addr, ports[next(3) as usize]);
+            if kind == Kind::AuthFailure {
+                e.1.user = Some(format!("user{}", next(30)));
+            }
+            events.push(e);
+        }
+        store.insert_events(&events).unwrap();
+        for port in [None, Some(587)] {
+            let window = Window { port, ..ten_minutes() };
+            let r = read(&store, window, vec![]);
+            assert_eq!(r.estimated, Estimated::default());
+            // The exact figures, from the events themselves (conntrack's are stored per minute: bucketed alike).
+            let inside: Vec<&Event> = events
+                .iter()
+                .map(|(_, e)| e)
+                .filter(|e| e.time >= window.since && e.time < window.until)
+                .filter(|e| port.is_none_or(|p| e.port == Some(p)))
+                .collect();
+            let logged = inside.iter().filter(|e| e.kind != Kind::ConnNew);
+            assert_eq!(r.events, logged.clone().count() as u64);
+            assert_eq!(r.failures, logged.filter(|e| e.failure).count() as u64);
+            let bucket = |e: &Event| ((e.time - window.since).num_seconds() / 60) as usize;
+            let mut new: BTreeMap<(u16, usize), u64> = BTreeMap::new();
+            let mut distinct: BTreeMap<(u16, usize), BTreeSet<IpAddr>> = BTreeMap::new();
+            let mut sources: BTreeMap<IpAddr, (u64, u64)> = BTreeMap::new();
+            let mut prefixes: BTreeMap<Cidr, (u64, BTreeSet<IpAddr>)> = BTreeMap::new();
+            let mut users: BTreeMap<String, u64> = BTreeMap::new();
+            for e in &inside {
+                let (addr, p) = (e.addr.unwrap(), e.port.unwrap());
+                if matches!(e.kind, Kind::Connect | Kind::ConnNew) {
+                    *new.entry((p, bucket(e))).or_default() += 1;
+                    distinct.entry((p, bucket(e))).or_default().insert(addr);
+                }
+                let failed = u64::from(e.failure);
+                let s = sources.entry(addr).or_default();
+                s.0 += 1;
+                s.1 += failed;
+                let prefix = Cidr::new(addr, if addr.is_ipv4() { 24 } else { 64 }).unwrap();
+                let pr = prefixes.entry(prefix).or_default();
+                pr.0 += 1;
+                pr.1.insert(addr);
+                if let Some(u) = &e.user {
+                    *users.entry(u.clone()).or_default() += 1;
+                }
+            }
+            for c in &r.ports {
+                for b in 0..r.buckets {
+                    let n = new.get(&(c.port, b)).copied().unwrap_or(0);
+                    assert_eq!(c.new_per_s[b], n as f64 / 60.0, "port {} bucket {b}", c.port);
+                    let d = distinct.get(&(c.port, b)).map_or(0, |s| s.len() as u64);
+                    assert_eq!(c.distinct[b], d, "port {} bucket {b}", c.port);
+                }
+            }
+            let charted: BTreeSet<u16> = new.keys().map(|(p, _)| *p).collect();
+            assert_eq!(r.ports.iter().map(|c| c.port).collect::<BTreeSet<u16>>(), charted);
+            let mut want: Vec<(IpAddr, u64, u64)> = sources.iter().map(|(a, (n, f))| (*a, *n, *f)).collect();
+            want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            want.truncate(TOP);
+            let got: Vec<(IpAddr, u64, u64)> = r.top_sources.iter().map(|s| (s.addr, s.events, s.failures)).collect();
+            assert_eq!(got, want, "port {port:?}");
+            let mut want: Vec<(Cidr, u64, u64)> = prefixes.iter().map(|(p, (n, s))| (*p, *n, s.len() as u64)).collect();
+            want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            want.truncate(TOP);
+            let got: Vec<(Cidr, u64, u64)> = r.top_prefixes.iter().map(|p| (p.prefix, p.events, p.sources)).collect();
+            assert_eq!(got, want);
+            let mut want: Vec<(String, u64)> = users.into_iter().collect();
+            want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            want.truncate(TOP);
+            assert_eq!(r.users, want);
+        }
+    }
+
+    #[test]
+    fn past_the_sketches_capacity_the_page_says_the_tops_are_estimates() {
+        let mut store = Store::open_in_memory().unwrap();
+        // 5,000 distinct sources of 198.18.0.0/15, one failed login each as a distinct user, and one heavy one.
+        let mut events: Vec<(Origin, Event)> = (0..5000u32)
+            .map(|i| {
+                let mut e = ev(60, Kind::AuthFailure, &format!("198.18.{}.{}", i / 250, i % 250 + 1), 993);
+                e.1.user = Some(format!("u{i}"));
+                e
+            })
+            .collect();
+        events.extend((0..50).map(|_| ev(70, Kind::AuthFailure, "203.0.113.66", 993)));
+        store.insert_events(&events).unwrap();
+        let r = read(&store, ten_minutes(), vec![]);
+        assert_eq!(r.events, 5050, "totals stay exact");
+        assert!(r.estimated.sources && r.estimated.users && !r.estimated.prefixes);
+        assert_eq!(r.top_sources[0].addr.to_string(), "203.0.113.66", "a heavy source is surely listed");
+        assert!(r.top_sources[0].events <= 50, "and its count is a lower bound");
+        assert!(r.top_sources[0].events >= 45, "close to what it sent: {}", r.top_sources[0].events);
+        // 198.18.0.0/24 .. 198.18.19.0/24 hold 250 hosts each: exact.
+        assert_eq!(r.top_prefixes[0].sources, 250);
+        let page = html::render(&r, at(600));
+        assert!(page.contains("An estimate: more than 4,096 distinct sources"));
+        assert!(page.contains("An estimate: more than 4,096 distinct user names"));
+        assert!(page.contains("Exact: at most 1,024 distinct prefixes"));
     }
 
     #[test]

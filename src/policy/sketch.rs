@@ -152,7 +152,7 @@ impl SliceClock {
 /// attacker cannot precompute addresses that collide in a register or a counter. One key per process rather
 /// than per sketch, so that sketches built apart (ports, slices) could still be merged register by register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct AddrHasher {
+pub(crate) struct AddrHasher {
     k0: u64,
     k1: u64,
 }
@@ -171,7 +171,7 @@ fn mix64(mut z: u64) -> u64 {
 }
 
 impl AddrHasher {
-    fn process() -> AddrHasher {
+    pub(crate) fn process() -> AddrHasher {
         static KEYS: OnceLock<AddrHasher> = OnceLock::new();
         *KEYS.get_or_init(|| {
             let state = RandomState::new();
@@ -180,7 +180,7 @@ impl AddrHasher {
     }
 
     /// The caller normalises first, so that `::ffff:a.b.c.d` and `a.b.c.d` hash alike.
-    fn hash(&self, addr: IpAddr) -> u64 {
+    pub(crate) fn hash(&self, addr: IpAddr) -> u64 {
         let folded = match addr {
             // A different key arrangement for IPv4 keeps the two families apart without a tag the attacker knows.
             IpAddr::V4(a) => fold_mul(u64::from(u32::from(a)) ^ self.k1, self.k0 ^ 0x9e37_79b9_7f4a_7c15),
@@ -205,7 +205,7 @@ fn inv_pow2(rank: u8) -> f64 {
 /// 2.5 m (10k-12k sources), where it reads up to 1.8% high (rms 3%). The policy's thresholds (hundreds of
 /// sources) are in the linear-counting range, the most accurate; Ertl's 2017 estimator would flatten the bump
 /// if it ever matters.
-fn hll_estimate(registers: &[u8]) -> u64 {
+pub(crate) fn hll_estimate(registers: &[u8]) -> u64 {
     let m = registers.len() as f64;
     let mut sum = 0.0;
     let mut zeros = 0usize;
@@ -222,6 +222,18 @@ fn hll_estimate(registers: &[u8]) -> u64 {
     let raw = alpha * m * m / sum;
     let estimate = if raw <= 2.5 * m && zeros > 0 { m * (m / zeros as f64).ln() } else { raw };
     estimate.round() as u64
+}
+
+/// Adds a hash to one HyperLogLog register set of 2^`precision` registers: the high bits pick the register, the
+/// rank of the first set bit among the rest is kept if higher.
+pub(crate) fn hll_insert(registers: &mut [u8], precision: u8, hash: u64) {
+    let p = u32::from(precision);
+    let index = (hash >> (64 - p)) as usize;
+    // The sentinel bit caps the rank at 65 - p when the remaining bits are all zero.
+    let rank = ((hash << p) | (1 << (p - 1))).leading_zeros() as u8 + 1;
+    if registers[index] < rank {
+        registers[index] = rank;
+    }
 }
 
 /// Distinct source addresses in a sliding window: one HyperLogLog per slice, merged (register max) on query.
@@ -283,13 +295,7 @@ impl DistinctWindow {
             registers.fill(0);
             self.slot_slices[slot] = slice;
         }
-        let p = u32::from(self.precision);
-        let index = (hash >> (64 - p)) as usize;
-        // The sentinel bit caps the rank at 65 - p when the remaining bits are all zero.
-        let rank = ((hash << p) | (1 << (p - 1))).leading_zeros() as u8 + 1;
-        if registers[index] < rank {
-            registers[index] = rank;
-        }
+        hll_insert(registers, self.precision, hash);
     }
 
     /// Estimated distinct addresses seen in the window ending at `now`.
