@@ -465,8 +465,7 @@ impl Store {
     pub fn usage(&self) -> Result<(u64, u64), StoreError> {
         let q = |s: &str| self.conn.query_row(s, [], |r| r.get::<_, i64>(0)).map_err(|e| sql(&self.path, "usage", e));
         let rows = q("SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM conn_minutes)")?;
-        let bytes = q("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")?;
-        Ok((rows as u64, bytes as u64))
+        Ok((rows as u64, self.size_bytes()?))
     }
 
     pub fn checkpoint(&self) -> Result<(), StoreError> {
