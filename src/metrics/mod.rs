@@ -254,25 +254,22 @@ pub fn render(s: &Snapshot) -> String {
     o.sample("build_info", &[("version", &s.version), ("commit", &s.commit)], 1);
     o.one("start_time_seconds", "gauge", "When the daemon started, in seconds since the epoch.", s.started_unix);
 
-    o.family("source_lines_total", "counter", "Lines each source read.");
-    for src in &s.sources {
-        o.sample("source_lines_total", &[("source", &src.name)], src.lines);
-    }
-    o.family("source_events_total", "counter", "Events from each source (parsed from its lines or made by it).");
-    for src in &s.sources {
-        o.sample("source_events_total", &[("source", &src.name)], src.events);
-    }
-    o.family("source_lag_bytes", "gauge", "Bytes written to a source's input and not read yet.");
-    for src in &s.sources {
-        o.sample("source_lag_bytes", &[("source", &src.name)], src.lag_bytes);
-    }
-    o.family("source_lost_total", "counter", "Records a source could not read (overwritten or overflowed).");
-    for src in &s.sources {
-        o.sample("source_lost_total", &[("source", &src.name)], src.lost);
-    }
-    o.family("source_shed_total", "counter", "Events a source dropped on purpose while the pipeline was full.");
-    for src in &s.sources {
-        o.sample("source_shed_total", &[("source", &src.name)], src.shed);
+    // One family per source counter, each a sample per source.
+    type Get = fn(&SourceFigures) -> u64;
+    let per_source: [(&str, &str, &str, Get); 5] = [
+        ("source_lines_total", "counter", "Lines each source read.", |f| f.lines),
+        ("source_events_total", "counter", "Events from each source (parsed from its lines or made by it).", |f| {
+            f.events
+        }),
+        ("source_lag_bytes", "gauge", "Bytes written to a source's input and not read yet.", |f| f.lag_bytes),
+        ("source_lost_total", "counter", "Records a source could not read (overwritten or overflowed).", |f| f.lost),
+        ("source_shed_total", "counter", "Events a source dropped on purpose while the pipeline was full.", |f| f.shed),
+    ];
+    for (name, kind, help, get) in per_source {
+        o.family(name, kind, help);
+        for src in &s.sources {
+            o.sample(name, &[("source", &src.name)], get(src));
+        }
     }
 
     o.family("parse_lines_total", "counter", "Lines given to the parser, by result.");
@@ -325,21 +322,18 @@ pub fn render(s: &Snapshot) -> String {
     }
 
     if let Some(drops) = &s.drops {
-        o.family("kernel_dropped_packets_total", "counter", "Packets each of floodgate's drop rules dropped.");
-        for d in drops {
-            o.sample(
-                "kernel_dropped_packets_total",
-                &drop_labels(d).iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>(),
-                d.packets,
-            );
-        }
-        o.family("kernel_dropped_bytes_total", "counter", "Bytes each of floodgate's drop rules dropped.");
-        for d in drops {
-            o.sample(
-                "kernel_dropped_bytes_total",
-                &drop_labels(d).iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>(),
-                d.bytes,
-            );
+        type Count = fn(&DropFigures) -> u64;
+        let families: [(&str, &str, Count); 2] = [
+            ("kernel_dropped_packets_total", "Packets each of floodgate's drop rules dropped.", |d| d.packets),
+            ("kernel_dropped_bytes_total", "Bytes each of floodgate's drop rules dropped.", |d| d.bytes),
+        ];
+        for (name, help, count) in families {
+            o.family(name, "counter", help);
+            for d in drops {
+                let labels = drop_labels(d);
+                let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                o.sample(name, &labels, count(d));
+            }
         }
     }
 
