@@ -2,8 +2,9 @@
 //! (Not the advisor's text report, which is `advise::report`.)
 //!
 //! Data flows one way: [`AttackReport::read`] reads the window's events and conntrack minutes once, in one
-//! sequential pass (`scan`, folding them into the bounded sketches of `sketch`: a day of ten million events in
-//! seconds, in a few MiB), and the few decisions with small queries; `svg` draws charts from the figures and
+//! sequential pass split over two threads (`scan`, folding them into the bounded sketches of `sketch`, merged
+//! at the end: a day of ten million events in about three seconds, in a few MiB), and the few decisions with
+//! small queries; `svg` draws charts from the figures and
 //! `html` lays out the one self-contained page. Counts are exact; distinct sources past a few hundred and the
 //! top lists past a few thousand entries are estimates, and [`Estimated`] says so for the page to tell. Everything an attacker chose (user names,
 //! decision reasons quoting them) stays a plain string here; escaping it is the page's job, done in one place.
@@ -270,6 +271,11 @@ pub fn bucket_for(span: Duration) -> Duration {
 impl AttackReport {
     /// Reads the report of `window` from `store` (opened read-only by the caller).
     pub fn read(store: &Store, window: Window, cx: Context) -> Result<AttackReport> {
+        AttackReport::read_split(store, window, cx, SPLIT_ROWS)
+    }
+
+    /// [`AttackReport::read`], reading the events on two threads past `split_rows` ids.
+    fn read_split(store: &Store, window: Window, cx: Context, split_rows: i64) -> Result<AttackReport> {
         anyhow::ensure!(window.until > window.since, "the report's period is empty (--until is not after --since)");
         let span = (window.until - window.since).to_std().unwrap_or_default();
         let bucket = bucket_for(span);
@@ -286,7 +292,12 @@ impl AttackReport {
             prefix_v6: cx.prefix_v6,
         };
         let mut tally = scan::Tally::new(scope, cx.geo);
-        q.scan(&mut tally).with_context(|| ctx("the events"))?;
+        // A second connection for the other core; without one (an in-memory store, or it cannot be opened)
+        // the pass runs on one thread, to the same result.
+        let helper = store
+            .another_reader()
+            .and_then(|opened| opened.map_err(|e| tracing::debug!(error = %e, "the report reads on one thread")).ok());
+        q.scan(&mut tally, helper, split_rows).with_context(|| ctx("the events"))?;
         let decisions = q.limit_decisions().with_context(|| ctx("the limits"))?;
         let ban_rows = q.bans_by_origin().with_context(|| ctx("the bans"))?;
         let ports = q.port_charts(&tally, cx.services, &decisions, &ban_rows);
@@ -407,11 +418,12 @@ pub fn findings_for(findings: Vec<Finding>, ports: &BTreeSet<u16>) -> Vec<Findin
 /// ([`Query::scan`]) and small queries on the decisions.
 struct Query<'a> {
     conn: &'a Connection,
-    /// The events in the window: a range of ids (sequential in the table) as well as of times (see
-    /// [`Query::new`]).
-    events_in: String,
+    /// The ids the window's events lie between (see [`Query::new`]); None: no event in the window.
+    ids: Option<(i64, i64)>,
     /// The conntrack minutes in the window, through their time index or by a scan of the table.
     minutes_in: String,
+    /// How many conntrack minutes the window holds (of every kind).
+    minute_rows: i64,
     lo: i64,
     hi: i64,
     bucket_us: i64,
@@ -433,6 +445,65 @@ fn port_of(v: ValueRef) -> Option<u16> {
     }
 }
 
+/// Folds the events of times `lo..hi` (of `port`, when one is asked for) and ids `first..=last`, read through
+/// `conn` (see [`Query::scan`]).
+fn scan_events(
+    conn: &Connection,
+    (lo, hi, port): (i64, i64, Option<i64>),
+    (first, last): (i64, i64),
+    tally: &mut scan::Tally,
+) -> rusqlite::Result<()> {
+    let mut st = conn.prepare(
+        "SELECT ts_us, kind, failure, addr, port, user, count, rule, local_addr, detail FROM events
+         WHERE id BETWEEN ?4 AND ?5 AND +ts_us >= ?1 AND +ts_us < ?2 AND (?3 IS NULL OR port IS NULL OR port = ?3)",
+    )?;
+    let mut rows = st.query(params![lo, hi, port, first, last])?;
+    while let Some(r) = rows.next()? {
+        // Each value read costs a few calls into SQLite (a quarter of the pass at 10M rows): the columns only
+        // some kinds use are read for those rows alone.
+        let kind: i64 = r.get(1)?;
+        let failure = r.get::<_, i64>(2)? != 0;
+        let rare = kind == scan::SYN_FLOOD || kind == scan::KERNEL_COUNTER;
+        let row = scan::EventRow {
+            ts_us: r.get(0)?,
+            kind,
+            failure,
+            addr: addr_of(r.get_ref(3)?),
+            port: port_of(r.get_ref(4)?),
+            user: match failure.then(|| r.get_ref(5)).transpose()? {
+                Some(ValueRef::Text(t)) => std::str::from_utf8(t).ok(),
+                _ => None,
+            },
+            count: r.get::<_, i64>(6)?.max(0) as u64,
+            rule: if rare { r.get(7)? } else { 0 },
+            local_addr: if rare { addr_of(r.get_ref(8)?) } else { None },
+            detail: if rare { r.get(9)? } else { None },
+        };
+        tally.event(&row);
+    }
+    Ok(())
+}
+
+/// Folds the conntrack minutes of new connections of times `lo..hi` (of `port`, when one is asked for); `minutes`
+/// is [`Query::minutes_in`].
+fn scan_minutes(
+    conn: &Connection,
+    minutes: &str,
+    (lo, hi, port): (i64, i64, Option<i64>),
+    tally: &mut scan::Tally,
+) -> rusqlite::Result<()> {
+    let mut st = conn.prepare(&format!(
+        "SELECT addr, port, minute, count FROM conn_minutes WHERE {minutes} AND kind = ?3 AND (?4 IS NULL OR port = ?4)"
+    ))?;
+    let mut rows = st.query(params![lo, hi, CONN_NEW, port])?;
+    while let Some(r) = rows.next()? {
+        if let (Some(addr), Some(port)) = (addr_of(r.get_ref(0)?), port_of(r.get_ref(1)?)) {
+            tally.conn_new(addr, port, r.get(2)?, r.get::<_, i64>(3)?.max(0) as u64);
+        }
+    }
+    Ok(())
+}
+
 /// A limit period as read from the decisions (times in microseconds).
 struct Held {
     port: u16,
@@ -448,24 +519,34 @@ struct Held {
 /// `scan`), what the policy counts for its rates.
 const CONN_NEW: i64 = 16;
 
+/// Windows of more event ids than this are read by two threads (see [`Query::scan`]); below it a second
+/// connection and thread cost more than they save.
+const SPLIT_ROWS: i64 = 200_000;
+
 impl<'a> Query<'a> {
     /// The query plans that keep a day of ten million events to seconds. SQLite would walk the time index and
     /// fetch every row from the table by its id, one B-tree descent each; the events' ids follow their arrival,
-    /// so the window's rows lie in one id range, read as a sequential scan of the table (the range comes from
-    /// the time index, which covers the id, so it is exact). conntrack's minutes are keyed by source: their
-    /// time index helps only when the window holds a small part of them (under 1/8), otherwise the table is
-    /// scanned (`+minute` keeps SQLite off the index).
+    /// so the window's rows lie in one id range, read as a sequential scan of the table and filtered by time.
+    /// The range comes from `event_minutes` (each minute's first and last id, kept with the events: a day is
+    /// 1,440 rows to read); a store of an older schema, read as it is, gets it from the time index instead
+    /// (exact too, but a walk over every entry of the window: 2.5 s at 10M events). conntrack's minutes are
+    /// keyed by source: their time index helps only when the window holds a small part of them (under 1/8),
+    /// otherwise the table is scanned (`+minute` keeps SQLite off the index).
     fn new(conn: &'a Connection, window: &Window, bucket: Duration, buckets: usize) -> rusqlite::Result<Query<'a>> {
         let (lo, hi) = (us(&window.since), us(&window.until));
-        let (first, last): (Option<i64>, Option<i64>) = conn.query_row(
-            "SELECT min(id), max(id) FROM events WHERE ts_us >= ?1 AND ts_us < ?2",
-            params![lo, hi],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+        let indexed: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'event_minutes')",
+            [],
+            |r| r.get(0),
         )?;
-        let events_in = match (first, last) {
-            (Some(a), Some(b)) => format!("id BETWEEN {a} AND {b} AND +ts_us >= ?1 AND +ts_us < ?2"),
-            _ => "0".to_string(),
+        let range = if indexed {
+            // A minute overlaps the window if it starts before its end and ends after its start.
+            "SELECT min(first_id), max(last_id) FROM event_minutes WHERE minute > ?1 - 60000000 AND minute < ?2"
+        } else {
+            "SELECT min(id), max(id) FROM events WHERE ts_us >= ?1 AND ts_us < ?2"
         };
+        let (first, last): (Option<i64>, Option<i64>) =
+            conn.query_row(range, params![lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let in_window: i64 = conn.query_row(
             "SELECT count(*) FROM conn_minutes WHERE minute >= ?1 AND minute < ?2",
             params![lo, hi],
@@ -476,8 +557,9 @@ impl<'a> Query<'a> {
             if in_window * 8 > all { "+minute >= ?1 AND +minute < ?2" } else { "minute >= ?1 AND minute < ?2" };
         Ok(Query {
             conn,
-            events_in,
+            ids: first.zip(last),
             minutes_in: minutes_in.to_string(),
+            minute_rows: in_window,
             lo,
             hi,
             bucket_us: bucket.as_micros() as i64,
@@ -486,12 +568,8 @@ impl<'a> Query<'a> {
         })
     }
 
-    fn scoped(&self, sql: &str) -> String {
-        sql.replace("{EVENTS_IN}", &self.events_in).replace("{MINUTES_IN}", &self.minutes_in)
-    }
-
     fn prepare(&self, sql: &str) -> rusqlite::Result<rusqlite::Statement<'a>> {
-        self.conn.prepare(&self.scoped(sql))
+        self.conn.prepare(sql)
     }
 
     fn bucket(&self, b: i64) -> usize {
@@ -501,40 +579,42 @@ impl<'a> Query<'a> {
     /// The one pass: the window's events in id order (a sequential read of the table, only the columns the
     /// report needs; rows of other ports are dropped by SQLite, except the kernel counters of no port), then its
     /// conntrack minutes. Values are borrowed from the statement: nothing is allocated per row.
-    fn scan(&self, tally: &mut scan::Tally) -> rusqlite::Result<()> {
-        let mut st = self.prepare(
-            "SELECT ts_us, kind, failure, addr, port, user, count, rule, local_addr, detail FROM events
-             WHERE {EVENTS_IN} AND (?3 IS NULL OR port IS NULL OR port = ?3)",
-        )?;
-        let mut rows = st.query(params![self.lo, self.hi, self.port])?;
-        while let Some(r) = rows.next()? {
-            let row = scan::EventRow {
-                ts_us: r.get(0)?,
-                kind: r.get(1)?,
-                failure: r.get::<_, i64>(2)? != 0,
-                addr: addr_of(r.get_ref(3)?),
-                port: port_of(r.get_ref(4)?),
-                user: match r.get_ref(5)? {
-                    ValueRef::Text(t) => std::str::from_utf8(t).ok(),
-                    _ => None,
-                },
-                count: r.get::<_, i64>(6)?.max(0) as u64,
-                rule: r.get(7)?,
-                local_addr: addr_of(r.get_ref(8)?),
-                detail: r.get(9)?,
-            };
-            tally.event(&row);
-        }
-        let mut st = self.prepare(
-            "SELECT addr, port, minute, count FROM conn_minutes WHERE {MINUTES_IN} AND kind = ?3 AND (?4 IS NULL OR port = ?4)",
-        )?;
-        let mut rows = st.query(params![self.lo, self.hi, CONN_NEW, self.port])?;
-        while let Some(r) = rows.next()? {
-            if let (Some(addr), Some(port)) = (addr_of(r.get_ref(0)?), port_of(r.get_ref(1)?)) {
-                tally.conn_new(addr, port, r.get(2)?, r.get::<_, i64>(3)?.max(0) as u64);
+    ///
+    /// With `helper` (a second connection to the same file) and more than `split_rows` ids ([`SPLIT_ROWS`]), the second half
+    /// of the ids is read on another thread into a sibling tally, merged afterwards: the read and the folding
+    /// are both CPU work, so two cores take about half the time. Each connection reads its own snapshot; rows
+    /// written meanwhile have ids past the range, so only a prune running at that moment could make the halves
+    /// disagree (about rows older than the retention).
+    fn scan(&self, tally: &mut scan::Tally, helper: Option<Store>, split_rows: i64) -> rusqlite::Result<()> {
+        let times = (self.lo, self.hi, self.port);
+        let minutes = self.minutes_in.as_str();
+        let Some((first, last)) = self.ids else {
+            return scan_minutes(self.conn, minutes, times, tally);
+        };
+        match helper {
+            Some(helper) if last - first >= split_rows => {
+                // Even shares: this thread reads the first ids, the other the rest and the conntrack minutes.
+                let rows = last - first + 1;
+                let mid = first + ((rows + self.minute_rows) / 2).clamp(1, rows) - 1;
+                let mut theirs = tally.sibling();
+                std::thread::scope(|s| {
+                    let theirs = &mut theirs;
+                    let other = s.spawn(move || {
+                        scan_events(helper.reader(), times, (mid + 1, last), theirs)?;
+                        scan_minutes(helper.reader(), minutes, times, theirs)
+                    });
+                    let mine = scan_events(self.conn, times, (first, mid), tally);
+                    let other = other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    mine.and(other)
+                })?;
+                tally.merge(theirs);
+                Ok(())
+            }
+            _ => {
+                scan_events(self.conn, times, (first, last), tally)?;
+                scan_minutes(self.conn, minutes, times, tally)
             }
         }
-        Ok(())
     }
 
     /// New connections and distinct sources per port and bucket (from the pass), with the limits, their marks
@@ -793,6 +873,20 @@ mod tests {
         AttackReport::read(store, window, cx).unwrap()
     }
 
+    /// The report read on one thread, and on two whatever the window's size (a store in a file: the second
+    /// thread opens its own connection).
+    fn read_both_ways(store: &Store, window: Window) -> [AttackReport; 2] {
+        let services = services();
+        [i64::MAX, 0].map(|split_rows| {
+            let cx = Context { services: &services, prefix_v4: 24, prefix_v6: 64, geo: None, findings: vec![] };
+            AttackReport::read_split(store, window, cx, split_rows).unwrap()
+        })
+    }
+
+    fn file_store(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join("report.db")).unwrap()
+    }
+
     fn ten_minutes() -> Window {
         Window { since: t0(), until: at(600), port: None }
     }
@@ -978,8 +1072,9 @@ mod tests {
     /// random sources, ports, kinds and times: counts equal, distinct counts equal (all below the exact limit),
     /// the tops equal, for the whole window and for one port.
     #[test]
-    fn the_one_pass_equals_an_exact_computation_on_a_few_thousand_events() {
-        let mut store = Store::open_in_memory().unwrap();
+    fn the_one_pass_equals_an_exact_computation_on_a_few_thousand_events_on_one_thread_or_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = file_store(&dir);
         let mut state = 0x5eed_u64;
         let mut next = |below: u64| {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -1006,7 +1101,9 @@ mod tests {
         store.insert_events(&events).unwrap();
         for port in [None, Some(587)] {
             let window = Window { port, ..ten_minutes() };
-            let r = read(&store, window, vec![]);
+            let [r, split] = read_both_ways(&store, window);
+            // Two halves merged are the one pass, to the last figure, while nothing is estimated.
+            assert_eq!(split, r, "port {port:?}");
             assert_eq!(r.estimated, Estimated::default());
             // The exact figures, from the events themselves (conntrack's are stored per minute: bucketed alike).
             let inside: Vec<&Event> = events
@@ -1070,8 +1167,9 @@ mod tests {
     }
 
     #[test]
-    fn past_the_sketches_capacity_the_page_says_the_tops_are_estimates() {
-        let mut store = Store::open_in_memory().unwrap();
+    fn past_the_sketches_capacity_the_page_says_the_tops_are_estimates_on_one_thread_or_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = file_store(&dir);
         // 5,000 distinct sources of 198.18.0.0/15, one failed login each as a distinct user, and one heavy one.
         let mut events: Vec<(Origin, Event)> = (0..5000u32)
             .map(|i| {
@@ -1082,18 +1180,19 @@ mod tests {
             .collect();
         events.extend((0..50).map(|_| ev(70, Kind::AuthFailure, "203.0.113.66", 993)));
         store.insert_events(&events).unwrap();
-        let r = read(&store, ten_minutes(), vec![]);
-        assert_eq!(r.events, 5050, "totals stay exact");
-        assert!(r.estimated.sources && r.estimated.users && !r.estimated.prefixes);
-        assert_eq!(r.top_sources[0].addr.to_string(), "203.0.113.66", "a heavy source is surely listed");
-        assert!(r.top_sources[0].events <= 50, "and its count is a lower bound");
-        assert!(r.top_sources[0].events >= 45, "close to what it sent: {}", r.top_sources[0].events);
-        // 198.18.0.0/24 .. 198.18.19.0/24 hold 250 hosts each: exact.
-        assert_eq!(r.top_prefixes[0].sources, 250);
-        let page = html::render(&r, at(600));
-        assert!(page.contains("An estimate: more than 4,096 distinct sources"));
-        assert!(page.contains("An estimate: more than 4,096 distinct user names"));
-        assert!(page.contains("Exact: at most 1,024 distinct prefixes"));
+        for r in read_both_ways(&store, ten_minutes()) {
+            assert_eq!(r.events, 5050, "totals stay exact");
+            assert!(r.estimated.sources && r.estimated.users && !r.estimated.prefixes);
+            assert_eq!(r.top_sources[0].addr.to_string(), "203.0.113.66", "a heavy source is surely listed");
+            assert!(r.top_sources[0].events <= 50, "and its count is a lower bound");
+            assert!(r.top_sources[0].events >= 45, "close to what it sent: {}", r.top_sources[0].events);
+            // 198.18.0.0/24 .. 198.18.19.0/24 hold 250 hosts each: exact.
+            assert_eq!(r.top_prefixes[0].sources, 250);
+            let page = html::render(&r, at(600));
+            assert!(page.contains("An estimate: more than 4,096 distinct sources"));
+            assert!(page.contains("An estimate: more than 4,096 distinct user names"));
+            assert!(page.contains("Exact: at most 1,024 distinct prefixes"));
+        }
     }
 
     #[test]

@@ -39,8 +39,8 @@ const GEO_CACHE: usize = 4096;
 
 /// Kinds as stored (`kinds` table).
 const CONNECT: i64 = 11;
-const SYN_FLOOD: i64 = 14;
-const KERNEL_COUNTER: i64 = 18;
+pub const SYN_FLOOD: i64 = 14;
+pub const KERNEL_COUNTER: i64 = 18;
 
 /// The window the pass folds: bucket geometry, the port asked for, and the policy's prefix lengths.
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +63,8 @@ impl Scope {
     }
 }
 
-/// One row of `events`, borrowed from the statement (no allocation per row).
+/// One row of `events`, borrowed from the statement (no allocation per row). `rule`, `local_addr` and `detail`
+/// are read for the kinds that use them only (SYN-flood lines and kernel counters), `user` for failures only.
 #[derive(Debug, Clone, Copy)]
 pub struct EventRow<'r> {
     pub ts_us: i64,
@@ -124,6 +125,61 @@ impl<'g> Tally<'g> {
             syn_total: 0,
             syn: Vec::new(),
             counters: BTreeMap::new(),
+        }
+    }
+
+    /// An empty tally of the same window and the same hashing, to fold another part of the rows (on another
+    /// thread) and [`Tally::merge`] back.
+    pub fn sibling(&self) -> Tally<'g> {
+        Tally {
+            sources: self.sources.sibling(),
+            prefixes: self.prefixes.sibling(),
+            users: self.users.sibling(),
+            ..Tally::new(self.scope, self.geo)
+        }
+    }
+
+    /// Folds in `other`, a [`Tally::sibling`] that saw other rows of the window: every figure as if one tally
+    /// had seen them all (counts add up, distinct sets unite, tops merge; see [`Top::merge`]).
+    pub fn merge(&mut self, other: Tally<'g>) {
+        self.events += other.events;
+        self.failures += other.failures;
+        for (port, theirs) in other.ports {
+            match self.ports.entry(port) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(theirs);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let mine = o.get_mut();
+                    for (n, t) in mine.new.iter_mut().zip(theirs.new) {
+                        *n += t;
+                    }
+                    for (d, t) in mine.distinct.iter_mut().zip(&theirs.distinct) {
+                        d.merge(t);
+                    }
+                }
+            }
+        }
+        self.sources.merge(other.sources, |mine, theirs| *mine += theirs);
+        self.prefixes.merge(other.prefixes, |mine, theirs| mine.merge(&theirs));
+        self.users.merge(other.users, |_, _| ());
+        if let (Some(mine), Some(theirs)) = (self.countries.as_mut(), other.countries) {
+            for (country, (events, sources)) in theirs {
+                let (n, d) = mine.entry(country).or_default();
+                *n += events;
+                d.merge(&sources);
+            }
+        }
+        // The other's lines were read after this one's: their order numbers follow.
+        let read = self.syn_total;
+        self.syn_total += other.syn_total;
+        self.syn.extend(other.syn.into_iter().map(|(ts, seq, line)| (ts, seq + read, line)));
+        self.prune_syn();
+        for (rule, theirs) in other.counters {
+            let mine = self.counters.entry(rule).or_insert_with(|| vec![0; theirs.len()]);
+            for (n, t) in mine.iter_mut().zip(theirs) {
+                *n += t;
+            }
         }
     }
 

@@ -65,12 +65,7 @@ impl Distinct {
         }
         self.len += 1;
         if self.len > EXACT_LIMIT {
-            let mut registers = vec![0u8; 1 << DISTINCT_PRECISION].into_boxed_slice();
-            for &h in self.exact.iter().filter(|h| **h != FREE) {
-                hll_insert(&mut registers, DISTINCT_PRECISION, h);
-            }
-            self.registers = registers;
-            self.exact = Vec::new();
+            self.estimate_from_now();
         } else if self.len * 2 > self.exact.len() && self.exact.len() < MAX_SLOTS {
             let mut grown = vec![FREE; self.exact.len() * 2];
             for &h in self.exact.iter().filter(|h| **h != FREE) {
@@ -91,6 +86,32 @@ impl Distinct {
 
     pub fn is_exact(&self) -> bool {
         self.registers.is_empty()
+    }
+
+    /// Turns the exact set into registers holding the same hashes.
+    fn estimate_from_now(&mut self) {
+        let mut registers = vec![0u8; 1 << DISTINCT_PRECISION].into_boxed_slice();
+        for &h in self.exact.iter().filter(|h| **h != FREE) {
+            hll_insert(&mut registers, DISTINCT_PRECISION, h);
+        }
+        self.registers = registers;
+        self.exact = Vec::new();
+    }
+
+    /// Folds in the addresses of `other` (the union: as if both had been inserted here).
+    pub fn merge(&mut self, other: &Distinct) {
+        if other.registers.is_empty() {
+            for &h in other.exact.iter().filter(|h| **h != FREE) {
+                self.insert_hash(h);
+            }
+            return;
+        }
+        if self.registers.is_empty() {
+            self.estimate_from_now();
+        }
+        for (mine, theirs) in self.registers.iter_mut().zip(other.registers.iter()) {
+            *mine = (*mine).max(*theirs);
+        }
     }
 
     /// Bytes of data held (the table or the registers).
@@ -242,6 +263,79 @@ impl<K: Hash + Eq + Clone, A: Default> Top<K, A> {
     /// Whether every count is exact: no counter ever changed hands.
     pub fn is_exact(&self) -> bool {
         !self.evicted
+    }
+
+    /// An empty `Top` of the same capacity and the same key hashing, to fold another part of the same stream
+    /// and [`Top::merge`] back.
+    pub fn sibling(&self) -> Top<K, A> {
+        Top { random: self.random.clone(), ..Top::new(self.capacity) }
+    }
+
+    /// Folds in `other`, a [`Top::sibling`] that saw another part of the stream, as if one `Top` had seen both
+    /// (the parallel Space-Saving merge of Cafaro, Pulimeno and Tempesta 2016): a key in both sums its counts
+    /// and errors; a key missing from one summary may have weighed up to that summary's smallest counter there
+    /// (0 if it never evicted, so it saw every key it was given), which is added to its count and to its error
+    /// alike; then the `capacity` heaviest are kept. What is reported (`count - error`) stays a lower bound, and
+    /// a key above total/capacity of the whole stream stays listed. Companions of a key in both are combined by
+    /// `combine`.
+    pub fn merge(&mut self, mut other: Top<K, A>, combine: impl Fn(&mut A, A)) {
+        let floor = |t: &Top<K, A>| if t.evicted { t.heap.first().map_or(0, |&c| t.counts[c as usize]) } else { 0 };
+        let (mine_floor, other_floor) = (floor(self), floor(&other));
+        let mut seen = vec![false; self.keys.len()];
+        let mut counters: Vec<(u64, K, u64, u64, A)> = Vec::with_capacity(self.keys.len() + other.keys.len());
+        for c in 0..other.keys.len() {
+            let (hash, count, error) = (other.hashes[c], other.counts[c], other.errors[c]);
+            let key = other.keys[c].clone();
+            let companion = std::mem::take(&mut other.companions[c]);
+            match self.index.get(&hash) {
+                Some(&mine) => {
+                    let mine = mine as usize;
+                    seen[mine] = true;
+                    self.counts[mine] = self.counts[mine].saturating_add(count);
+                    self.errors[mine] = self.errors[mine].saturating_add(error);
+                    combine(&mut self.companions[mine], companion);
+                }
+                None => counters.push((
+                    hash,
+                    key,
+                    count.saturating_add(mine_floor),
+                    error.saturating_add(mine_floor),
+                    companion,
+                )),
+            }
+        }
+        let evicted = self.evicted || other.evicted;
+        let theirs = std::mem::take(&mut counters);
+        for (c, seen) in seen.into_iter().enumerate() {
+            let lift = if seen { 0 } else { other_floor };
+            counters.push((
+                self.hashes[c],
+                self.keys[c].clone(),
+                self.counts[c].saturating_add(lift),
+                self.errors[c].saturating_add(lift),
+                std::mem::take(&mut self.companions[c]),
+            ));
+        }
+        counters.extend(theirs);
+        let dropped = counters.len() > self.capacity;
+        if dropped {
+            counters.sort_by_key(|c| std::cmp::Reverse(c.2));
+            counters.truncate(self.capacity);
+        }
+        let mut merged = self.sibling();
+        merged.evicted = evicted || dropped;
+        for (c, (hash, key, count, error, companion)) in counters.into_iter().enumerate() {
+            merged.index.insert(hash, c as u32);
+            merged.hashes.push(hash);
+            merged.keys.push(key);
+            merged.counts.push(count);
+            merged.errors.push(error);
+            merged.companions.push(companion);
+            merged.heap.push(c as u32);
+            merged.place.push(c as u32);
+            merged.sift_up(c);
+        }
+        *self = merged;
     }
 
     /// The `n` heaviest keys with what each surely weighed and its companion, heaviest first (ties by `order`).
@@ -425,6 +519,72 @@ mod tests {
             // A heavy source keeps its counter once it has one: its bound misses at most its first packets.
             assert!(*n + 10 >= truth[*k], "{k}: {n} of {}", truth[*k]);
         }
+    }
+
+    #[test]
+    fn distinct_merged_counts_as_one_that_saw_both() {
+        // Sizes on either side of the exact limit: exact + exact, exact + estimating, estimating + estimating.
+        for (a, b) in [(100u64, 100u64), (200, 200), (100, 5000), (5000, 100), (20_000, 30_000)] {
+            let (mut left, mut right, mut whole) = (Distinct::default(), Distinct::default(), Distinct::default());
+            // Overlapping halves: the last 50 of the left are the first 50 of the right.
+            for i in 0..a {
+                left.insert(benchmark_addr(i));
+                whole.insert(benchmark_addr(i));
+            }
+            for i in a - 50..a - 50 + b {
+                right.insert(benchmark_addr(i));
+                whole.insert(benchmark_addr(i));
+            }
+            left.merge(&right);
+            assert_eq!((left.count(), left.is_exact()), (whole.count(), whole.is_exact()), "{a} + {b}");
+        }
+    }
+
+    #[test]
+    fn top_merged_keeps_lower_bounds_and_the_heavy_keys() {
+        // One stream cut in two, each half into its own Top (as two threads read a window), merged: the 20 heavy
+        // keys stay the top 20, and no count reported exceeds what the key sent.
+        let heavy: Vec<IpAddr> = (0..20).map(|i| format!("203.0.113.{}", i + 1).parse().unwrap()).collect();
+        let mut truth: HashMap<IpAddr, u64> = HashMap::new();
+        let mut left: Top<IpAddr, u64> = Top::new(1024);
+        let mut right = left.sibling();
+        let mut state = 11u64;
+        for step in 0..60_000u64 {
+            let half = if step < 30_000 { &mut left } else { &mut right };
+            let bits = splitmix(&mut state);
+            let addr = IpAddr::V6((0x2001_0db8_u128 << 96 | u128::from(bits % 20_000)).into());
+            *truth.entry(addr).or_default() += 1;
+            *half.add(&addr, 1) += 1;
+            if step % 100 == 0 {
+                for h in &heavy {
+                    *truth.entry(*h).or_default() += 2;
+                    *half.add(h, 2) += 1;
+                }
+            }
+        }
+        left.merge(right, |mine, theirs| *mine += theirs);
+        assert!(!left.is_exact());
+        assert!(left.iter().count() <= 1024, "still at most its capacity");
+        for (k, n, failures) in left.iter() {
+            assert!(n <= truth[k], "{k}: {n} reported, {} sent", truth[k]);
+            assert!(*failures <= truth[k]);
+        }
+        let mut found: Vec<IpAddr> = left.top(20, |a, b| a.cmp(b)).iter().map(|(k, _, _)| **k).collect();
+        found.sort();
+        assert_eq!(found, heavy);
+
+        // Below capacity on both sides, a merge is exact: counts and companions add up.
+        let mut a: Top<String, u64> = Top::new(8);
+        let mut b = a.sibling();
+        *a.add("admin", 3) += 1;
+        *a.add("root", 1) += 1;
+        *b.add("admin", 2) += 1;
+        *b.add("test", 4) += 1;
+        a.merge(b, |mine, theirs| *mine += theirs);
+        assert!(a.is_exact());
+        let got: Vec<(String, u64, u64)> =
+            a.top(8, |x, y| x.cmp(y)).into_iter().map(|(k, n, c)| (k.clone(), n, *c)).collect();
+        assert_eq!(got, [("admin".into(), 5, 2), ("test".into(), 4, 1), ("root".into(), 1, 1)]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `PRAGMA user_version`. Inserts are batched in one transaction; growth is bounded by retention and by
 //! aggregating conntrack events per source, port and minute.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_store_id", include_str!("../../migrations/0004_store_id.sql")),
     ("0005_conn_assured", include_str!("../../migrations/0005_conn_assured.sql")),
     ("0006_fleet", include_str!("../../migrations/0006_fleet.sql")),
+    ("0007_event_minutes", include_str!("../../migrations/0007_event_minutes.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -245,6 +246,8 @@ impl Store {
                 "INSERT INTO conn_minutes (addr, port, kind, minute, count, assured, local_addr) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (addr, port, kind, minute) DO UPDATE SET count = count + excluded.count, assured = assured + excluded.assured",
             )?;
+            // Minute -> (first id, last id) of the rows written, for event_minutes.
+            let mut spans: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
             for ((o, e), (input, rule, service)) in events.iter().zip(ids) {
                 let t = ts_us(&e.time);
                 let detail: Option<i64> = match (e.syn_action, e.assured) {
@@ -280,6 +283,17 @@ impl Store {
                     e.count,
                     detail,
                 ])?;
+                let (id, minute) = (tx.last_insert_rowid(), t - t.rem_euclid(MINUTE_US));
+                let (first, last) = spans.entry(minute).or_insert((id, id));
+                *first = (*first).min(id);
+                *last = (*last).max(id);
+            }
+            let mut span = tx.prepare_cached(
+                "INSERT INTO event_minutes (minute, first_id, last_id) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (minute) DO UPDATE SET first_id = min(first_id, excluded.first_id), last_id = max(last_id, excluded.last_id)",
+            )?;
+            for (minute, (first, last)) in spans {
+                span.execute(params![minute, first, last])?;
             }
             let mut pos = tx.prepare_cached(
                 "INSERT INTO positions (input, inode, offset, updated_us) VALUES (?1, ?2, ?3, ?4)
@@ -298,6 +312,8 @@ impl Store {
         let run = |conn: &Connection| -> Result<usize, rusqlite::Error> {
             let a = conn.execute("DELETE FROM events WHERE ts_us < ?1", [cutoff])?;
             let b = conn.execute("DELETE FROM conn_minutes WHERE minute < ?1", [cutoff])?;
+            // Minutes wholly before the cutoff hold no event any more (not counted: they are an index).
+            conn.execute("DELETE FROM event_minutes WHERE minute + ?2 <= ?1", params![cutoff, MINUTE_US])?;
             Ok(a + b)
         };
         run(&self.conn).map_err(|e| sql(&self.path, "pruning", e))
@@ -459,6 +475,13 @@ impl Store {
     /// opens the store with [`Store::open_read_only`], so SQLite refuses a write anyway.
     pub fn reader(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Another read-only connection to this store's file, for a reader that splits its work over threads
+    /// (None: the store is in memory, nothing else can open it).
+    pub fn another_reader(&self) -> Option<Result<Store, StoreError>> {
+        let file = self.conn.path().filter(|p| !p.is_empty())?;
+        Some(Store::open_read_only(Path::new(file)))
     }
 
     /// Rows stored (events plus aggregated conntrack minutes) and the database's size in bytes.
@@ -651,6 +674,65 @@ mod tests {
         let now = Utc.timestamp_opt(1_763_700_000 + 7200 + 1800, 0).unwrap();
         assert_eq!(s.prune(now, Duration::from_secs(3600)).unwrap(), 1);
         assert_eq!(s.query_events(&EventFilter::default()).unwrap().len(), 1);
+    }
+
+    /// Events whose id is outside its minute's range in event_minutes (what a reader by id range would miss).
+    fn uncovered(conn: &Connection) -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM event_minutes m
+               WHERE m.minute = e.ts_us - ((e.ts_us % 60000000) + 60000000) % 60000000 AND e.id BETWEEN m.first_id AND m.last_id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    fn minutes(conn: &Connection) -> Vec<(i64, i64, i64)> {
+        let mut st = conn.prepare("SELECT minute, first_id, last_id FROM event_minutes ORDER BY minute").unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn every_event_lies_in_its_minute_s_id_range_through_lag_prune_and_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let mut s = Store::open(&path).unwrap();
+        // Out of time order, as a lagging input writes: minute 3's rows have ids on both sides of minute 0's.
+        let secs = [200, 10, 30, 190, 130, 70, 5, 250, 199];
+        let batch: Vec<_> = secs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (origin(i as u64), ev(Kind::AuthFailure, "198.51.100.7", *t)))
+            .collect();
+        s.insert_events(&batch[..4]).unwrap();
+        s.insert_events(&batch[4..]).unwrap();
+        // Before 1970 (a clock never set): the minute is the floor, in Rust and in the SQL alike.
+        let mut old = ev(Kind::AuthFailure, "198.51.100.8", 0);
+        old.time = Utc.timestamp_opt(-30, 0).unwrap();
+        s.insert_events(&[(origin(99), old)]).unwrap();
+        assert_eq!(uncovered(s.reader()), 0);
+        let built = minutes(s.reader());
+        assert_eq!(built.len(), 6, "minutes -1, 0, 1, 2, 3, 4: {built:?}");
+        assert_eq!(built[0].0, -60_000_000);
+        let minute3 = built
+            .iter()
+            .find(|(m, _, _)| *m == ts_us(&batch[0].1.time) - ts_us(&batch[0].1.time).rem_euclid(MINUTE_US))
+            .unwrap();
+        assert_eq!((minute3.1, minute3.2), (1, 9), "rows 1, 4 and 9 are minute 3's");
+
+        // A store of schema 6 is brought up with the same ranges, built from its events.
+        s.reader().execute_batch("DROP TABLE event_minutes; PRAGMA user_version = 6;").unwrap();
+        drop(s);
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(minutes(s.reader()), built);
+
+        // A prune drops the minutes wholly before the cutoff and keeps the rest covering.
+        let now = Utc.timestamp_opt(1_763_700_000 + 120 + 3600, 0).unwrap();
+        s.prune(now, Duration::from_secs(3600)).unwrap();
+        assert_eq!(uncovered(s.reader()), 0);
+        let left: Vec<i64> = minutes(s.reader()).iter().map(|(m, _, _)| *m).collect();
+        assert_eq!(left.len(), 3, "minutes 2, 3 and 4 stay: {left:?}");
     }
 
     #[test]
