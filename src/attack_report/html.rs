@@ -245,45 +245,70 @@ fn bar(n: u64, most: u64) -> String {
     format!(r#"<span class="bar" style="width:{w}px"></span>"#)
 }
 
+/// One ranked row: its name (plain text), its weight (drawn as a bar against the heaviest) and further cells
+/// (plain text, right-aligned numbers or not).
+struct Ranked {
+    name: String,
+    weight: u64,
+    cells: Vec<(String, bool)>,
+}
+
+/// A table of ranked rows, heaviest first, under `heads` (name, weight, then one per further cell); every string
+/// is escaped here.
+fn ranked_table(s: &mut String, heads: &[&str], rows: Vec<Ranked>) {
+    let most = rows.first().map_or(0, |r| r.weight);
+    s.push_str("<table><tr>");
+    for (i, h) in heads.iter().enumerate() {
+        let _ = write!(s, "<th>{}</th>", escape(h));
+        if i == 1 {
+            s.push_str("<th></th>");
+        }
+    }
+    s.push_str("</tr>");
+    for r in rows {
+        let _ = write!(
+            s,
+            r#"<tr><td>{}</td><td class="n">{}</td><td>{}</td>"#,
+            escape(&r.name),
+            grouped(r.weight),
+            bar(r.weight, most)
+        );
+        for (cell, number) in r.cells {
+            let _ = write!(s, "<td{}>{}</td>", if number { r#" class="n""# } else { "" }, escape(&cell));
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</table>");
+}
+
 fn sources(s: &mut String, r: &AttackReport) {
+    const WEIGHT: &str = "events + connections";
     s.push_str("<h2>Top sources</h2>");
     if r.top_sources.is_empty() {
         empty(s, "No source addresses recorded in this period.");
     } else {
-        let most = r.top_sources.first().map_or(0, |t| t.events);
-        s.push_str("<table><tr><th>source</th><th>events + connections</th><th></th><th>failures</th><th>banned</th><th>country</th></tr>");
-        for t in &r.top_sources {
-            let _ = write!(
-                s,
-                r#"<tr><td>{}</td><td class="n">{}</td><td>{}</td><td class="n">{}</td><td>{}</td><td>{}</td></tr>"#,
-                escape(&t.addr.to_string()),
-                grouped(t.events),
-                bar(t.events, most),
-                grouped(t.failures),
-                if t.banned { "yes" } else { "" },
-                t.country.map(|c| escape(c.as_str())).unwrap_or_default()
-            );
-        }
-        s.push_str("</table>");
+        let rows = r.top_sources.iter().map(|t| Ranked {
+            name: t.addr.to_string(),
+            weight: t.events,
+            cells: vec![
+                (grouped(t.failures), true),
+                ((if t.banned { "yes" } else { "" }).to_string(), false),
+                (t.country.map(|c| c.as_str().to_string()).unwrap_or_default(), false),
+            ],
+        });
+        ranked_table(s, &["source", WEIGHT, "failures", "banned", "country"], rows.collect());
         estimate_note(s, r.estimated.sources, TOP_CAPACITY, "sources", "events + connections and failures");
     }
     s.push_str("<h2>Top prefixes</h2>");
     if r.top_prefixes.is_empty() {
         empty(s, "No source networks recorded in this period.");
     } else {
-        let most = r.top_prefixes.first().map_or(0, |t| t.events);
-        s.push_str("<table><tr><th>prefix</th><th>events + connections</th><th></th><th>sources</th></tr>");
-        for t in &r.top_prefixes {
-            let _ = write!(
-                s,
-                r#"<tr><td>{}</td><td class="n">{}</td><td>{}</td><td class="n">{}</td></tr>"#,
-                escape(&t.prefix.to_string()),
-                grouped(t.events),
-                bar(t.events, most),
-                grouped(t.sources)
-            );
-        }
-        s.push_str("</table>");
+        let rows = r.top_prefixes.iter().map(|t| Ranked {
+            name: t.prefix.to_string(),
+            weight: t.events,
+            cells: vec![(grouped(t.sources), true)],
+        });
+        ranked_table(s, &["prefix", WEIGHT, "sources"], rows.collect());
         estimate_note(s, r.estimated.prefixes, PREFIX_CAPACITY, "prefixes", "events + connections and sources");
     }
     s.push_str("<h2>Countries</h2>");
@@ -291,37 +316,20 @@ fn sources(s: &mut String, r: &AttackReport) {
         None => empty(s, "No country data loaded (`floodgate geo update` loads it)."),
         Some(rows) if rows.is_empty() => empty(s, "No source addresses recorded in this period."),
         Some(rows) => {
-            let most = rows.first().map_or(0, |t| t.events);
-            s.push_str("<table><tr><th>country</th><th>events + connections</th><th></th><th>sources</th></tr>");
-            for c in rows {
-                let _ = write!(
-                    s,
-                    r#"<tr><td>{}</td><td class="n">{}</td><td>{}</td><td class="n">{}</td></tr>"#,
-                    c.country.map_or_else(|| "unknown".to_string(), |c| escape(c.as_str())),
-                    grouped(c.events),
-                    bar(c.events, most),
-                    grouped(c.sources)
-                );
-            }
-            s.push_str("</table>");
+            let rows = rows.iter().map(|c| Ranked {
+                name: c.country.map_or_else(|| "unknown".to_string(), |c| c.as_str().to_string()),
+                weight: c.events,
+                cells: vec![(grouped(c.sources), true)],
+            });
+            ranked_table(s, &["country", WEIGHT, "sources"], rows.collect());
         }
     }
     s.push_str("<h2>User names tried</h2>");
     if r.users.is_empty() {
         empty(s, "No failed logins naming a user in this period.");
     } else {
-        let most = r.users.first().map_or(0, |u| u.1);
-        s.push_str("<table><tr><th>user (as the attacker sent it)</th><th>attempts</th><th></th></tr>");
-        for (user, n) in &r.users {
-            let _ = write!(
-                s,
-                r#"<tr><td>{}</td><td class="n">{}</td><td>{}</td></tr>"#,
-                escape(user),
-                grouped(*n),
-                bar(*n, most)
-            );
-        }
-        s.push_str("</table>");
+        let rows = r.users.iter().map(|(user, n)| Ranked { name: user.clone(), weight: *n, cells: Vec::new() });
+        ranked_table(s, &["user (as the attacker sent it)", "attempts"], rows.collect());
         estimate_note(s, r.estimated.users, TOP_CAPACITY, "user names", "attempts");
     }
 }
