@@ -10,6 +10,7 @@ pub mod generate;
 pub mod geo;
 pub mod limit;
 pub mod list;
+pub mod notify;
 pub mod parse;
 pub mod report;
 pub mod top;
@@ -56,6 +57,8 @@ pub enum Command {
     /// Draw what the store recorded over a period as one self-contained HTML page (charts per port, bans by
     /// origin, top sources, the kernel's SYN-flood lines, the advisor's findings).
     Report(report::Args),
+    /// Send a test notice through the configured mail and hook (`--test`): a convergence with its report.
+    Notify(notify::Args),
     /// Ban addresses or prefixes (one kernel batch for all of them).
     Block(block::BlockArgs),
     /// Lift bans.
@@ -211,6 +214,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Events(args) => events::run(&ctx, args),
         Command::Advise(args) => advise::run(&ctx, args),
         Command::Report(args) => report::run(&ctx, args),
+        Command::Notify(args) => notify::run(&ctx, args),
         Command::Block(args) => block::run_block(&ctx, args),
         Command::Unblock(args) => block::run_unblock(&ctx, args),
         Command::List(args) => list::run(&ctx, args),

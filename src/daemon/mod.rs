@@ -165,6 +165,11 @@ fn watch_table(pipeline: &mut Pipeline) -> mpsc::Receiver<()> {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config, config_path: Option<PathBuf>, db: PathBuf, dry_run: bool, adopt: bool) -> Result<()> {
     let _lock = lock::acquire(&db)?;
+    let no_new_privs = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])));
+    if let Some(warning) = config.notify.sandbox_warning(no_new_privs) {
+        tracing::warn!("{warning}");
+    }
     let store = Store::open(&db).context("opening the event store")?;
     let mut enforcer = Enforcer::open(&config.enforcement())?;
     if !dry_run {

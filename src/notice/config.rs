@@ -17,6 +17,11 @@ pub struct NotifyConfig {
     pub mail_from: String,
     /// The MTA's sendmail-compatible program (Postfix, Exim, OpenSMTPD and sendmail all provide one).
     pub sendmail: PathBuf,
+    /// `HOST:PORT` of the local MTA's SMTP service: when set, mail goes there (plain SMTP, no login, no TLS)
+    /// instead of through `sendmail`. For a daemon in a sandbox: the packaged unit's (no new privileges, a
+    /// read-only /var) keeps Postfix's setgid postdrop and Exim's spool out of reach, a connection to port 25
+    /// is not.
+    pub smtp: Option<String>,
     /// A program run for every message with the notice as JSON on stdin (a chat webhook, a pager).
     pub exec: Option<PathBuf>,
     /// A second notice of the same kind about the same thing (a port, an address) within this interval is held
@@ -37,6 +42,7 @@ impl Default for NotifyConfig {
             mail_to: Vec::new(),
             mail_from: default_mail_from(),
             sendmail: PathBuf::from("/usr/sbin/sendmail"),
+            smtp: None,
             exec: None,
             min_interval: Duration::from_secs(10 * 60),
             gather: Duration::from_secs(1),
@@ -66,6 +72,19 @@ impl NotifyConfig {
         !self.mail_to.is_empty() || self.exec.is_some()
     }
 
+    /// What to tell the admin at start when mail would go through `sendmail` from a process with no_new_privs
+    /// (the packaged unit's NoNewPrivileges): Postfix's setgid postdrop and Exim's setuid binary lose their
+    /// privileges there and cannot queue the mail, so every notice would fail.
+    pub fn sandbox_warning(&self, no_new_privs: bool) -> Option<String> {
+        (no_new_privs && !self.mail_to.is_empty() && self.smtp.is_none()).then(|| {
+            format!(
+                "notify: mail goes through {} but this process runs with no_new_privs (systemd's NoNewPrivileges):                  the MTA's setgid/setuid queueing program cannot queue it; set notify.smtp = \"127.0.0.1:25\" (with \
+                 full addresses) and check with `floodgate notify --test`",
+                self.sendmail.display()
+            )
+        })
+    }
+
     pub fn validate(&self) -> Result<(), Invalid> {
         for a in &self.mail_to {
             check_address("notify.mail_to", a)?;
@@ -76,6 +95,26 @@ impl NotifyConfig {
                 "notify.sendmail",
                 format!("`{}` is not an absolute path; write e.g. /usr/sbin/sendmail", self.sendmail.display()),
             ));
+        }
+        if let Some(server) = &self.smtp {
+            smtp_server(server)?;
+            // SMTP has no local names: the MTA is not the one that would qualify them, as sendmail does.
+            let unqualified = |key: &str, a: &str| {
+                Invalid::new(
+                    key,
+                    format!(
+                        "`{a}` has no domain: mail over SMTP (notify.smtp) needs a full address, e.g. {a}@localhost"
+                    ),
+                )
+            };
+            for a in &self.mail_to {
+                if !a.contains('@') {
+                    return Err(unqualified("notify.mail_to", a));
+                }
+            }
+            if !self.mail_from.contains('@') {
+                return Err(unqualified("notify.mail_from", &self.mail_from));
+            }
         }
         if let Some(exec) = &self.exec {
             if !exec.is_absolute() {
@@ -106,6 +145,19 @@ impl NotifyConfig {
         }
         Ok(())
     }
+}
+
+/// `notify.smtp` as host and port: `127.0.0.1:25`, `[::1]:25`, `localhost:25`.
+pub fn smtp_server(server: &str) -> Result<(String, u16), Invalid> {
+    let bad =
+        |why: &str| Invalid::new("notify.smtp", format!("`{}` {why}; write e.g. 127.0.0.1:25", server.escape_debug()));
+    let (host, port) = server.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| bad("has no valid port"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) {
+        return Err(bad("is not a host name or address with a port"));
+    }
+    Ok((host.to_string(), port))
 }
 
 /// One plain address (`user@domain`, or a local name like `root`). With `sendmail -t` the headers choose the
@@ -184,5 +236,31 @@ mod tests {
         assert!(bad(NotifyConfig { min_interval: Duration::ZERO, ..cfg() }).contains("notify.min_interval"));
         let e = bad(NotifyConfig { gather: Duration::from_secs(61), ..cfg() });
         assert!(e.starts_with("notify.gather: `1m 1s` is longer than 1m"), "{e}");
+    }
+
+    #[test]
+    fn smtp_needs_a_host_a_port_and_full_addresses() {
+        let smtp = |s: &str| NotifyConfig { smtp: Some(s.into()), ..cfg() };
+        for ok in ["127.0.0.1:25", "[::1]:25", "localhost:587"] {
+            smtp(ok).validate().unwrap();
+        }
+        assert_eq!(smtp_server("[::1]:25").unwrap(), ("::1".to_string(), 25));
+        let bad = |c: NotifyConfig| c.validate().unwrap_err().to_string();
+        for (server, why) in [("127.0.0.1", "no port"), ("127.0.0.1:0", "no valid port"), (":25", "not a host")] {
+            let e = bad(smtp(server));
+            assert!(e.starts_with("notify.smtp: ") && e.contains(why), "{server}: {e}");
+        }
+        let e = bad(NotifyConfig { mail_to: vec!["root".into()], ..smtp("127.0.0.1:25") });
+        assert!(e.starts_with("notify.mail_to: `root` has no domain") && e.contains("root@localhost"), "{e}");
+        let e = bad(NotifyConfig { mail_from: "root".into(), ..smtp("127.0.0.1:25") });
+        assert!(e.starts_with("notify.mail_from: `root` has no domain"), "{e}");
+        // Under no_new_privs, mail through sendmail is warned about at start; over SMTP or without mail, not.
+        let w = NotifyConfig { mail_to: vec!["root".into()], ..cfg() }.sandbox_warning(true).unwrap();
+        assert!(w.contains("no_new_privs") && w.contains("notify.smtp = \"127.0.0.1:25\""), "{w}");
+        assert!(cfg().sandbox_warning(false).is_none());
+        assert!(smtp("127.0.0.1:25").sandbox_warning(true).is_none());
+        assert!(NotifyConfig { mail_to: vec![], ..cfg() }.sandbox_warning(true).is_none());
+        // Through sendmail, local names stay fine.
+        NotifyConfig { mail_to: vec!["root".into()], ..cfg() }.validate().unwrap();
     }
 }

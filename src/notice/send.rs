@@ -43,7 +43,10 @@ impl Notifier {
             let mail = format_mail(&self.cfg, n, report.as_ref());
             // -t: recipients from the headers (validated, and flattened by format_mail); -i: a line holding a
             // single dot is text, not the end of the message.
-            let sent = run("notify.sendmail", &self.cfg.sendmail, &["-t", "-i"], &[], mail.into_bytes(), self.timeout);
+            let sent = match &self.cfg.smtp {
+                Some(server) => submit(server, &self.cfg, &mail, self.timeout),
+                None => run("notify.sendmail", &self.cfg.sendmail, &["-t", "-i"], &[], mail.into_bytes(), self.timeout),
+            };
             if let Err(e) = sent {
                 failures.push(e);
             }
@@ -85,6 +88,26 @@ impl Notifier {
             _ => Err(anyhow!("{}; {}", failures[0], failures[1])),
         }
     }
+}
+
+/// Hands `mail` (as `format_mail` writes it) to the MTA at `server` over SMTP: the envelope from `mail_from` to
+/// every `mail_to` (the headers say the same), each step of the dialogue within `timeout`.
+fn submit(server: &str, cfg: &NotifyConfig, mail: &str, timeout: Duration) -> anyhow::Result<()> {
+    use lettre::transport::smtp::extension::ClientId;
+    use lettre::{Address, SmtpTransport, Transport};
+    let (host, port) = super::config::smtp_server(server).map_err(|e| anyhow!("{e}"))?;
+    let address = |key: &str, a: &str| a.parse::<Address>().map_err(|e| anyhow!("{key}: `{a}`: {e}"));
+    let from = address("notify.mail_from", &cfg.mail_from)?;
+    let to = cfg.mail_to.iter().map(|a| address("notify.mail_to", a)).collect::<anyhow::Result<Vec<_>>>()?;
+    let envelope = lettre::address::Envelope::new(Some(from), to).map_err(|e| anyhow!("notify.smtp: {e}"))?;
+    let hostname = super::hostname();
+    let hello = if hostname.is_empty() { ClientId::default() } else { ClientId::Domain(hostname) };
+    // builder_dangerous: plain SMTP, no TLS and no login, which is what the local MTA's port 25 takes.
+    let transport = SmtpTransport::builder_dangerous(host).port(port).timeout(Some(timeout)).hello_name(hello).build();
+    // SMTP lines end in CRLF; the message is written with LF for sendmail. lettre doubles a leading dot.
+    let wire = mail.replace('\n', "\r\n");
+    transport.send_raw(&envelope, wire.as_bytes()).map_err(|e| anyhow!("notify.smtp: {server}: {e}"))?;
+    Ok(())
 }
 
 /// Runs `program args` with `env` added to its environment and `input` on stdin; an error unless it exits
@@ -190,6 +213,20 @@ mod tests {
             }
         }
         notifier.send(n)
+    }
+
+    #[test]
+    fn an_smtp_server_that_is_not_there_is_an_error_naming_it_and_the_hook_still_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        // A port nobody listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let hook = script(dir.path(), "hook", &format!("cat > '{}/hook.json'", dir.path().display()));
+        let c = NotifyConfig { smtp: Some(format!("127.0.0.1:{port}")), exec: Some(hook), ..cfg() };
+        let e =
+            send(&Notifier::new(c).with_timeout(Duration::from_secs(5)), &notice(DosDetected, min(0), 1)).unwrap_err();
+        let e = e.to_string();
+        assert!(e.starts_with(&format!("notify.smtp: 127.0.0.1:{port}: ")), "{e}");
+        assert!(dir.path().join("hook.json").exists(), "the hook ran all the same");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub const HOSTNAME: &str = "mx.example.test";
 /// The ports the lab serves, with the service names floodgate's preset gives them.
 pub const PORTS: [(u16, &str); 4] = [(25, "smtp"), (587, "submission"), (143, "imap"), (110, "pop3")];
 
+/// Mail to any address of this domain lands in the lab's notices Maildir ([`MailLab::notices`]).
+pub const NOTICES_DOMAIN: &str = "notices.example.test";
 /// Programs the lab runs; a missing one means the packages are not installed.
 const BINARIES: [&str; 3] = ["/usr/sbin/postfix", "/usr/sbin/dovecot", "/usr/lib/postfix/sbin/master"];
 /// Executables under these paths, inside the lab's namespace, belong to the lab (and are stopped with it).
@@ -100,6 +102,15 @@ impl MailLab {
         self.path("dovecot.log")
     }
 
+    /// The messages delivered to [`NOTICES_DOMAIN`], as received (oldest first).
+    pub fn notices(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.path("notices/new"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort_by_key(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+        files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect()
+    }
+
     pub fn postfix_log_text(&self) -> String {
         std::fs::read_to_string(self.postfix_log()).unwrap_or_default()
     }
@@ -160,8 +171,18 @@ smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated reject_un
 default_transport = error
 relay_transport = error
 biff = no
+# The admin's mailbox for floodgate's notices (NOTICES_DOMAIN): virtual(8) delivers any address of that domain
+# into one Maildir in the lab's directory, as the postfix user.
+virtual_mailbox_domains = {NOTICES_DOMAIN}
+virtual_mailbox_base = {d}
+virtual_mailbox_maps = static:notices/
+virtual_minimum_uid = {uid}
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
 "
         );
+        std::fs::create_dir(self.path("notices")).unwrap();
+        std::os::unix::fs::chown(self.path("notices"), Some(uid), Some(gid)).unwrap();
         // chroot (the fifth column) off everywhere: a chrooted smtpd could not reach Dovecot's socket in the
         // temp dir, nor postlogd its log file.
         let master_cf = "\
@@ -188,6 +209,7 @@ error      unix  -       -       n       -       -       error
 retry      unix  -       -       n       -       -       error
 discard    unix  -       -       n       -       -       discard
 local      unix  -       n       n       -       -       local
+virtual    unix  -       n       n       -       -       virtual
 lmtp       unix  -       -       n       -       -       lmtp
 anvil      unix  -       -       n       -       1       anvil
 scache     unix  -       -       n       -       1       scache
