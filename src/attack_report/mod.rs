@@ -421,7 +421,7 @@ struct Query<'a> {
     /// The ids the window's events lie between (see [`Query::new`]); None: no event in the window.
     ids: Option<(i64, i64)>,
     /// The conntrack minutes in the window, through their time index or by a scan of the table.
-    minutes_in: String,
+    minutes_in: &'static str,
     /// How many conntrack minutes the window holds (of every kind).
     minute_rows: i64,
     lo: i64,
@@ -558,7 +558,7 @@ impl<'a> Query<'a> {
         Ok(Query {
             conn,
             ids: first.zip(last),
-            minutes_in: minutes_in.to_string(),
+            minutes_in,
             minute_rows: in_window,
             lo,
             hi,
@@ -566,10 +566,6 @@ impl<'a> Query<'a> {
             buckets,
             port: window.port.map(i64::from),
         })
-    }
-
-    fn prepare(&self, sql: &str) -> rusqlite::Result<rusqlite::Statement<'a>> {
-        self.conn.prepare(sql)
     }
 
     fn bucket(&self, b: i64) -> usize {
@@ -587,7 +583,7 @@ impl<'a> Query<'a> {
     /// disagree (about rows older than the retention).
     fn scan(&self, tally: &mut scan::Tally, helper: Option<Store>, split_rows: i64) -> rusqlite::Result<()> {
         let times = (self.lo, self.hi, self.port);
-        let minutes = self.minutes_in.as_str();
+        let minutes = self.minutes_in;
         let Some((first, last)) = self.ids else {
             return scan_minutes(self.conn, minutes, times, tally);
         };
@@ -697,7 +693,7 @@ impl<'a> Query<'a> {
     /// Limit periods overlapping the window. A refresh extends its period; a lift ends it; a lapse ends it at
     /// its `until`.
     fn limit_decisions(&self) -> rusqlite::Result<Vec<Held>> {
-        let mut st = self.prepare(
+        let mut st = self.conn.prepare(
             "SELECT ts_us, action, target, until_us, origin, reason FROM decisions
              WHERE ts_us < ?2 AND (action LIKE 'limit\\_%' ESCAPE '\\' OR action LIKE 'lift\\_%' ESCAPE '\\')
                AND (ts_us >= ?1 OR until_us >= ?1)
@@ -753,7 +749,7 @@ impl<'a> Query<'a> {
 
     /// Bans made per bucket and origin string.
     fn bans_by_origin(&self) -> rusqlite::Result<Vec<(usize, String, u64)>> {
-        let mut st = self.prepare(
+        let mut st = self.conn.prepare(
             "SELECT (ts_us - ?1) / ?3, origin, COUNT(*) FROM decisions
              WHERE action = 'ban' AND ts_us >= ?1 AND ts_us < ?2 GROUP BY 1, 2",
         )?;
@@ -766,7 +762,7 @@ impl<'a> Query<'a> {
     /// Other hosts' bans applied here, by when they were applied. The store keeps only the live ones (a
     /// remote ban is state, not a decision of this host: see store/decisions.rs), so lifted ones are not shown.
     fn fleet_bans(&self) -> rusqlite::Result<Vec<(usize, u64)>> {
-        let mut st = self.prepare(
+        let mut st = self.conn.prepare(
             "SELECT (since_us - ?1) / ?3, COUNT(*) FROM remote_bans WHERE since_us >= ?1 AND since_us < ?2 GROUP BY 1",
         )?;
         let rows = st
@@ -795,7 +791,7 @@ impl<'a> Query<'a> {
     }
 
     fn latest_decisions(&self) -> rusqlite::Result<Vec<DecisionRow>> {
-        let mut st = self.prepare(&format!(
+        let mut st = self.conn.prepare(&format!(
             "SELECT ts_us, action, target, origin, reason FROM decisions WHERE ts_us >= ?1 AND ts_us < ?2
              ORDER BY ts_us DESC, id DESC LIMIT {DECISIONS_LISTED}"
         ))?;

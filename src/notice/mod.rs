@@ -238,6 +238,18 @@ pub(crate) mod test_support {
         }
     }
 
+    /// Sends, retrying while a script just written fails to start with ETXTBSY (another test's fork still
+    /// holds it open).
+    pub(crate) fn send_retrying(notifier: &super::Notifier, n: &Notice) -> anyhow::Result<()> {
+        for _ in 0..50 {
+            match notifier.send(n) {
+                Err(e) if e.to_string().contains("Text file busy") => std::thread::sleep(Duration::from_millis(20)),
+                other => return other,
+            }
+        }
+        notifier.send(n)
+    }
+
     /// No gathering and a 15m interval: the tests written for one key per kind read minute by minute.
     pub(crate) fn cfg() -> NotifyConfig {
         NotifyConfig { min_interval: Duration::from_secs(15 * 60), gather: Duration::ZERO, ..defaults() }

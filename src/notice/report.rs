@@ -447,15 +447,4 @@ mod tests {
         // The six oldest went: 00..05.
         assert_eq!(names[0], "floodgate-report-25-20261121T090600Z.html", "{names:?}");
     }
-
-    /// A script just written can fail to start with ETXTBSY while another test's fork still holds it open.
-    fn send_retrying(notifier: &Notifier, n: &Notice) -> anyhow::Result<()> {
-        for _ in 0..50 {
-            match notifier.send(n) {
-                Err(e) if e.to_string().contains("Text file busy") => std::thread::sleep(Duration::from_millis(20)),
-                other => return other,
-            }
-        }
-        notifier.send(n)
-    }
 }

@@ -204,17 +204,6 @@ mod tests {
         path
     }
 
-    /// A script just written can fail to start with ETXTBSY while another test's fork still holds it open.
-    fn send(notifier: &Notifier, n: &Notice) -> anyhow::Result<()> {
-        for _ in 0..50 {
-            match notifier.send(n) {
-                Err(e) if e.to_string().contains("Text file busy") => std::thread::sleep(Duration::from_millis(20)),
-                other => return other,
-            }
-        }
-        notifier.send(n)
-    }
-
     #[test]
     fn an_smtp_server_that_is_not_there_is_an_error_naming_it_and_the_hook_still_runs() {
         let dir = tempfile::tempdir().unwrap();
@@ -222,8 +211,8 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let hook = script(dir.path(), "hook", &format!("cat > '{}/hook.json'", dir.path().display()));
         let c = NotifyConfig { smtp: Some(format!("127.0.0.1:{port}")), exec: Some(hook), ..cfg() };
-        let e =
-            send(&Notifier::new(c).with_timeout(Duration::from_secs(5)), &notice(DosDetected, min(0), 1)).unwrap_err();
+        let e = send_retrying(&Notifier::new(c).with_timeout(Duration::from_secs(5)), &notice(DosDetected, min(0), 1))
+            .unwrap_err();
         let e = e.to_string();
         assert!(e.starts_with(&format!("notify.smtp: 127.0.0.1:{port}: ")), "{e}");
         assert!(dir.path().join("hook.json").exists(), "the hook ran all the same");
@@ -236,7 +225,7 @@ mod tests {
         let sendmail = script(dir.path(), "sendmail", &format!("printf '%s\\n' \"$@\" > '{d}/args'\ncat > '{d}/mail'"));
         let c = NotifyConfig { sendmail, ..cfg() };
         let n = notice(DosDetected, t0(), 7);
-        send(&Notifier::new(c.clone()), &n).unwrap();
+        send_retrying(&Notifier::new(c.clone()), &n).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("args")).unwrap(), "-t\n-i\n");
         // Each formatting makes a new Message-ID; everything else is the same bytes.
         let sent = std::fs::read_to_string(dir.path().join("mail")).unwrap();
@@ -249,7 +238,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hook = script(dir.path(), "hook", &format!("cat > '{}/json'", dir.path().display()));
         let c = NotifyConfig { mail_to: vec![], exec: Some(hook), ..cfg() };
-        send(&Notifier::new(c), &notice(DdosDetected, t0(), 9)).unwrap();
+        send_retrying(&Notifier::new(c), &notice(DdosDetected, t0(), 9)).unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("json")).unwrap()).unwrap();
         assert_eq!(v["kind"], "DdosDetected");
@@ -271,7 +260,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         let dir = tempfile::tempdir().unwrap();
         let hook = script(dir.path(), "hook", &format!("cat > '{}/json'", dir.path().display()));
-        send(&Notifier::new(NotifyConfig { mail_to: vec![], exec: Some(hook), ..cfg() }), &out[0]).unwrap();
+        send_retrying(&Notifier::new(NotifyConfig { mail_to: vec![], exec: Some(hook), ..cfg() }), &out[0]).unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("json")).unwrap()).unwrap();
         assert_eq!(v["parts"][0]["key"], "port 25");
@@ -288,9 +277,10 @@ mod tests {
         let hook = script(dir.path(), "hook", "sleep 1000");
         let c = NotifyConfig { mail_to: vec![], exec: Some(hook.clone()), ..cfg() };
         let started = Instant::now();
-        let e = send(&Notifier::new(c).with_timeout(Duration::from_millis(300)), &notice(DosDetected, t0(), 1))
-            .unwrap_err()
-            .to_string();
+        let e =
+            send_retrying(&Notifier::new(c).with_timeout(Duration::from_millis(300)), &notice(DosDetected, t0(), 1))
+                .unwrap_err()
+                .to_string();
         assert!(started.elapsed() < Duration::from_secs(10));
         assert!(e.contains(&format!("notify.exec: `{}` did not finish within 300ms", hook.display())), "{e}");
     }
@@ -308,7 +298,7 @@ mod tests {
         let sendmail = script(dir.path(), "sendmail", "cat > /dev/null\necho 'queue full' >&2\nexit 75");
         let hook = script(dir.path(), "hook", &format!("cat > '{}/json'", dir.path().display()));
         let c = NotifyConfig { sendmail: sendmail.clone(), exec: Some(hook), ..cfg() };
-        let e = send(&Notifier::new(c), &notice(Converged, t0(), 1)).unwrap_err().to_string();
+        let e = send_retrying(&Notifier::new(c), &notice(Converged, t0(), 1)).unwrap_err().to_string();
         assert_eq!(e, format!("notify.sendmail: `{} -t -i` failed (exit status: 75): queue full", sendmail.display()));
         assert!(dir.path().join("json").exists());
     }
