@@ -278,22 +278,23 @@ impl<K: Hash + Eq + Clone, A: Default> Top<K, A> {
     /// alike; then the `capacity` heaviest are kept. What is reported (`count - error`) stays a lower bound, and
     /// a key above total/capacity of the whole stream stays listed. Companions of a key in both are combined by
     /// `combine`.
-    pub fn merge(&mut self, mut other: Top<K, A>, combine: impl Fn(&mut A, A)) {
+    pub fn merge(&mut self, other: Top<K, A>, combine: impl Fn(&mut A, A)) {
         let floor = |t: &Top<K, A>| if t.evicted { t.heap.first().map_or(0, |&c| t.counts[c as usize]) } else { 0 };
         let (mine_floor, other_floor) = (floor(self), floor(&other));
-        let mut seen = vec![false; self.keys.len()];
-        let mut counters: Vec<(u64, K, u64, u64, A)> = Vec::with_capacity(self.keys.len() + other.keys.len());
-        for c in 0..other.keys.len() {
-            let (hash, count, error) = (other.hashes[c], other.counts[c], other.errors[c]);
-            let key = other.keys[c].clone();
-            let companion = std::mem::take(&mut other.companions[c]);
-            match self.index.get(&hash) {
-                Some(&mine) => {
-                    let mine = mine as usize;
-                    seen[mine] = true;
-                    self.counts[mine] = self.counts[mine].saturating_add(count);
-                    self.errors[mine] = self.errors[mine].saturating_add(error);
-                    combine(&mut self.companions[mine], companion);
+        let evicted = self.evicted || other.evicted;
+        let mine = std::mem::replace(self, self.sibling());
+        let index = mine.index.clone();
+        // (hash, key, count, error, companion, seen on the other side too).
+        let mut counters: Vec<(u64, K, u64, u64, A, bool)> =
+            mine.into_counters().map(|(h, k, n, e, a)| (h, k, n, e, a, false)).collect();
+        for (hash, key, count, error, companion) in other.into_counters() {
+            match index.get(&hash) {
+                Some(&c) => {
+                    let m = &mut counters[c as usize];
+                    m.2 = m.2.saturating_add(count);
+                    m.3 = m.3.saturating_add(error);
+                    combine(&mut m.4, companion);
+                    m.5 = true;
                 }
                 None => counters.push((
                     hash,
@@ -301,41 +302,42 @@ impl<K: Hash + Eq + Clone, A: Default> Top<K, A> {
                     count.saturating_add(mine_floor),
                     error.saturating_add(mine_floor),
                     companion,
+                    true,
                 )),
             }
         }
-        let evicted = self.evicted || other.evicted;
-        let theirs = std::mem::take(&mut counters);
-        for (c, seen) in seen.into_iter().enumerate() {
-            let lift = if seen { 0 } else { other_floor };
-            counters.push((
-                self.hashes[c],
-                self.keys[c].clone(),
-                self.counts[c].saturating_add(lift),
-                self.errors[c].saturating_add(lift),
-                std::mem::take(&mut self.companions[c]),
-            ));
+        for m in counters.iter_mut().filter(|m| !m.5) {
+            m.2 = m.2.saturating_add(other_floor);
+            m.3 = m.3.saturating_add(other_floor);
         }
-        counters.extend(theirs);
         let dropped = counters.len() > self.capacity;
         if dropped {
             counters.sort_by_key(|c| std::cmp::Reverse(c.2));
             counters.truncate(self.capacity);
         }
-        let mut merged = self.sibling();
-        merged.evicted = evicted || dropped;
-        for (c, (hash, key, count, error, companion)) in counters.into_iter().enumerate() {
-            merged.index.insert(hash, c as u32);
-            merged.hashes.push(hash);
-            merged.keys.push(key);
-            merged.counts.push(count);
-            merged.errors.push(error);
-            merged.companions.push(companion);
-            merged.heap.push(c as u32);
-            merged.place.push(c as u32);
-            merged.sift_up(c);
+        self.evicted = evicted || dropped;
+        for (c, (hash, key, count, error, companion, _)) in counters.into_iter().enumerate() {
+            self.index.insert(hash, c as u32);
+            self.hashes.push(hash);
+            self.keys.push(key);
+            self.counts.push(count);
+            self.errors.push(error);
+            self.companions.push(companion);
+            self.heap.push(c as u32);
+            self.place.push(c as u32);
+            self.sift_up(c);
         }
-        *self = merged;
+    }
+
+    /// Every counter as (hash, key, count, error, companion), in counter order.
+    fn into_counters(self) -> impl Iterator<Item = (u64, K, u64, u64, A)> {
+        let (counts, errors) = (self.counts, self.errors);
+        self.hashes
+            .into_iter()
+            .zip(self.keys)
+            .zip(counts.into_iter().zip(errors))
+            .zip(self.companions)
+            .map(|(((h, k), (n, e)), a)| (h, k, n, e, a))
     }
 
     /// The `n` heaviest keys with what each surely weighed and its companion, heaviest first (ties by `order`).

@@ -11,7 +11,7 @@ use crate::notice::{Notice, NoticeKind, Notifier, ReportSource};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Send the test notice (required: nothing else is sent by hand).
-    #[arg(long)]
+    #[arg(long, required = true)]
     pub test: bool,
     /// The port the test convergence is about (its report is that port's).
     #[arg(long, value_name = "N", default_value_t = 25)]
@@ -19,9 +19,6 @@ pub struct Args {
 }
 
 pub fn run(ctx: &super::Setup, args: Args) -> Result<()> {
-    if !args.test {
-        bail!("`floodgate notify` only sends a test notice: write `floodgate notify --test`");
-    }
     let notify = &ctx.config.notify;
     if !notify.is_enabled() {
         bail!("nothing to send to: set notify.mail_to or notify.exec in the config");
